@@ -1,0 +1,50 @@
+# Lingua control plane. Every target sets up what it needs itself (virtualenv, dependencies, redis-server).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3.11
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help setup redis proto run test test-fast lint check clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) redis ## Create .venv, install the package with dev tools, install redis-server if missing
+
+redis: ## Install redis-server from Debian's packages when it is not on PATH
+	@command -v redis-server >/dev/null || { \
+	  echo "redis-server not found: installing Debian's package"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@redis-server --version
+
+proto: $(STAMP) ## Regenerate Python code from proto/ (commit the result)
+	$(PY) scripts/gen_protos.py
+
+run: setup ## Start a scheduler on embedded Redis with one local synthetic node agent
+	$(VENV)/bin/lingua-dev
+
+test: setup ## Run the whole test suite
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup ## Run the unit and integration tests only
+	$(PY) -m pytest -m "not e2e and not fault and not slow" $(PYTEST_ARGS)
+
+lint: setup ## ruff, mypy and buf lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/buf lint
+
+check: lint test ## lint, then test
+
+clean: ## Remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,6 @@
+"""gRPC servicers: thin translations between protobuf and the domain."""
+
+from lingua_grpc.api.node_service import NodeServicer
+from lingua_grpc.api.registry_service import RegistryServicer
+
+__all__ = ["NodeServicer", "RegistryServicer"]

@@ -1,0 +1,18 @@
+"""Turns domain errors raised inside a handler into gRPC statuses with their message."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+
+from lingua_grpc.errors import LinguaError, status_for
+
+
+@contextlib.asynccontextmanager
+async def domain_errors(context: grpc.aio.ServicerContext[object, object]) -> AsyncIterator[None]:
+    try:
+        yield
+    except LinguaError as exc:
+        await context.abort(status_for(exc), str(exc))

@@ -1,0 +1,87 @@
+"""NodeService: a thin loop over each node's stream, dispatching on the oneof to the NodeHub."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import grpc
+
+from lingua_grpc.api import _convert as convert
+from lingua_grpc.api._errors import domain_errors
+from lingua_grpc.errors import FailedPrecondition, status_for
+from lingua_grpc.nodes import CloseReason, LinkClosed, NodeHub, NodeLink
+from lingua_grpc.pb import node_pb2, node_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[node_pb2.ConnectRequest, node_pb2.ConnectResponse]
+
+
+class NodeServicer(node_pb2_grpc.NodeServiceServicer):
+    def __init__(self, hub: NodeHub, heartbeat_interval_ms: int, lease_ms: int, instance_id: str) -> None:
+        self._hub = hub
+        self._heartbeat_interval_ms = heartbeat_interval_ms
+        self._lease_ms = lease_ms
+        self._instance_id = instance_id
+
+    async def Connect(self, request_iterator: object, context: Context) -> None:  # type: ignore[override]
+        first = await context.read()
+        if first is grpc.aio.EOF or first.WhichOneof("kind") != "register":
+            got = "end of stream" if first is grpc.aio.EOF else f"`{first.WhichOneof('kind')}`"
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the first message on NodeService.Connect must be `register`, got {got}",
+            )
+        async with domain_errors(context):
+            attached = await self._hub.attach(convert.registration_from_proto(first.register))
+        link = attached.link
+        reader = asyncio.create_task(self._read(context, link), name=f"node-reader-{link.node_id}")
+        try:
+            await context.write(
+                node_pb2.ConnectResponse(
+                    registered=node_pb2.Registered(
+                        node_id=link.node_id,
+                        heartbeat_interval_ms=self._heartbeat_interval_ms,
+                        lease_ms=self._lease_ms,
+                        scheduler_instance_id=self._instance_id,
+                        registry_version=attached.registry_version,
+                    )
+                )
+            )
+            while True:
+                await context.write(convert.outgoing_to_proto(await link.next_outgoing()))
+        except LinkClosed as closed:
+            if closed.error is not None:
+                await context.abort(status_for(closed.error), str(closed.error))
+            if closed.reason is CloseReason.SHUTDOWN:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the scheduler is shutting down: reconnect")
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            self._hub.detach(link)
+
+    async def _read(self, context: Context, link: NodeLink) -> None:
+        try:
+            while True:
+                message = await context.read()
+                if message is grpc.aio.EOF:
+                    link.close(CloseReason.LEFT)
+                    return
+                kind = message.WhichOneof("kind")
+                if kind == "heartbeat":
+                    await self._hub.heartbeat(link, convert.load_from_proto(message.heartbeat.load))
+                elif kind == "draining":
+                    await self._hub.node_draining(link, message.draining.reason)
+                elif kind == "register":
+                    link.close(CloseReason.PROTOCOL, FailedPrecondition("`register` was already sent on this stream"))
+                    return
+                else:
+                    log.debug("node message not handled yet", extra={"node_id": link.node_id, "kind": kind})
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the stream broke under the reader: the node is gone
+            log.info("node stream broken", extra={"node_id": link.node_id, "error": repr(exc)})
+            link.close(CloseReason.STREAM_BROKEN)

@@ -1,0 +1,69 @@
+"""RegistryService: snapshots, nodes, pools and drain for operators."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from lingua_grpc.api import _convert as convert
+from lingua_grpc.api._errors import domain_errors
+from lingua_grpc.errors import InvalidArgument
+from lingua_grpc.nodes import NodeHub
+from lingua_grpc.pb import registry_pb2, registry_pb2_grpc
+from lingua_grpc.registry import SnapshotCache
+
+Context = grpc.aio.ServicerContext[object, object]
+
+
+class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
+    def __init__(self, cache: SnapshotCache, hub: NodeHub) -> None:
+        self._cache = cache
+        self._hub = hub
+
+    async def GetSnapshot(
+        self, request: registry_pb2.GetSnapshotRequest, context: Context
+    ) -> registry_pb2.GetSnapshotResponse:
+        return registry_pb2.GetSnapshotResponse(snapshot=convert.snapshot_to_proto(self._cache.current))
+
+    async def WatchSnapshots(  # type: ignore[override]
+        self, request: registry_pb2.WatchSnapshotsRequest, context: Context
+    ) -> AsyncIterator[registry_pb2.WatchSnapshotsResponse]:
+        async for snapshot in self._cache.watch(request.after_version):
+            yield registry_pb2.WatchSnapshotsResponse(snapshot=convert.snapshot_to_proto(snapshot))
+
+    async def ListNodes(
+        self, request: registry_pb2.ListNodesRequest, context: Context
+    ) -> registry_pb2.ListNodesResponse:
+        snapshot = self._cache.current
+        nodes = snapshot.nodes.values()
+        if request.HasField("language_pair"):
+            async with domain_errors(context):
+                pair = convert.pair_from_proto(request.language_pair)
+                pair.validate()
+            nodes = snapshot.nodes_for(pair)
+        return registry_pb2.ListNodesResponse(
+            nodes=[convert.node_to_proto(n, snapshot.pools_by_node.get(n.node_id, ())) for n in nodes],
+            version=snapshot.version,
+        )
+
+    async def ListPools(
+        self, request: registry_pb2.ListPoolsRequest, context: Context
+    ) -> registry_pb2.ListPoolsResponse:
+        snapshot = self._cache.current
+        return registry_pb2.ListPoolsResponse(
+            pools=[convert.pool_to_proto(p) for p in snapshot.pools], version=snapshot.version
+        )
+
+    async def DrainNode(
+        self, request: registry_pb2.DrainNodeRequest, context: Context
+    ) -> registry_pb2.DrainNodeResponse:
+        async with domain_errors(context):
+            if not request.node_id:
+                raise InvalidArgument("node_id is required")
+            record, version = await self._hub.drain_node(request.node_id, request.reason)
+        snapshot = self._cache.current
+        return registry_pb2.DrainNodeResponse(
+            node=convert.node_to_proto(record, snapshot.pools_by_node.get(record.node_id, ())),
+            version=version,
+        )

@@ -1,0 +1,163 @@
+"""Scheduler: wires Redis, the registry, node streams and the gRPC server, and stops them in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from redis.asyncio import Redis
+
+from lingua_grpc.api import NodeServicer, RegistryServicer
+from lingua_grpc.clock import Clock, SystemClock
+from lingua_grpc.config import Settings
+from lingua_grpc.metrics import SchedulerMetrics
+from lingua_grpc.nodes import HubSettings, NodeHub
+from lingua_grpc.pb import node_pb2, node_pb2_grpc, registry_pb2, registry_pb2_grpc, session_pb2, session_pb2_grpc
+from lingua_grpc.registry import NodeRegistry, SnapshotCache, load_pools_file
+from lingua_grpc.store import EmbeddedRedis, RegistryKeys, ScriptBook, connect_redis
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    session_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name,
+    node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
+    registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    grpc: str
+    metrics: str | None
+    redis_url: str
+    embedded_redis: bool
+
+
+class Scheduler:
+    """One scheduler instance. `start()` then `stop()`; `stop()` is idempotent."""
+
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.metrics = SchedulerMetrics()
+        self._embedded: EmbeddedRedis | None = None
+        self._redis: Redis | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._metrics_server: object | None = None
+        self._stopped = asyncio.Event()
+        self._stopping = False
+        self.cache: SnapshotCache | None = None
+        self.hub: NodeHub | None = None
+        self.endpoints: Endpoints | None = None
+
+    async def start(self) -> Endpoints:
+        s = self.settings
+        pool_specs = load_pools_file(s.pools_file) if s.pools_file else ()
+        redis_url = s.redis_url
+        if s.embedded_redis:
+            self._embedded = EmbeddedRedis(s.redis_server_path)
+            redis_url = await self._embedded.start()
+        self._redis = await connect_redis(
+            redis_url, s.redis_socket_timeout_ms / 1000, s.redis_backoff_max_ms / 1000
+        )
+        await self._warn_on_eviction_policy(self._redis)
+        keys = RegistryKeys(s.key_prefix)
+        registry = NodeRegistry(self._redis, keys, ScriptBook(self._redis))
+        self.cache = SnapshotCache(
+            self._redis, registry, keys.changes_channel, pool_specs, s.snapshot_refresh_ms / 1000,
+            self.metrics, self.clock,
+        )
+        await self.cache.start()
+        self.hub = NodeHub(
+            registry,
+            self.cache,
+            HubSettings(
+                instance_id=s.instance_id,
+                heartbeat_interval_ms=s.heartbeat_interval_ms,
+                lease_ms=s.node_lease_ms,
+                lease_check_interval_ms=s.lease_check_interval_ms,
+                max_node_concurrency=s.max_node_concurrency,
+            ),
+            self.metrics,
+            self.clock,
+        )
+        await self.hub.start()
+
+        server = grpc.aio.server()
+        node_pb2_grpc.add_NodeServiceServicer_to_server(
+            NodeServicer(self.hub, s.heartbeat_interval_ms, s.node_lease_ms, s.instance_id), server
+        )
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(self.cache, self.hub), server)
+        # Sessions arrive with the sessions work; until then the service answers UNIMPLEMENTED.
+        session_pb2_grpc.add_SessionServiceServicer_to_server(session_pb2_grpc.SessionServiceServicer(), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        host, _, _ = s.listen.rpartition(":")
+        port = server.add_insecure_port(s.listen)
+        if port == 0:
+            raise OSError(f"cannot listen on {s.listen}")
+        await server.start()
+        self._server = server
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+        metrics_addr = None
+        if s.metrics_port >= 0:
+            metrics_port = self.metrics.serve(s.metrics_host, s.metrics_port)
+            metrics_addr = f"http://{s.metrics_host}:{metrics_port}/metrics"
+        self.endpoints = Endpoints(f"{host}:{port}", metrics_addr, redis_url, self._embedded is not None)
+        log.info(
+            "scheduler serving",
+            extra={
+                "listen": self.endpoints.grpc,
+                "metrics": metrics_addr,
+                "redis_url": redis_url if self._embedded else "(configured)",
+                "embedded_redis": self._embedded is not None,
+                "instance_id": s.instance_id,
+            },
+        )
+        return self.endpoints
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        grace = self.settings.shutdown_grace_ms / 1000 if grace_s is None else grace_s
+        try:
+            await self._health.enter_graceful_shutdown()
+            if self.hub is not None:
+                await self.hub.stop()
+            if self._server is not None:
+                await self._server.stop(grace)
+            if self.cache is not None:
+                await self.cache.stop()
+            if self._redis is not None:
+                await self._redis.aclose()
+            if self._embedded is not None:
+                await self._embedded.stop()
+            self.metrics.stop_serving()
+        finally:
+            self._stopped.set()
+            log.info("scheduler stopped")
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    @staticmethod
+    async def _warn_on_eviction_policy(redis: Redis) -> None:
+        try:
+            policy = (await redis.config_get("maxmemory-policy")).get(b"maxmemory-policy", b"").decode()
+        except Exception:  # CONFIG may be disabled on managed Redis; the warning is a courtesy
+            return
+        if policy and policy != "noeviction":
+            log.warning(
+                "Redis may evict keys under memory pressure (maxmemory-policy=%s): registry and job state"
+                " can vanish; use noeviction",
+                policy,
+            )

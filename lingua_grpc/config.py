@@ -1,0 +1,138 @@
+"""Scheduler settings: every default in one place.
+
+Each setting is a field of `Settings` with its default, its help text and its environment variable
+(`LINGUA_` + the upper-cased name). Precedence: command-line flag, then environment, then default.
+`lingua-scheduler --help` and the README's settings table are produced from these fields; nothing else in
+the scheduler reads the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import socket
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+ENV_PREFIX = "LINGUA_"
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+def _default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Typed, validated scheduler settings."""
+
+    listen: str = _setting("127.0.0.1:50051", "gRPC address to serve (HOST:PORT; port 0 picks a free one)")
+    redis_url: str = _setting(
+        "", "Redis to use (redis://HOST:PORT/DB); empty starts a private embedded redis-server"
+    )
+    key_prefix: str = _setting("lingua:v1:", "prefix of every Redis key and channel")
+    instance_id: str = _setting("", "id of this scheduler instance in Redis; empty derives host-pid-random")
+    metrics_host: str = _setting("127.0.0.1", "address the Prometheus metrics endpoint binds")
+    metrics_port: int = _setting(9464, "port of the Prometheus metrics endpoint; 0 picks a free one, -1 off")
+    heartbeat_interval_ms: int = _setting(5000, "how often nodes send heartbeats")
+    node_lease_heartbeats: int = _setting(3, "missed heartbeats after which a node is dropped")
+    lease_check_interval_ms: int = _setting(1000, "how often expired node leases are looked for in Redis")
+    snapshot_refresh_ms: int = _setting(
+        1000, "longest a registry snapshot goes without re-reading Redis (loads; missed change events)"
+    )
+    max_node_concurrency: int = _setting(1024, "largest max_concurrency a node may register with")
+    pools_file: str = _setting("", "TOML file of configured pools that replace derived ones for their pairs")
+    redis_backoff_max_ms: int = _setting(5000, "longest wait between Redis connection attempts")
+    redis_socket_timeout_ms: int = _setting(5000, "timeout of one Redis command")
+    redis_server_path: str = _setting("redis-server", "redis-server binary for the embedded Redis")
+    shutdown_grace_ms: int = _setting(5000, "time in-flight work gets to finish on SIGTERM")
+    log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_format: str = _setting("json", "json (one object per line) or text")
+
+    @property
+    def node_lease_ms(self) -> int:
+        return self.heartbeat_interval_ms * self.node_lease_heartbeats
+
+    @property
+    def embedded_redis(self) -> bool:
+        return not self.redis_url
+
+    def __post_init__(self) -> None:
+        if not self.instance_id:
+            object.__setattr__(self, "instance_id", _default_instance_id())
+        problems = list(self._problems())
+        if problems:
+            raise ValueError("invalid settings: " + "; ".join(problems))
+
+    def _problems(self) -> Sequence[str]:
+        out: list[str] = []
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            out.append(f"listen must be HOST:PORT, got {self.listen!r}")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            out.append(f"redis_url must start with redis://, rediss:// or unix://, got {self.redis_url!r}")
+        if not self.key_prefix or any(c in self.key_prefix for c in "{} "):
+            out.append("key_prefix must be non-empty without spaces or braces (braces are hash tags)")
+        for name in ("heartbeat_interval_ms", "lease_check_interval_ms", "snapshot_refresh_ms"):
+            if getattr(self, name) < 10:
+                out.append(f"{name} must be at least 10")
+        if self.node_lease_heartbeats < 2:
+            out.append("node_lease_heartbeats must be at least 2 (one late heartbeat must not drop a node)")
+        if not -1 <= self.metrics_port <= 65535:
+            out.append("metrics_port must be -1 (off), 0 (any) or a port")
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            out.append(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+        if self.log_format not in {"json", "text"}:
+            out.append(f"log_format must be json or text, got {self.log_format!r}")
+        return out
+
+    @classmethod
+    def env_name(cls, name: str) -> str:
+        return ENV_PREFIX + name.upper()
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Adds one flag per setting; a flag left out falls back to the environment, then the default."""
+        for f in dataclasses.fields(cls):
+            parser.add_argument(
+                "--" + f.name.replace("_", "-"),
+                dest=f.name,
+                type=type(f.default),
+                default=None,
+                metavar=f.name.upper(),
+                help=f"{f.metadata['help']} (env {cls.env_name(f.name)}, default {f.default!r})",
+            )
+
+    @classmethod
+    def from_sources(
+        cls, args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            flag = getattr(args, f.name, None) if args is not None else None
+            if flag is not None:
+                values[f.name] = flag
+            elif (raw := environ.get(cls.env_name(f.name))) is not None:
+                try:
+                    values[f.name] = type(f.default)(raw)
+                except ValueError as exc:
+                    raise ValueError(f"{cls.env_name(f.name)}={raw!r}: {exc}") from None
+        return cls(**values)
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def markdown_table(cls) -> str:
+        rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
+        for f in dataclasses.fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            rows.append(f"| `{flag}` | `{cls.env_name(f.name)}` | `{f.default!r}` | {f.metadata['help']} |")
+        return "\n".join(rows)

@@ -1,0 +1,50 @@
+"""Domain errors and the one table that maps them to gRPC status codes."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class LinguaError(Exception):
+    """Base class of every error the scheduler reports to a caller."""
+
+
+class InvalidArgument(LinguaError):
+    """The request is malformed or out of range; the message says what to fix."""
+
+
+class FailedPrecondition(LinguaError):
+    """The request is well-formed but comes in the wrong order or state."""
+
+
+class NotFound(LinguaError):
+    """The named node, pool or job does not exist."""
+
+
+class Unavailable(LinguaError):
+    """The scheduler cannot serve this right now (no node for the pair, Redis down, shutting down)."""
+
+
+class ResourceExhausted(LinguaError):
+    """A limit was exceeded."""
+
+
+class LeaseExpired(LinguaError):
+    """A node went a whole lease without a heartbeat."""
+
+
+STATUS_BY_ERROR: dict[type[LinguaError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    LeaseExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def status_for(error: LinguaError) -> grpc.StatusCode:
+    for cls in type(error).__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]  # type: ignore[index]
+    return grpc.StatusCode.INTERNAL

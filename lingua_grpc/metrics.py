@@ -1,0 +1,54 @@
+"""Prometheus metrics of one scheduler instance, on a registry of its own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+
+@dataclass
+class SchedulerMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.nodes_connected = Gauge(
+            "lingua_nodes_connected", "Node streams held by this instance", registry=r
+        )
+        self.node_registrations = Counter(
+            "lingua_node_registrations_total", "Accepted node registrations", registry=r
+        )
+        self.node_departures = Counter(
+            "lingua_node_departures_total",
+            "Nodes removed from the registry, by reason (left, stream_broken, lease_expired)",
+            ["reason"],
+            registry=r,
+        )
+        self.registry_version = Gauge(
+            "lingua_registry_version", "Registry version of the current snapshot", registry=r
+        )
+        self.snapshot_builds = Counter(
+            "lingua_snapshot_builds_total", "Registry snapshots built", registry=r
+        )
+        self.snapshot_build_seconds = Histogram(
+            "lingua_snapshot_build_seconds",
+            "Time to read Redis and build one snapshot",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.redis_up = Gauge("lingua_redis_up", "1 while Redis answers, 0 otherwise", registry=r)
+        self.redis_errors = Counter(
+            "lingua_redis_errors_total", "Redis calls that failed, by operation", ["operation"], registry=r
+        )
+
+    def serve(self, host: str, port: int) -> int:
+        """Starts the HTTP endpoint in a daemon thread; returns the port it listens on."""
+        self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(self._server.server_port)
+
+    def stop_serving(self) -> None:
+        server, self._server = getattr(self, "_server", None), None
+        if server is not None:
+            server.shutdown()
+            server.server_close()

@@ -1,0 +1,222 @@
+"""NodeHub: the node streams this scheduler instance holds, and their life cycle in the registry."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from redis.exceptions import RedisError
+
+from lingua_grpc.clock import Clock
+from lingua_grpc.errors import FailedPrecondition, LeaseExpired, NotFound
+from lingua_grpc.metrics import SchedulerMetrics
+from lingua_grpc.nodes._link import CloseReason, DrainCommand, NodeLink, ReregisterCommand
+from lingua_grpc.registry import (
+    DrainOutcome,
+    HeartbeatOutcome,
+    NodeLoad,
+    NodeRecord,
+    NodeRegistry,
+    NodeState,
+    Registration,
+    RegistrySnapshot,
+    SnapshotCache,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class HubSettings:
+    instance_id: str
+    heartbeat_interval_ms: int
+    lease_ms: int
+    lease_check_interval_ms: int
+    max_node_concurrency: int
+
+
+@dataclass(frozen=True, slots=True)
+class Attached:
+    link: NodeLink
+    registry_version: int
+
+
+def lapsed(links: Iterable[NodeLink], now: float, lease_s: float) -> list[NodeLink]:
+    """Links whose last heartbeat is more than a lease ago. Pure."""
+    return [link for link in links if not link.closed and now - link.last_heartbeat > lease_s]
+
+
+class NodeHub:
+    def __init__(
+        self,
+        registry: NodeRegistry,
+        cache: SnapshotCache,
+        settings: HubSettings,
+        metrics: SchedulerMetrics,
+        clock: Clock,
+    ) -> None:
+        self._registry = registry
+        self._cache = cache
+        self._settings = settings
+        self._metrics = metrics
+        self._clock = clock
+        self._links: dict[str, NodeLink] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._watchdog: asyncio.Task[None] | None = None
+        cache.add_listener(self._on_snapshot)
+
+    @property
+    def links(self) -> dict[str, NodeLink]:
+        return self._links
+
+    async def start(self) -> None:
+        self._watchdog = asyncio.create_task(self._watch_leases(), name="lease-watchdog")
+
+    async def stop(self) -> None:
+        """Closes every node stream (nodes reconnect elsewhere) and waits for their deregistration."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+            self._watchdog = None
+        for link in list(self._links.values()):
+            link.close(CloseReason.SHUTDOWN)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def attach(self, registration: Registration) -> Attached:
+        registration.validate(self._settings.max_node_concurrency)
+        link = NodeLink(
+            registration.node_id, uuid.uuid4().hex, registration.capabilities, self._clock.monotonic()
+        )
+        result = await self._registry.register(
+            registration, self._settings.instance_id, link.connection_id, self._settings.lease_ms
+        )
+        previous = self._links.get(link.node_id)
+        if previous is not None:
+            previous.close(CloseReason.SUPERSEDED, FailedPrecondition("the node registered on a newer stream"))
+        self._links[link.node_id] = link
+        self._metrics.node_registrations.inc()
+        self._metrics.nodes_connected.set(len(self._links))
+        log.info(
+            "node registered",
+            extra={
+                "node_id": link.node_id,
+                "connection_id": link.connection_id,
+                "pairs": sorted(str(p) for p in registration.capabilities.pairs_served()),
+                "max_concurrency": registration.capabilities.max_concurrency,
+                "registry_version": result.version,
+            },
+        )
+        if result.changed:
+            await self._refresh_quietly()
+        return Attached(link, result.version)
+
+    async def heartbeat(self, link: NodeLink, load: NodeLoad) -> None:
+        link.last_heartbeat = self._clock.monotonic()
+        try:
+            outcome = await self._registry.heartbeat(
+                link.node_id, link.connection_id, load, self._settings.lease_ms
+            )
+        except RedisError as exc:
+            # The node is alive; Redis is the problem. Keep the stream and try again at the next heartbeat.
+            self._metrics.redis_errors.labels("heartbeat").inc()
+            log.warning("heartbeat not recorded", extra={"node_id": link.node_id, "error": repr(exc)})
+            return
+        if outcome is HeartbeatOutcome.SUPERSEDED:
+            link.close(CloseReason.SUPERSEDED, FailedPrecondition("the node registered on a newer stream"))
+        elif outcome is HeartbeatOutcome.UNKNOWN:
+            log.warning("heartbeat from a node the registry lost; asking it to register again",
+                        extra={"node_id": link.node_id})
+            link.send(ReregisterCommand("the registry no longer holds this node"))
+            link.close(CloseReason.REREGISTER)
+
+    async def node_draining(self, link: NodeLink, reason: str) -> None:
+        link.drain_sent = True  # the node asked itself: no need to tell it
+        outcome, version = await self._registry.drain(link.node_id)
+        log.info("node draining", extra={"node_id": link.node_id, "reason": reason, "registry_version": version})
+        if outcome is DrainOutcome.DRAINING:
+            await self._refresh_quietly()
+
+    async def drain_node(self, node_id: str, reason: str) -> tuple[NodeRecord, int]:
+        """Operator request: the node takes no new jobs, finishes running ones, then leaves."""
+        outcome, version = await self._registry.drain(node_id)
+        if outcome is DrainOutcome.UNKNOWN:
+            raise NotFound(f"node {node_id!r} is not registered")
+        link = self._links.get(node_id)
+        if link is not None and not link.drain_sent:
+            link.drain_sent = link.send(DrainCommand(reason or "drained by operator"))
+        snapshot = await self._cache.refresh()
+        record = snapshot.nodes.get(node_id)
+        if record is None:
+            raise NotFound(f"node {node_id!r} left while being drained")
+        log.info("node drain requested", extra={"node_id": node_id, "reason": reason, "registry_version": version})
+        return record, snapshot.version
+
+    def detach(self, link: NodeLink) -> None:
+        """The stream ended: removes the node from the registry unless a newer stream took it over."""
+        if link.close_reason is None:
+            link.close(CloseReason.STREAM_BROKEN)
+        if self._links.get(link.node_id) is link:
+            del self._links[link.node_id]
+        self._metrics.nodes_connected.set(len(self._links))
+        reason = link.close_reason
+        if reason in (CloseReason.SUPERSEDED, CloseReason.REREGISTER):
+            return
+        task = asyncio.create_task(self._deregister(link, reason), name=f"deregister-{link.node_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deregister(self, link: NodeLink, reason: CloseReason | None) -> None:
+        label = reason.value if reason else "unknown"
+        try:
+            removed = await self._registry.deregister(link.node_id, link.connection_id)
+        except RedisError as exc:
+            # The lease will lapse on its own and any instance's watchdog removes the node then.
+            self._metrics.redis_errors.labels("deregister").inc()
+            log.warning("node not deregistered; its lease will lapse",
+                        extra={"node_id": link.node_id, "error": repr(exc)})
+            return
+        if removed:
+            self._metrics.node_departures.labels(label).inc()
+            log.info("node removed", extra={"node_id": link.node_id, "reason": label})
+            await self._refresh_quietly()
+
+    def _on_snapshot(self, snapshot: RegistrySnapshot) -> None:
+        # A drain requested through another instance reaches the node through the instance holding it.
+        for node_id, link in self._links.items():
+            record = snapshot.nodes.get(node_id)
+            if record is not None and record.state is NodeState.DRAINING and not link.drain_sent:
+                link.drain_sent = link.send(DrainCommand("drained by operator"))
+
+    async def _watch_leases(self) -> None:
+        lease_s = self._settings.lease_ms / 1000
+        while True:
+            await asyncio.sleep(self._settings.lease_check_interval_ms / 1000)
+            for link in lapsed(self._links.values(), self._clock.monotonic(), lease_s):
+                log.warning("node lease expired", extra={"node_id": link.node_id, "lease_ms": self._settings.lease_ms})
+                link.close(
+                    CloseReason.LEASE_EXPIRED,
+                    LeaseExpired(f"no heartbeat for {self._settings.lease_ms} ms: the node was dropped"),
+                )
+            try:
+                removed = await self._registry.expire_lapsed()
+            except RedisError as exc:
+                self._metrics.redis_errors.labels("expire").inc()
+                log.warning("lease check failed", extra={"error": repr(exc)})
+                continue
+            for node_id in removed:
+                self._metrics.node_departures.labels(CloseReason.LEASE_EXPIRED.value).inc()
+                log.warning("node removed after its lease lapsed", extra={"node_id": node_id})
+            if removed:
+                await self._refresh_quietly()
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self._cache.refresh()
+        except RedisError as exc:
+            log.warning("snapshot refresh failed", extra={"error": repr(exc)})

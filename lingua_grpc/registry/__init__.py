@@ -1,0 +1,38 @@
+"""The node registry: domain types, pools, versioned snapshots and their Redis store."""
+
+from lingua_grpc.registry._cache import SnapshotCache, SnapshotListener
+from lingua_grpc.registry._model import (
+    Gpu,
+    LanguagePair,
+    NodeCapabilities,
+    NodeLoad,
+    NodeRecord,
+    NodeState,
+    Registration,
+)
+from lingua_grpc.registry._pools import Pool, PoolSpec, derive_pools, load_pools_file
+from lingua_grpc.registry._snapshot import EMPTY_SNAPSHOT, RegistrySnapshot, build_snapshot
+from lingua_grpc.registry._store import DrainOutcome, HeartbeatOutcome, NodeRegistry, Registered
+
+__all__ = [
+    "EMPTY_SNAPSHOT",
+    "DrainOutcome",
+    "Gpu",
+    "HeartbeatOutcome",
+    "LanguagePair",
+    "NodeCapabilities",
+    "NodeLoad",
+    "NodeRecord",
+    "NodeRegistry",
+    "NodeState",
+    "Pool",
+    "PoolSpec",
+    "Registered",
+    "Registration",
+    "RegistrySnapshot",
+    "SnapshotCache",
+    "SnapshotListener",
+    "build_snapshot",
+    "derive_pools",
+    "load_pools_file",
+]

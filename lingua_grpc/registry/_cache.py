@@ -1,0 +1,133 @@
+"""SnapshotCache: keeps the current RegistrySnapshot fresh in the background.
+
+It rebuilds when a registry script announces a new version on the changes channel, and at least every
+`refresh_s` anyway (to pick up loads and any announcement missed while the subscription was down). Readers
+take `cache.current`, an immutable snapshot swapped in with one assignment. Watchers get each new version
+once, in order (several quick versions may reach a slow watcher as the latest one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from lingua_grpc.clock import Clock, SystemClock
+from lingua_grpc.metrics import SchedulerMetrics
+from lingua_grpc.registry._pools import PoolSpec
+from lingua_grpc.registry._snapshot import EMPTY_SNAPSHOT, RegistrySnapshot, build_snapshot
+from lingua_grpc.registry._store import NodeRegistry
+
+log = logging.getLogger(__name__)
+
+SnapshotListener = Callable[[RegistrySnapshot], None]
+
+
+class SnapshotCache:
+    def __init__(
+        self,
+        redis: Redis,
+        registry: NodeRegistry,
+        channel: str,
+        pool_specs: tuple[PoolSpec, ...],
+        refresh_s: float,
+        metrics: SchedulerMetrics,
+        clock: Clock | None = None,
+    ) -> None:
+        self._redis = redis
+        self._registry = registry
+        self._channel = channel
+        self._specs = pool_specs
+        self._refresh_s = refresh_s
+        self._metrics = metrics
+        self._clock = clock or SystemClock()
+        self._current = EMPTY_SNAPSHOT
+        self._changed = asyncio.Condition()
+        self._listeners: list[SnapshotListener] = []
+        self._task: asyncio.Task[None] | None = None
+        self._rebuild_lock = asyncio.Lock()
+
+    @property
+    def current(self) -> RegistrySnapshot:
+        return self._current
+
+    def add_listener(self, listener: SnapshotListener) -> None:
+        """Called (synchronously, in the cache's task) with each snapshot of a new version."""
+        self._listeners.append(listener)
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._task = asyncio.create_task(self._run(), name="snapshot-cache")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def refresh(self) -> RegistrySnapshot:
+        """Re-reads Redis now and swaps in the result; returns the current snapshot."""
+        async with self._rebuild_lock:  # one read at a time, so an older read never replaces a newer one
+            started = time.perf_counter()
+            version, records = await self._registry.read()
+            snapshot = build_snapshot(version, records, self._specs, self._clock.now_ms())
+            self._metrics.snapshot_build_seconds.observe(time.perf_counter() - started)
+            self._metrics.snapshot_builds.inc()
+            previous = self._current
+            if version < previous.version:
+                # Redis lost its data (restart without persistence): versions start again from 0.
+                log.warning(
+                    "registry version went back", extra={"from": previous.version, "to": version}
+                )
+            self._current = snapshot
+            self._metrics.registry_version.set(version)
+        if version != previous.version:
+            for listener in self._listeners:
+                try:
+                    listener(snapshot)
+                except Exception:
+                    log.exception("snapshot listener failed")
+            async with self._changed:
+                self._changed.notify_all()
+        return snapshot
+
+    async def watch(self, after_version: int = 0) -> AsyncIterator[RegistrySnapshot]:
+        """Yields the current snapshot if newer than `after_version`, then each newer one."""
+        last = after_version
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(lambda: self._current.version != last)
+            snapshot = self._current
+            last = snapshot.version
+            yield snapshot
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel)
+                await self.refresh()  # catch up on anything announced while unsubscribed
+                backoff = 0.1
+                self._metrics.redis_up.set(1)
+                while True:
+                    # Wake on an announcement or after refresh_s; either way, read the registry again.
+                    await pubsub.get_message(timeout=self._refresh_s)
+                    await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                self._metrics.redis_up.set(0)
+                self._metrics.redis_errors.labels("snapshot").inc()
+                log.warning("snapshot refresh failed, retrying", extra={"error": repr(exc), "in_s": backoff})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, max(self._refresh_s, 1.0))
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()

@@ -1,0 +1,191 @@
+"""Registry domain types: plain, immutable dataclasses with no I/O and no generated code."""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from lingua_grpc.errors import InvalidArgument
+
+_LANGUAGE_TAG = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+NODE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def valid_language(tag: str) -> bool:
+    return bool(_LANGUAGE_TAG.match(tag))
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class LanguagePair:
+    source: str
+    target: str
+
+    def __str__(self) -> str:
+        # "en-es"; tags that carry a region or script use '>' so the name stays unambiguous ("pt-BR>en").
+        sep = ">" if "-" in self.source or "-" in self.target else "-"
+        return f"{self.source}{sep}{self.target}"
+
+    @classmethod
+    def parse(cls, text: str) -> LanguagePair:
+        """Parses "en-es" or "pt-BR>en"."""
+        text = text.strip()
+        if ">" in text:
+            source, _, target = text.partition(">")
+        else:
+            parts = text.split("-")
+            if len(parts) != 2:
+                raise InvalidArgument(
+                    f"language pair {text!r}: write SRC-TGT ('en-es'), or SRC>TGT when a tag has a region"
+                    " ('pt-BR>en')"
+                )
+            source, target = parts
+        pair = cls(source.strip(), target.strip())
+        pair.validate()
+        return pair
+
+    def validate(self) -> None:
+        for role, tag in (("source", self.source), ("target", self.target)):
+            if not valid_language(tag):
+                raise InvalidArgument(f"{role} language {tag!r} is not a BCP-47 tag such as 'en' or 'pt-BR'")
+        if self.source == self.target:
+            raise InvalidArgument(f"source and target language are both {self.source!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Gpu:
+    index: int
+    name: str
+    uuid: str = ""
+    memory_total_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCapabilities:
+    asr_languages: tuple[str, ...] = ()
+    translation_pairs: tuple[LanguagePair, ...] = ()
+    tts_languages: tuple[str, ...] = ()
+    gpus: tuple[Gpu, ...] = ()
+    max_concurrency: int = 1
+    agent_version: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def pairs_served(self) -> frozenset[LanguagePair]:
+        """Pairs the node can take a job for: it transcribes the source and translates the pair."""
+        asr = set(self.asr_languages)
+        return frozenset(p for p in self.translation_pairs if p.source in asr)
+
+    def synthesizes(self, language: str) -> bool:
+        return language in self.tts_languages
+
+    def label_dict(self) -> dict[str, str]:
+        return dict(self.labels)
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted, deduplicated), so equal capabilities always compare equal in Redis."""
+        return json.dumps(
+            {
+                "asr_languages": sorted(set(self.asr_languages)),
+                "translation_pairs": sorted({(p.source, p.target) for p in self.translation_pairs}),
+                "tts_languages": sorted(set(self.tts_languages)),
+                "gpus": [[g.index, g.name, g.uuid, g.memory_total_bytes] for g in self.gpus],
+                "max_concurrency": self.max_concurrency,
+                "agent_version": self.agent_version,
+                "labels": dict(sorted(self.labels)),
+            },
+            separators=(",", ":"),
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> NodeCapabilities:
+        d: dict[str, Any] = json.loads(text)
+        return cls(
+            asr_languages=tuple(d["asr_languages"]),
+            translation_pairs=tuple(LanguagePair(s, t) for s, t in d["translation_pairs"]),
+            tts_languages=tuple(d["tts_languages"]),
+            gpus=tuple(Gpu(*g) for g in d["gpus"]),
+            max_concurrency=int(d["max_concurrency"]),
+            agent_version=d["agent_version"],
+            labels=tuple(sorted(d["labels"].items())),
+        )
+
+    def validate(self, max_concurrency_limit: int) -> None:
+        if not 1 <= self.max_concurrency <= max_concurrency_limit:
+            raise InvalidArgument(
+                f"capabilities.max_concurrency must be 1 to {max_concurrency_limit}, got {self.max_concurrency}"
+            )
+        for tag in (*self.asr_languages, *self.tts_languages):
+            if not valid_language(tag):
+                raise InvalidArgument(f"language {tag!r} is not a BCP-47 tag such as 'en' or 'pt-BR'")
+        for pair in self.translation_pairs:
+            pair.validate()
+        if not self.pairs_served():
+            raise InvalidArgument(
+                "the node serves no language pair: capabilities need a translation pair whose source"
+                " language is among asr_languages"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLoad:
+    running_jobs: int = 0
+    gpu_utilization: float = 0.0
+    gpu_memory_used_bytes: int = 0
+    cpu_utilization: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(
+            [self.running_jobs, self.gpu_utilization, self.gpu_memory_used_bytes, self.cpu_utilization],
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> NodeLoad:
+        v = json.loads(text)
+        return cls(*v) if isinstance(v, list) and len(v) == 4 else cls()
+
+
+class NodeState(enum.Enum):
+    UP = "up"
+    DRAINING = "draining"
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """What a node asks for when it connects."""
+
+    node_id: str
+    capabilities: NodeCapabilities
+
+    def validate(self, max_concurrency_limit: int) -> None:
+        if not NODE_ID.match(self.node_id):
+            raise InvalidArgument(
+                f"register.node_id {self.node_id!r} must be 1 to 128 letters, digits, '.', '_' or '-'"
+            )
+        self.capabilities.validate(max_concurrency_limit)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """A registered node as Redis holds it."""
+
+    node_id: str
+    state: NodeState
+    capabilities: NodeCapabilities
+    load: NodeLoad = field(default_factory=NodeLoad)
+    reserved_slots: int = 0
+    instance_id: str = ""
+    registered_ms: int = 0
+    last_heartbeat_ms: int = 0
+    lease_remaining_ms: int = 0
+
+    @property
+    def max_concurrency(self) -> int:
+        return self.capabilities.max_concurrency
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.capabilities.max_concurrency - self.reserved_slots)

@@ -1,0 +1,156 @@
+"""NodeRegistry: the registry's operations on Redis, each one Lua script (one hash slot) or one read."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from lingua_grpc.registry._model import NodeCapabilities, NodeLoad, NodeRecord, NodeState, Registration
+from lingua_grpc.store import RegistryKeys, ScriptBook
+
+
+class HeartbeatOutcome(enum.Enum):
+    RENEWED = 1
+    UNKNOWN = 0  # not registered, or the lease lapsed: the node must register again
+    SUPERSEDED = -1  # the node registered again on a newer connection
+
+
+class DrainOutcome(enum.Enum):
+    DRAINING = 1
+    ALREADY_DRAINING = 2
+    UNKNOWN = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    version: int
+    changed: bool
+
+
+class NodeRegistry:
+    def __init__(self, redis: Redis, keys: RegistryKeys, scripts: ScriptBook) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._scripts = scripts
+
+    def _node_keys(self, node_id: str) -> list[str]:
+        k = self._keys
+        return [k.node(node_id), k.lease(node_id), k.nodes, k.version]
+
+    async def register(
+        self, registration: Registration, instance_id: str, connection_id: str, lease_ms: int
+    ) -> Registered:
+        caps = registration.capabilities
+        version, changed = await self._scripts.register_node(
+            keys=self._node_keys(registration.node_id),
+            args=[
+                registration.node_id,
+                caps.to_json(),
+                caps.max_concurrency,
+                instance_id,
+                connection_id,
+                lease_ms,
+                self._keys.changes_channel,
+            ],
+        )
+        return Registered(int(version), bool(changed))
+
+    async def heartbeat(
+        self, node_id: str, connection_id: str, load: NodeLoad, lease_ms: int
+    ) -> HeartbeatOutcome:
+        k = self._keys
+        result = await self._scripts.heartbeat_node(
+            keys=[k.node(node_id), k.lease(node_id)], args=[connection_id, load.to_json(), lease_ms]
+        )
+        return HeartbeatOutcome(int(result))
+
+    async def drain(self, node_id: str) -> tuple[DrainOutcome, int]:
+        k = self._keys
+        status, version = await self._scripts.drain_node(
+            keys=[k.node(node_id), k.version], args=[k.changes_channel]
+        )
+        return DrainOutcome(int(status)), int(version)
+
+    async def deregister(self, node_id: str, connection_id: str = "") -> bool:
+        """Removes the node; with a connection id, only if that connection still holds it."""
+        removed, _ = await self._scripts.deregister_node(
+            keys=self._node_keys(node_id), args=[node_id, connection_id, self._keys.changes_channel]
+        )
+        return bool(removed)
+
+    async def expire(self, node_id: str) -> bool:
+        removed, _ = await self._scripts.expire_node(
+            keys=self._node_keys(node_id), args=[node_id, self._keys.changes_channel]
+        )
+        return bool(removed)
+
+    async def expire_lapsed(self) -> list[str]:
+        """Removes every node whose lease lapsed, whichever instance held it. Returns their ids."""
+        node_ids = [m.decode() for m in await self._redis.smembers(self._keys.nodes)]
+        if not node_ids:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for node_id in node_ids:
+                pipe.exists(self._keys.lease(node_id))
+            alive = await pipe.execute()
+        removed = []
+        for node_id, is_alive in zip(node_ids, alive, strict=True):
+            if not is_alive and await self.expire(node_id):  # the script checks the lease again, atomically
+                removed.append(node_id)
+        return removed
+
+    async def version(self) -> int:
+        raw = await self._redis.get(self._keys.version)
+        return int(raw or 0)
+
+    async def read(self, max_attempts: int = 5) -> tuple[int, list[NodeRecord]]:
+        """A consistent read of every node: retried when the version moves during the read."""
+        k = self._keys
+        for _ in range(max_attempts):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                version_before, members = await pipe.get(k.version).smembers(k.nodes).execute()
+            node_ids = sorted(m.decode() for m in members)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for node_id in node_ids:
+                    pipe.hgetall(k.node(node_id))
+                    pipe.pttl(k.lease(node_id))
+                pipe.get(k.version)
+                replies = await pipe.execute()
+            if replies[-1] == version_before:
+                return int(version_before or 0), _records(node_ids, replies[:-1])
+        raise RuntimeError(f"registry kept changing during {max_attempts} reads")
+
+    async def read_node(self, node_id: str) -> NodeRecord | None:
+        k = self._keys
+        async with self._redis.pipeline(transaction=True) as pipe:
+            fields, ttl = await pipe.hgetall(k.node(node_id)).pttl(k.lease(node_id)).execute()
+        records = _records([node_id], [fields, ttl])
+        return records[0] if records else None
+
+
+def _records(node_ids: Sequence[str], replies: Sequence[object]) -> list[NodeRecord]:
+    records = []
+    for i, node_id in enumerate(node_ids):
+        fields = replies[2 * i]
+        ttl = replies[2 * i + 1]
+        if not isinstance(fields, dict) or b"capabilities" not in fields:
+            continue  # removed between the two reads
+        records.append(_record(node_id, fields, int(ttl) if isinstance(ttl, int) else 0))
+    return records
+
+
+def _record(node_id: str, h: dict[bytes, bytes], lease_ttl_ms: int) -> NodeRecord:
+    return NodeRecord(
+        node_id=node_id,
+        state=NodeState(h.get(b"state", b"up").decode()),
+        capabilities=NodeCapabilities.from_json(h[b"capabilities"]),
+        load=NodeLoad.from_json(h.get(b"load", b"{}")),
+        reserved_slots=int(h.get(b"reserved", 0)),
+        instance_id=h.get(b"instance", b"").decode(),
+        registered_ms=int(h.get(b"registered_ms", 0)),
+        last_heartbeat_ms=int(h.get(b"last_heartbeat_ms", 0)),
+        lease_remaining_ms=max(0, lease_ttl_ms),
+    )

@@ -1,0 +1,8 @@
+"""Redis: key layout, Lua scripts, connections and the embedded redis-server."""
+
+from lingua_grpc.store._connection import connect_redis, redis_client
+from lingua_grpc.store._embedded import EmbeddedRedis
+from lingua_grpc.store._keys import RegistryKeys
+from lingua_grpc.store._scripts import ScriptBook
+
+__all__ = ["EmbeddedRedis", "RegistryKeys", "ScriptBook", "connect_redis", "redis_client"]

@@ -1,0 +1,59 @@
+"""Redis clients and start-up connection with backoff."""
+
+from __future__ import annotations
+
+import logging
+
+from redis.asyncio import Redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+
+log = logging.getLogger(__name__)
+
+# Errors worth waiting out: the server is not there yet, restarting, or slow.
+TRANSIENT_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
+
+
+def redis_client(url: str, socket_timeout_s: float) -> Redis:
+    """A binary-safe client (audio is bytes) that retries a failed command a few times itself."""
+    return Redis.from_url(
+        url,
+        decode_responses=False,
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=socket_timeout_s,
+        health_check_interval=30,
+        retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries=3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+
+
+async def connect_redis(url: str, socket_timeout_s: float, backoff_max_s: float) -> Redis:
+    """Connects and PINGs, waiting with capped exponential backoff for as long as Redis is unreachable."""
+    client = redis_client(url, socket_timeout_s)
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(TRANSIENT_REDIS_ERRORS),
+        wait=wait_exponential_jitter(initial=0.1, max=backoff_max_s),
+        before_sleep=lambda state: log.warning(
+            "redis unreachable, retrying",
+            extra={
+                "redis_url": _redacted(url),
+                "attempt": state.attempt_number,
+                "error": repr(state.outcome.exception()) if state.outcome else "",
+            },
+        ),
+        reraise=True,
+    ):
+        with attempt:
+            await client.ping()
+    return client
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for logs."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"

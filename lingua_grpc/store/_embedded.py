@@ -1,0 +1,105 @@
+"""A private redis-server child process: the scheduler's default when no Redis URL is configured."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Linux only: the child gets SIGTERM when the scheduler dies, even by SIGKILL, so no redis-server is
+    # left behind holding a port.
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedRedis:
+    """Starts `redis-server` on a free loopback port with persistence off; `stop()` ends it."""
+
+    def __init__(self, server_path: str = "redis-server", host: str = "127.0.0.1") -> None:
+        self._server_path = server_path
+        self._host = host
+        self._proc: subprocess.Popen[bytes] | None = None
+        # A file, not a pipe: nobody reads redis-server's log while it runs, and a full pipe would block it.
+        self._log = tempfile.TemporaryFile()
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self._host}:{self.port}/0"
+
+    async def start(self, attempts: int = 3, ready_timeout_s: float = 10.0) -> str:
+        binary = shutil.which(self._server_path)
+        if binary is None:
+            raise FileNotFoundError(
+                f"{self._server_path} not found: install Redis (`make redis` or apt-get install redis-server)"
+                " or set LINGUA_REDIS_URL"
+            )
+        for _ in range(attempts):  # the free port can be taken between choosing it and binding it
+            self.port = free_port(self._host)
+            self._proc = subprocess.Popen(
+                [binary, "--port", str(self.port), "--bind", self._host, "--save", "", "--appendonly", "no",
+                 "--protected-mode", "yes", "--loglevel", "warning"],
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
+            if await self._wait_ready(ready_timeout_s):
+                log.info("embedded redis-server started", extra={"redis_url": self.url, "pid": self._proc.pid})
+                return self.url
+            await self.stop()
+        raise RuntimeError(f"embedded redis-server did not start after {attempts} attempts")
+
+    async def _wait_ready(self, timeout_s: float) -> bool:
+        assert self._proc is not None
+        client = Redis(host=self._host, port=self.port, socket_connect_timeout=0.5)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        try:
+            while loop.time() < deadline:
+                if self._proc.poll() is not None:
+                    self._log.seek(0)
+                    err = self._log.read().decode(errors="replace")
+                    log.warning("embedded redis-server exited", extra={"stderr": err.strip()[-500:]})
+                    return False
+                try:
+                    if await client.ping():
+                        return True
+                except (RedisConnectionError, OSError):
+                    await asyncio.sleep(0.02)  # the child is still starting: poll its port again
+            return False
+        finally:
+            await client.aclose()
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.to_thread(proc.wait, timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
+        log.info("embedded redis-server stopped", extra={"redis_url": self.url})

@@ -1,0 +1,31 @@
+-- register_node: adds a node to the registry, or refreshes its registration (a reconnect).
+-- KEYS[1] node hash      KEYS[2] node lease      KEYS[3] node index (set)      KEYS[4] registry version
+-- ARGV[1] node id        ARGV[2] capabilities, canonical JSON                  ARGV[3] max concurrency
+-- ARGV[4] scheduler instance id holding the stream                             ARGV[5] connection id
+-- ARGV[6] lease in ms    ARGV[7] channel announcing registry changes
+-- Returns {registry version, 1 when the version was bumped (new node, new capabilities, was draining) else 0}.
+-- The newest connection wins: heartbeats and deregistration of an older connection are refused afterwards.
+local t = redis.call('TIME')
+local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
+local changed = 1
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local cur = redis.call('HMGET', KEYS[1], 'capabilities', 'max_concurrency', 'state')
+  if cur[1] == ARGV[2] and cur[2] == ARGV[3] and cur[3] == 'up' then
+    changed = 0
+  end
+else
+  redis.call('HSET', KEYS[1], 'registered_ms', now_ms, 'reserved', 0, 'load', '{}')
+end
+redis.call('HSET', KEYS[1],
+  'node_id', ARGV[1], 'capabilities', ARGV[2], 'max_concurrency', ARGV[3], 'state', 'up',
+  'instance', ARGV[4], 'connection', ARGV[5], 'last_heartbeat_ms', now_ms)
+redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[6])
+redis.call('SADD', KEYS[3], ARGV[1])
+local version
+if changed == 1 then
+  version = redis.call('INCR', KEYS[4])
+  redis.call('PUBLISH', ARGV[7], version)
+else
+  version = tonumber(redis.call('GET', KEYS[4]) or '0')
+end
+return {version, changed}
