@@ -5,18 +5,27 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
+from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
 
-from lingua_grpc.api import NodeServicer, RegistryServicer
+from lingua_grpc.api import NodeServicer, RegistryServicer, SessionServicer
 from lingua_grpc.clock import Clock, SystemClock
 from lingua_grpc.config import Settings
 from lingua_grpc.metrics import SchedulerMetrics
 from lingua_grpc.nodes import HubSettings, NodeHub
-from lingua_grpc.pb import node_pb2, node_pb2_grpc, registry_pb2, registry_pb2_grpc, session_pb2, session_pb2_grpc
+from lingua_grpc.pb import (
+    node_pb2,
+    node_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+    session_pb2,
+    session_pb2_grpc,
+)
 from lingua_grpc.registry import NodeRegistry, SnapshotCache, load_pools_file
 from lingua_grpc.store import EmbeddedRedis, RegistryKeys, ScriptBook, connect_redis
 
@@ -47,7 +56,7 @@ class Scheduler:
         self._embedded: EmbeddedRedis | None = None
         self._redis: Redis | None = None
         self._server: grpc.aio.Server | None = None
-        self._health = health.aio.HealthServicer()
+        self._health = health_aio.HealthServicer()
         self._metrics_server: object | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
@@ -69,8 +78,13 @@ class Scheduler:
         keys = RegistryKeys(s.key_prefix)
         registry = NodeRegistry(self._redis, keys, ScriptBook(self._redis))
         self.cache = SnapshotCache(
-            self._redis, registry, keys.changes_channel, pool_specs, s.snapshot_refresh_ms / 1000,
-            self.metrics, self.clock,
+            self._redis,
+            registry,
+            keys.changes_channel,
+            pool_specs,
+            s.snapshot_refresh_ms / 1000,
+            self.metrics,
+            self.clock,
         )
         await self.cache.start()
         self.hub = NodeHub(
@@ -92,11 +106,14 @@ class Scheduler:
         node_pb2_grpc.add_NodeServiceServicer_to_server(
             NodeServicer(self.hub, s.heartbeat_interval_ms, s.node_lease_ms, s.instance_id), server
         )
-        registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(self.cache, self.hub), server)
-        # Sessions arrive with the sessions work; until then the service answers UNIMPLEMENTED.
-        session_pb2_grpc.add_SessionServiceServicer_to_server(session_pb2_grpc.SessionServiceServicer(), server)
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(
+            RegistryServicer(self.cache, self.hub), server
+        )
+        session_pb2_grpc.add_SessionServiceServicer_to_server(SessionServicer(), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
         host, _, _ = s.listen.rpartition(":")
         port = server.add_insecure_port(s.listen)
         if port == 0:
@@ -152,7 +169,9 @@ class Scheduler:
     @staticmethod
     async def _warn_on_eviction_policy(redis: Redis) -> None:
         try:
-            policy = (await redis.config_get("maxmemory-policy")).get(b"maxmemory-policy", b"").decode()
+            reply: dict[Any, Any] = await redis.config_get("maxmemory-policy")
+            raw = next(iter(reply.values()), b"")
+            policy = raw.decode() if isinstance(raw, bytes) else str(raw)
         except Exception:  # CONFIG may be disabled on managed Redis; the warning is a courtesy
             return
         if policy and policy != "noeviction":

@@ -15,7 +15,7 @@ import socket
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 ENV_PREFIX = "LINGUA_"
 
@@ -103,7 +103,7 @@ class Settings:
             parser.add_argument(
                 "--" + f.name.replace("_", "-"),
                 dest=f.name,
-                type=type(f.default),
+                type=type(cast(Any, f.default)),
                 default=None,
                 metavar=f.name.upper(),
                 help=f"{f.metadata['help']} (env {cls.env_name(f.name)}, default {f.default!r})",
@@ -121,7 +121,7 @@ class Settings:
                 values[f.name] = flag
             elif (raw := environ.get(cls.env_name(f.name))) is not None:
                 try:
-                    values[f.name] = type(f.default)(raw)
+                    values[f.name] = type(cast(Any, f.default))(raw)
                 except ValueError as exc:
                     raise ValueError(f"{cls.env_name(f.name)}={raw!r}: {exc}") from None
         return cls(**values)

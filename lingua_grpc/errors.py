@@ -46,5 +46,5 @@ STATUS_BY_ERROR: dict[type[LinguaError], grpc.StatusCode] = {
 def status_for(error: LinguaError) -> grpc.StatusCode:
     for cls in type(error).__mro__:
         if cls in STATUS_BY_ERROR:
-            return STATUS_BY_ERROR[cls]  # type: ignore[index]
+            return STATUS_BY_ERROR[cls]
     return grpc.StatusCode.INTERNAL

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -12,6 +13,7 @@ class SchedulerMetrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:
+        self._server: Any = None
         r = self.registry
         self.nodes_connected = Gauge(
             "lingua_nodes_connected", "Node streams held by this instance", registry=r
@@ -28,9 +30,7 @@ class SchedulerMetrics:
         self.registry_version = Gauge(
             "lingua_registry_version", "Registry version of the current snapshot", registry=r
         )
-        self.snapshot_builds = Counter(
-            "lingua_snapshot_builds_total", "Registry snapshots built", registry=r
-        )
+        self.snapshot_builds = Counter("lingua_snapshot_builds_total", "Registry snapshots built", registry=r)
         self.snapshot_build_seconds = Histogram(
             "lingua_snapshot_build_seconds",
             "Time to read Redis and build one snapshot",
@@ -48,7 +48,7 @@ class SchedulerMetrics:
         return int(self._server.server_port)
 
     def stop_serving(self) -> None:
-        server, self._server = getattr(self, "_server", None), None
+        server, self._server = self._server, None
         if server is not None:
             server.shutdown()
             server.server_close()

@@ -1,6 +1,6 @@
 """The generated lingua.v1 messages and stubs, under one public import path.
 
-    from lingua_grpc.pb import session_pb2, session_pb2_grpc
+from lingua_grpc.pb import session_pb2, session_pb2_grpc
 """
 
 from lingua_grpc._proto.lingua.v1 import (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -11,7 +12,7 @@ from lingua_grpc.errors import LinguaError, status_for
 
 
 @contextlib.asynccontextmanager
-async def domain_errors(context: grpc.aio.ServicerContext[object, object]) -> AsyncIterator[None]:
+async def domain_errors(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
     try:
         yield
     except LinguaError as exc:

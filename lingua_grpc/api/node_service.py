@@ -8,6 +8,7 @@ import logging
 
 import grpc
 
+from lingua_grpc._grpc import read_message
 from lingua_grpc.api import _convert as convert
 from lingua_grpc.api._errors import domain_errors
 from lingua_grpc.errors import FailedPrecondition, status_for
@@ -27,9 +28,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self._instance_id = instance_id
 
     async def Connect(self, request_iterator: object, context: Context) -> None:  # type: ignore[override]
-        first = await context.read()
-        if first is grpc.aio.EOF or first.WhichOneof("kind") != "register":
-            got = "end of stream" if first is grpc.aio.EOF else f"`{first.WhichOneof('kind')}`"
+        first: node_pb2.ConnectRequest | None = await read_message(context)
+        if first is None or first.WhichOneof("kind") != "register":
+            got = "end of stream" if first is None else f"`{first.WhichOneof('kind')}`"
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"the first message on NodeService.Connect must be `register`, got {got}",
@@ -66,8 +67,8 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     async def _read(self, context: Context, link: NodeLink) -> None:
         try:
             while True:
-                message = await context.read()
-                if message is grpc.aio.EOF:
+                message: node_pb2.ConnectRequest | None = await read_message(context)
+                if message is None:
                     link.close(CloseReason.LEFT)
                     return
                 kind = message.WhichOneof("kind")
@@ -76,7 +77,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 elif kind == "draining":
                     await self._hub.node_draining(link, message.draining.reason)
                 elif kind == "register":
-                    link.close(CloseReason.PROTOCOL, FailedPrecondition("`register` was already sent on this stream"))
+                    link.close(
+                        CloseReason.PROTOCOL, FailedPrecondition("`register` was already sent on this stream")
+                    )
                     return
                 else:
                     log.debug("node message not handled yet", extra={"node_id": link.node_id, "kind": kind})

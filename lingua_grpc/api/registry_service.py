@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import grpc
 
@@ -11,7 +11,7 @@ from lingua_grpc.api._errors import domain_errors
 from lingua_grpc.errors import InvalidArgument
 from lingua_grpc.nodes import NodeHub
 from lingua_grpc.pb import registry_pb2, registry_pb2_grpc
-from lingua_grpc.registry import SnapshotCache
+from lingua_grpc.registry import NodeRecord, SnapshotCache
 
 Context = grpc.aio.ServicerContext[object, object]
 
@@ -26,7 +26,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.GetSnapshotResponse:
         return registry_pb2.GetSnapshotResponse(snapshot=convert.snapshot_to_proto(self._cache.current))
 
-    async def WatchSnapshots(  # type: ignore[override]
+    async def WatchSnapshots(
         self, request: registry_pb2.WatchSnapshotsRequest, context: Context
     ) -> AsyncIterator[registry_pb2.WatchSnapshotsResponse]:
         async for snapshot in self._cache.watch(request.after_version):
@@ -36,7 +36,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.ListNodesRequest, context: Context
     ) -> registry_pb2.ListNodesResponse:
         snapshot = self._cache.current
-        nodes = snapshot.nodes.values()
+        nodes: Iterable[NodeRecord] = snapshot.nodes.values()
         if request.HasField("language_pair"):
             async with domain_errors(context):
                 pair = convert.pair_from_proto(request.language_pair)

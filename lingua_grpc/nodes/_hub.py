@@ -98,7 +98,9 @@ class NodeHub:
         )
         previous = self._links.get(link.node_id)
         if previous is not None:
-            previous.close(CloseReason.SUPERSEDED, FailedPrecondition("the node registered on a newer stream"))
+            previous.close(
+                CloseReason.SUPERSEDED, FailedPrecondition("the node registered on a newer stream")
+            )
         self._links[link.node_id] = link
         self._metrics.node_registrations.inc()
         self._metrics.nodes_connected.set(len(self._links))
@@ -130,15 +132,19 @@ class NodeHub:
         if outcome is HeartbeatOutcome.SUPERSEDED:
             link.close(CloseReason.SUPERSEDED, FailedPrecondition("the node registered on a newer stream"))
         elif outcome is HeartbeatOutcome.UNKNOWN:
-            log.warning("heartbeat from a node the registry lost; asking it to register again",
-                        extra={"node_id": link.node_id})
+            log.warning(
+                "heartbeat from a node the registry lost; asking it to register again",
+                extra={"node_id": link.node_id},
+            )
             link.send(ReregisterCommand("the registry no longer holds this node"))
             link.close(CloseReason.REREGISTER)
 
     async def node_draining(self, link: NodeLink, reason: str) -> None:
         link.drain_sent = True  # the node asked itself: no need to tell it
         outcome, version = await self._registry.drain(link.node_id)
-        log.info("node draining", extra={"node_id": link.node_id, "reason": reason, "registry_version": version})
+        log.info(
+            "node draining", extra={"node_id": link.node_id, "reason": reason, "registry_version": version}
+        )
         if outcome is DrainOutcome.DRAINING:
             await self._refresh_quietly()
 
@@ -154,7 +160,9 @@ class NodeHub:
         record = snapshot.nodes.get(node_id)
         if record is None:
             raise NotFound(f"node {node_id!r} left while being drained")
-        log.info("node drain requested", extra={"node_id": node_id, "reason": reason, "registry_version": version})
+        log.info(
+            "node drain requested", extra={"node_id": node_id, "reason": reason, "registry_version": version}
+        )
         return record, snapshot.version
 
     def detach(self, link: NodeLink) -> None:
@@ -178,8 +186,10 @@ class NodeHub:
         except RedisError as exc:
             # The lease will lapse on its own and any instance's watchdog removes the node then.
             self._metrics.redis_errors.labels("deregister").inc()
-            log.warning("node not deregistered; its lease will lapse",
-                        extra={"node_id": link.node_id, "error": repr(exc)})
+            log.warning(
+                "node not deregistered; its lease will lapse",
+                extra={"node_id": link.node_id, "error": repr(exc)},
+            )
             return
         if removed:
             self._metrics.node_departures.labels(label).inc()
@@ -198,7 +208,9 @@ class NodeHub:
         while True:
             await asyncio.sleep(self._settings.lease_check_interval_ms / 1000)
             for link in lapsed(self._links.values(), self._clock.monotonic(), lease_s):
-                log.warning("node lease expired", extra={"node_id": link.node_id, "lease_ms": self._settings.lease_ms})
+                log.warning(
+                    "node lease expired", extra={"node_id": link.node_id, "lease_ms": self._settings.lease_ms}
+                )
                 link.close(
                     CloseReason.LEASE_EXPIRED,
                     LeaseExpired(f"no heartbeat for {self._settings.lease_ms} ms: the node was dropped"),

@@ -49,9 +49,7 @@ class _Close:
 class NodeLink:
     """Messages to one node go through `send`; the stream's writer takes them with `next_outgoing`."""
 
-    def __init__(
-        self, node_id: str, connection_id: str, capabilities: NodeCapabilities, now: float
-    ) -> None:
+    def __init__(self, node_id: str, connection_id: str, capabilities: NodeCapabilities, now: float) -> None:
         self.node_id = node_id
         self.connection_id = connection_id
         self.capabilities = capabilities

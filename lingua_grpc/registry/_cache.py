@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -82,9 +83,7 @@ class SnapshotCache:
             previous = self._current
             if version < previous.version:
                 # Redis lost its data (restart without persistence): versions start again from 0.
-                log.warning(
-                    "registry version went back", extra={"from": previous.version, "to": version}
-                )
+                log.warning("registry version went back", extra={"from": previous.version, "to": version})
             self._current = snapshot
             self._metrics.registry_version.set(version)
         if version != previous.version:
@@ -102,10 +101,13 @@ class SnapshotCache:
         last = after_version
         while True:
             async with self._changed:
-                await self._changed.wait_for(lambda: self._current.version != last)
+                await self._changed.wait_for(partial(self._differs_from, last))
             snapshot = self._current
             last = snapshot.version
             yield snapshot
+
+    def _differs_from(self, version: int) -> bool:
+        return self._current.version != version
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -130,4 +132,4 @@ class SnapshotCache:
                 backoff = min(backoff * 2, max(self._refresh_s, 1.0))
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]

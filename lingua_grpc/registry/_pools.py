@@ -64,7 +64,7 @@ def load_pools_file(path: str | Path) -> tuple[PoolSpec, ...]:
         names.add(name)
         pairs = raw.get("pairs")
         if not isinstance(pairs, list) or not pairs:
-            raise ValueError(f"{where} ({name}): pairs must be a non-empty list such as [\"en-es\"]")
+            raise ValueError(f'{where} ({name}): pairs must be a non-empty list such as ["en-es"]')
         try:
             parsed = tuple(LanguagePair.parse(p) for p in pairs)
         except Exception as exc:
@@ -74,7 +74,7 @@ def load_pools_file(path: str | Path) -> tuple[PoolSpec, ...]:
         if nodes is not None and not (isinstance(nodes, list) and all(isinstance(n, str) for n in nodes)):
             raise ValueError(f"{where} ({name}): nodes must be a list of node ids")
         if not isinstance(labels, dict):
-            raise ValueError(f"{where} ({name}): labels must be a table such as {{ tier = \"premium\" }}")
+            raise ValueError(f'{where} ({name}): labels must be a table such as {{ tier = "premium" }}')
         specs.append(
             PoolSpec(
                 name=name,

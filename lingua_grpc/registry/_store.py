@@ -89,7 +89,7 @@ class NodeRegistry:
 
     async def expire_lapsed(self) -> list[str]:
         """Removes every node whose lease lapsed, whichever instance held it. Returns their ids."""
-        node_ids = [m.decode() for m in await self._redis.smembers(self._keys.nodes)]
+        node_ids = [_text(m) for m in await self._redis.smembers(self._keys.nodes)]
         if not node_ids:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -111,8 +111,10 @@ class NodeRegistry:
         k = self._keys
         for _ in range(max_attempts):
             async with self._redis.pipeline(transaction=True) as pipe:
-                version_before, members = await pipe.get(k.version).smembers(k.nodes).execute()
-            node_ids = sorted(m.decode() for m in members)
+                pipe.get(k.version)
+                pipe.smembers(k.nodes)
+                version_before, members = await pipe.execute()
+            node_ids = sorted(_text(m) for m in members)
             async with self._redis.pipeline(transaction=True) as pipe:
                 for node_id in node_ids:
                     pipe.hgetall(k.node(node_id))
@@ -126,9 +128,15 @@ class NodeRegistry:
     async def read_node(self, node_id: str) -> NodeRecord | None:
         k = self._keys
         async with self._redis.pipeline(transaction=True) as pipe:
-            fields, ttl = await pipe.hgetall(k.node(node_id)).pttl(k.lease(node_id)).execute()
+            pipe.hgetall(k.node(node_id))
+            pipe.pttl(k.lease(node_id))
+            fields, ttl = await pipe.execute()
         records = _records([node_id], [fields, ttl])
         return records[0] if records else None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _records(node_ids: Sequence[str], replies: Sequence[object]) -> list[NodeRecord]:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 
@@ -39,14 +39,16 @@ class EmbeddedRedis:
     def __init__(self, server_path: str = "redis-server", host: str = "127.0.0.1") -> None:
         self._server_path = server_path
         self._host = host
-        self._proc: subprocess.Popen[bytes] | None = None
-        # A file, not a pipe: nobody reads redis-server's log while it runs, and a full pipe would block it.
-        self._log = tempfile.TemporaryFile()
+        self._proc: asyncio.subprocess.Process | None = None
         self.port = 0
 
     @property
     def url(self) -> str:
         return f"redis://{self._host}:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
 
     async def start(self, attempts: int = 3, ready_timeout_s: float = 10.0) -> str:
         binary = shutil.which(self._server_path)
@@ -57,17 +59,23 @@ class EmbeddedRedis:
             )
         for _ in range(attempts):  # the free port can be taken between choosing it and binding it
             self.port = free_port(self._host)
-            self._proc = subprocess.Popen(
-                [binary, "--port", str(self.port), "--bind", self._host, "--save", "", "--appendonly", "no",
-                 "--protected-mode", "yes", "--loglevel", "warning"],
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
-            )
-            if await self._wait_ready(ready_timeout_s):
-                log.info("embedded redis-server started", extra={"redis_url": self.url, "pid": self._proc.pid})
-                return self.url
+            # Its log goes to a file, not a pipe: nobody reads it while it runs, and a full pipe would block it.
+            with tempfile.TemporaryFile() as server_log:
+                self._proc = await asyncio.create_subprocess_exec(
+                    binary,
+                    *("--port", str(self.port), "--bind", self._host, "--save", "", "--appendonly", "no"),
+                    *("--protected-mode", "yes", "--loglevel", "warning"),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=server_log,
+                    stderr=asyncio.subprocess.STDOUT,
+                    preexec_fn=_die_with_parent,
+                )
+                if await self._wait_ready(ready_timeout_s):
+                    log.info("embedded redis-server started", extra={"redis_url": self.url, "pid": self.pid})
+                    return self.url
+                server_log.seek(0)
+                output = server_log.read().decode(errors="replace").strip()
+            log.warning("embedded redis-server did not start", extra={"output": output[-500:]})
             await self.stop()
         raise RuntimeError(f"embedded redis-server did not start after {attempts} attempts")
 
@@ -77,12 +85,7 @@ class EmbeddedRedis:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         try:
-            while loop.time() < deadline:
-                if self._proc.poll() is not None:
-                    self._log.seek(0)
-                    err = self._log.read().decode(errors="replace")
-                    log.warning("embedded redis-server exited", extra={"stderr": err.strip()[-500:]})
-                    return False
+            while loop.time() < deadline and self._proc.returncode is None:
                 try:
                     if await client.ping():
                         return True
@@ -94,12 +97,13 @@ class EmbeddedRedis:
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None or proc.returncode is not None:
             return
         proc.terminate()
         try:
-            await asyncio.to_thread(proc.wait, timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            await asyncio.to_thread(proc.wait)
+            await asyncio.wait_for(proc.wait(), timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
         log.info("embedded redis-server stopped", extra={"redis_url": self.url})

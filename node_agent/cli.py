@@ -1,0 +1,145 @@
+"""`lingua-node`: the reference node agent."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import sys
+
+from lingua_grpc import __version__
+from lingua_grpc.errors import InvalidArgument
+from lingua_grpc.logs import configure_logging
+from lingua_grpc.pb import common_pb2
+from lingua_grpc.registry import LanguagePair
+from node_agent.agent import AgentConfig, NodeAgent
+from node_agent.engines import ENGINES, create_engine
+from node_agent.gpu import GpuProbe
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"LINGUA_NODE_{name}", default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lingua-node",
+        description="Lingua node agent: registers this host's capabilities with a scheduler and runs"
+        " utterance jobs (ASR, translation, TTS) through an engine. SIGTERM drains: no new jobs, running"
+        " ones finish, then it leaves and exits 0. Every flag can also be set as LINGUA_NODE_<FLAG>.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--scheduler", default=_env("SCHEDULER", "127.0.0.1:50051"), help="scheduler HOST:PORT")
+    p.add_argument("--node-id", default=_env("NODE_ID", socket.gethostname()), help="unique node name")
+    p.add_argument(
+        "--pairs",
+        default=_env("PAIRS", ""),
+        required=not _env("PAIRS", ""),
+        help="language pairs served, comma separated: en-es,en-zh (pt-BR>en for regional tags)",
+    )
+    p.add_argument(
+        "--asr-languages",
+        default=_env("ASR_LANGUAGES", ""),
+        help="languages transcribed, comma separated (default: the pairs' sources)",
+    )
+    p.add_argument(
+        "--tts-languages",
+        default=_env("TTS_LANGUAGES", ""),
+        help="languages synthesized, comma separated (default: the pairs' targets)",
+    )
+    p.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=int(_env("MAX_CONCURRENCY", "4")),
+        help="jobs run at once (default 4)",
+    )
+    p.add_argument(
+        "--engine", choices=ENGINES, default=_env("ENGINE", "synthetic"), help="engine to run jobs"
+    )
+    p.add_argument(
+        "--synthetic-latency-ms",
+        type=int,
+        default=int(_env("SYNTHETIC_LATENCY_MS", "0")),
+        help="latency of each stage of the synthetic engine (default 0)",
+    )
+    p.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE", help="label for pools files, repeatable"
+    )
+    p.add_argument(
+        "--reconnect-max-ms",
+        type=int,
+        default=int(_env("RECONNECT_MAX_MS", "10000")),
+        help="longest wait between reconnection attempts (default 10000)",
+    )
+    p.add_argument(
+        "--drain-timeout-ms",
+        type=int,
+        default=int(_env("DRAIN_TIMEOUT_MS", "60000")),
+        help="how long running jobs may take to finish when draining (default 60000)",
+    )
+    p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    p.add_argument("--log-format", choices=("json", "text"), default=_env("LOG_FORMAT", "json"))
+    return p
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def capabilities_from_args(args: argparse.Namespace, gpus: GpuProbe) -> common_pb2.NodeCapabilities:
+    pairs = [LanguagePair.parse(p) for p in _split(args.pairs)]
+    if not pairs:
+        raise InvalidArgument("--pairs needs at least one pair, such as en-es")
+    labels = {}
+    for item in args.label:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"--label {item!r}: write KEY=VALUE")
+        labels[key] = value
+    return common_pb2.NodeCapabilities(
+        asr_languages=_split(args.asr_languages) or sorted({p.source for p in pairs}),
+        translation_pairs=[
+            common_pb2.LanguagePair(source_language=p.source, target_language=p.target) for p in pairs
+        ],
+        tts_languages=_split(args.tts_languages) or sorted({p.target for p in pairs}),
+        gpus=[
+            common_pb2.Gpu(index=g.index, name=g.name, uuid=g.uuid, memory_total_bytes=g.memory_total_bytes)
+            for g in gpus.gpus
+        ],
+        max_concurrency=args.max_concurrency,
+        agent_version=f"lingua-node {__version__}",
+        labels=labels,
+    )
+
+
+async def _run(agent: NodeAgent) -> int:
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, agent.drain, "SIGTERM")
+    loop.add_signal_handler(signal.SIGINT, agent.drain, "SIGINT")
+    return await agent.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
+    gpus = GpuProbe()
+    try:
+        capabilities = capabilities_from_args(args, gpus)
+        engine = create_engine(args.engine, args.synthetic_latency_ms)
+    except (InvalidArgument, ValueError) as exc:
+        print(f"lingua-node: {exc}", file=sys.stderr)
+        return 2
+    config = AgentConfig(
+        scheduler=args.scheduler,
+        node_id=args.node_id,
+        capabilities=capabilities,
+        reconnect_max_s=args.reconnect_max_ms / 1000,
+        drain_timeout_s=args.drain_timeout_ms / 1000,
+    )
+    return asyncio.run(_run(NodeAgent(config, engine, gpus)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
