@@ -78,10 +78,9 @@ class Scheduler:
         keys = RegistryKeys(s.key_prefix)
         registry = NodeRegistry(self._redis, keys, ScriptBook(self._redis))
         self.cache = SnapshotCache(
-            self._redis,
             registry,
-            keys.changes_channel,
             pool_specs,
+            s.snapshot_poll_ms / 1000,
             s.snapshot_refresh_ms / 1000,
             self.metrics,
             self.clock,

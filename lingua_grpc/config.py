@@ -43,8 +43,9 @@ class Settings:
     heartbeat_interval_ms: int = _setting(5000, "how often nodes send heartbeats")
     node_lease_heartbeats: int = _setting(3, "missed heartbeats after which a node is dropped")
     lease_check_interval_ms: int = _setting(1000, "how often expired node leases are looked for in Redis")
+    snapshot_poll_ms: int = _setting(100, "how often the registry version is read to spot changes")
     snapshot_refresh_ms: int = _setting(
-        1000, "longest a registry snapshot goes without re-reading Redis (loads; missed change events)"
+        1000, "longest a registry snapshot goes without a full re-read (to pick up node loads)"
     )
     max_node_concurrency: int = _setting(1024, "largest max_concurrency a node may register with")
     pools_file: str = _setting("", "TOML file of configured pools that replace derived ones for their pairs")
@@ -79,7 +80,12 @@ class Settings:
             out.append(f"redis_url must start with redis://, rediss:// or unix://, got {self.redis_url!r}")
         if not self.key_prefix or any(c in self.key_prefix for c in "{} "):
             out.append("key_prefix must be non-empty without spaces or braces (braces are hash tags)")
-        for name in ("heartbeat_interval_ms", "lease_check_interval_ms", "snapshot_refresh_ms"):
+        for name in (
+            "heartbeat_interval_ms",
+            "lease_check_interval_ms",
+            "snapshot_poll_ms",
+            "snapshot_refresh_ms",
+        ):
             if getattr(self, name) < 10:
                 out.append(f"{name} must be at least 10")
         if self.node_lease_heartbeats < 2:

@@ -1,7 +1,6 @@
 -- deregister_node: removes a node that left (clean close or broken stream). Idempotent.
 -- KEYS[1] node hash      KEYS[2] node lease      KEYS[3] node index (set)      KEYS[4] registry version
 -- ARGV[1] node id        ARGV[2] connection id, or '' to remove whatever connection holds it
--- ARGV[3] channel announcing registry changes
 -- Returns {1 when removed else 0, registry version}. A stale connection cannot remove a newer registration.
 local version = tonumber(redis.call('GET', KEYS[4]) or '0')
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -13,5 +12,4 @@ end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('SREM', KEYS[3], ARGV[1])
 version = redis.call('INCR', KEYS[4])
-redis.call('PUBLISH', ARGV[3], version)
 return {1, version}

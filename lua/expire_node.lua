@@ -1,7 +1,7 @@
 -- expire_node: removes a node whose lease lapsed (no heartbeat for a whole lease). Idempotent; any instance
 -- may run it for any node, so nodes held by a dead scheduler instance are cleaned up too.
 -- KEYS[1] node hash      KEYS[2] node lease      KEYS[3] node index (set)      KEYS[4] registry version
--- ARGV[1] node id        ARGV[2] channel announcing registry changes
+-- ARGV[1] node id
 -- Returns {1 when removed else 0, registry version}. A node whose lease is alive is left alone.
 local version = tonumber(redis.call('GET', KEYS[4]) or '0')
 if redis.call('EXISTS', KEYS[2]) == 1 then
@@ -13,5 +13,4 @@ if was_member == 0 and had_hash == 0 then
   return {0, version}
 end
 version = redis.call('INCR', KEYS[4])
-redis.call('PUBLISH', ARGV[2], version)
 return {1, version}

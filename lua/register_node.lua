@@ -2,7 +2,7 @@
 -- KEYS[1] node hash      KEYS[2] node lease      KEYS[3] node index (set)      KEYS[4] registry version
 -- ARGV[1] node id        ARGV[2] capabilities, canonical JSON                  ARGV[3] max concurrency
 -- ARGV[4] scheduler instance id holding the stream                             ARGV[5] connection id
--- ARGV[6] lease in ms    ARGV[7] channel announcing registry changes
+-- ARGV[6] lease in ms
 -- Returns {registry version, 1 when the version was bumped (new node, new capabilities, was draining) else 0}.
 -- The newest connection wins: heartbeats and deregistration of an older connection are refused afterwards.
 local t = redis.call('TIME')
@@ -24,7 +24,6 @@ redis.call('SADD', KEYS[3], ARGV[1])
 local version
 if changed == 1 then
   version = redis.call('INCR', KEYS[4])
-  redis.call('PUBLISH', ARGV[7], version)
 else
   version = tonumber(redis.call('GET', KEYS[4]) or '0')
 end

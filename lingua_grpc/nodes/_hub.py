@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Iterable
@@ -26,6 +25,7 @@ from lingua_grpc.registry import (
     RegistrySnapshot,
     SnapshotCache,
 )
+from lingua_grpc.tasks import cancel_and_wait, raise_if_cancelling
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +78,8 @@ class NodeHub:
 
     async def stop(self) -> None:
         """Closes every node stream (nodes reconnect elsewhere) and waits for their deregistration."""
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
-            self._watchdog = None
+        watchdog, self._watchdog = self._watchdog, None
+        await cancel_and_wait(watchdog)
         for link in list(self._links.values()):
             link.close(CloseReason.SHUTDOWN)
         if self._tasks:
@@ -218,6 +215,7 @@ class NodeHub:
             try:
                 removed = await self._registry.expire_lapsed()
             except RedisError as exc:
+                raise_if_cancelling()
                 self._metrics.redis_errors.labels("expire").inc()
                 log.warning("lease check failed", extra={"error": repr(exc)})
                 continue

@@ -1,21 +1,20 @@
 """SnapshotCache: keeps the current RegistrySnapshot fresh in the background.
 
-It rebuilds when a registry script announces a new version on the changes channel, and at least every
-`refresh_s` anyway (to pick up loads and any announcement missed while the subscription was down). Readers
-take `cache.current`, an immutable snapshot swapped in with one assignment. Watchers get each new version
-once, in order (several quick versions may reach a slow watcher as the latest one).
+Every `poll_s` it reads the registry version (one GET) and rebuilds when it moved; every `refresh_s` it
+rebuilds anyway, to pick up node loads. Changes made through this instance call `refresh()` at once, so
+they show without waiting for the poll; changes made through other instances show within `poll_s`.
+Readers take `cache.current`, an immutable snapshot swapped in with one assignment. Watchers get each new
+version once, in order (several quick versions may reach a slow watcher as the latest one).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from functools import partial
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from lingua_grpc.clock import Clock, SystemClock
@@ -23,6 +22,7 @@ from lingua_grpc.metrics import SchedulerMetrics
 from lingua_grpc.registry._pools import PoolSpec
 from lingua_grpc.registry._snapshot import EMPTY_SNAPSHOT, RegistrySnapshot, build_snapshot
 from lingua_grpc.registry._store import NodeRegistry
+from lingua_grpc.tasks import cancel_and_wait, raise_if_cancelling
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +32,15 @@ SnapshotListener = Callable[[RegistrySnapshot], None]
 class SnapshotCache:
     def __init__(
         self,
-        redis: Redis,
         registry: NodeRegistry,
-        channel: str,
         pool_specs: tuple[PoolSpec, ...],
+        poll_s: float,
         refresh_s: float,
         metrics: SchedulerMetrics,
         clock: Clock | None = None,
     ) -> None:
-        self._redis = redis
         self._registry = registry
-        self._channel = channel
+        self._poll_s = poll_s
         self._specs = pool_specs
         self._refresh_s = refresh_s
         self._metrics = metrics
@@ -67,10 +65,7 @@ class SnapshotCache:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def refresh(self) -> RegistrySnapshot:
         """Re-reads Redis now and swaps in the result; returns the current snapshot."""
@@ -110,26 +105,20 @@ class SnapshotCache:
         return self._current.version != version
 
     async def _run(self) -> None:
-        backoff = 0.1
+        backoff = self._poll_s
+        last_full = self._clock.monotonic()
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            await asyncio.sleep(backoff)
             try:
-                await pubsub.subscribe(self._channel)
-                await self.refresh()  # catch up on anything announced while unsubscribed
-                backoff = 0.1
-                self._metrics.redis_up.set(1)
-                while True:
-                    # Wake on an announcement or after refresh_s; either way, read the registry again.
-                    await pubsub.get_message(timeout=self._refresh_s)
+                stale = self._clock.monotonic() - last_full >= self._refresh_s
+                if stale or await self._registry.version() != self._current.version:
                     await self.refresh()
-            except asyncio.CancelledError:
-                raise
+                    last_full = self._clock.monotonic()
+                self._metrics.redis_up.set(1)
+                backoff = self._poll_s
             except (RedisError, OSError) as exc:
+                raise_if_cancelling()
                 self._metrics.redis_up.set(0)
                 self._metrics.redis_errors.labels("snapshot").inc()
-                log.warning("snapshot refresh failed, retrying", extra={"error": repr(exc), "in_s": backoff})
-                await asyncio.sleep(backoff)
+                log.warning("registry read failed, retrying", extra={"error": repr(exc), "in_s": backoff})
                 backoff = min(backoff * 2, max(self._refresh_s, 1.0))
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]

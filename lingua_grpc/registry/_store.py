@@ -53,7 +53,6 @@ class NodeRegistry:
                 instance_id,
                 connection_id,
                 lease_ms,
-                self._keys.changes_channel,
             ],
         )
         return Registered(int(version), bool(changed))
@@ -69,22 +68,18 @@ class NodeRegistry:
 
     async def drain(self, node_id: str) -> tuple[DrainOutcome, int]:
         k = self._keys
-        status, version = await self._scripts.drain_node(
-            keys=[k.node(node_id), k.version], args=[k.changes_channel]
-        )
+        status, version = await self._scripts.drain_node(keys=[k.node(node_id), k.version], args=[])
         return DrainOutcome(int(status)), int(version)
 
     async def deregister(self, node_id: str, connection_id: str = "") -> bool:
         """Removes the node; with a connection id, only if that connection still holds it."""
         removed, _ = await self._scripts.deregister_node(
-            keys=self._node_keys(node_id), args=[node_id, connection_id, self._keys.changes_channel]
+            keys=self._node_keys(node_id), args=[node_id, connection_id]
         )
         return bool(removed)
 
     async def expire(self, node_id: str) -> bool:
-        removed, _ = await self._scripts.expire_node(
-            keys=self._node_keys(node_id), args=[node_id, self._keys.changes_channel]
-        )
+        removed, _ = await self._scripts.expire_node(keys=self._node_keys(node_id), args=[node_id])
         return bool(removed)
 
     async def expire_lapsed(self) -> list[str]:

@@ -5,7 +5,6 @@ Registry keys (tag `{registry}`), with the default prefix:
     lingua:v1:{registry}:nodes          set of registered node ids
     lingua:v1:{registry}:node:<id>      node hash: capabilities, state, instance, load, reserved...
     lingua:v1:{registry}:lease:<id>     lease, expires (PX) unless heartbeats renew it
-Channel `lingua:v1:registry-changed` carries each new version.
 """
 
 from __future__ import annotations
@@ -34,7 +33,3 @@ class RegistryKeys:
 
     def lease(self, node_id: str) -> str:
         return f"{self._tag}:lease:{node_id}"
-
-    @property
-    def changes_channel(self) -> str:
-        return f"{self.prefix}registry-changed"

@@ -1,0 +1,171 @@
+"""Each registry script against a real redis-server: happy path, repeats, lease expiry, draining."""
+
+from __future__ import annotations
+
+import pytest
+from redis.asyncio import Redis
+
+from lingua_grpc.registry import (
+    DrainOutcome,
+    HeartbeatOutcome,
+    LanguagePair,
+    NodeCapabilities,
+    NodeLoad,
+    NodeRegistry,
+    NodeState,
+    Registration,
+)
+from lingua_grpc.store import RegistryKeys, ScriptBook
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.integration
+
+LEASE_MS = 5000
+
+
+def registration(node_id: str = "gpu-1", *pairs: str, max_concurrency: int = 2) -> Registration:
+    parsed = tuple(LanguagePair.parse(p) for p in (pairs or ("en-es",)))
+    return Registration(
+        node_id,
+        NodeCapabilities(
+            asr_languages=tuple({p.source for p in parsed}),
+            translation_pairs=parsed,
+            tts_languages=tuple({p.target for p in parsed}),
+            max_concurrency=max_concurrency,
+        ),
+    )
+
+
+@pytest.fixture
+def registry(redis: Redis, keys: RegistryKeys) -> NodeRegistry:
+    return NodeRegistry(redis, keys, ScriptBook(redis))
+
+
+async def test_register_creates_node_lease_and_bumps_version(
+    registry: NodeRegistry, redis: Redis, keys: RegistryKeys
+) -> None:
+    result = await registry.register(registration(), "inst-a", "conn-1", LEASE_MS)
+    assert result.changed and result.version == 1
+    version, records = await registry.read()
+    assert version == 1
+    (node,) = records
+    assert node.node_id == "gpu-1" and node.state is NodeState.UP and node.instance_id == "inst-a"
+    assert node.capabilities.pairs_served() == {LanguagePair("en", "es")}
+    assert 0 < node.lease_remaining_ms <= LEASE_MS
+    assert 0 < await redis.pttl(keys.lease("gpu-1")) <= LEASE_MS
+
+
+async def test_every_key_of_a_script_shares_one_hash_slot(redis: Redis, keys: RegistryKeys) -> None:
+    from redis.crc import key_slot
+
+    slots = {key_slot(k.encode()) for k in (keys.version, keys.nodes, keys.node("x"), keys.lease("y"))}
+    assert len(slots) == 1
+
+
+async def test_registering_again_unchanged_keeps_the_version(registry: NodeRegistry) -> None:
+    first = await registry.register(registration(), "inst-a", "conn-1", LEASE_MS)
+    again = await registry.register(registration(), "inst-a", "conn-2", LEASE_MS)
+    assert not again.changed and again.version == first.version
+    assert len((await registry.read())[1]) == 1
+
+
+async def test_capability_change_bumps_the_version(registry: NodeRegistry) -> None:
+    await registry.register(registration("gpu-1", "en-es"), "inst-a", "conn-1", LEASE_MS)
+    changed = await registry.register(registration("gpu-1", "en-zh"), "inst-a", "conn-2", LEASE_MS)
+    assert changed.changed and changed.version == 2
+    (node,) = (await registry.read())[1]
+    assert node.capabilities.pairs_served() == {LanguagePair("en", "zh")}
+
+
+async def test_heartbeat_renews_lease_and_records_load(
+    registry: NodeRegistry, redis: Redis, keys: RegistryKeys
+) -> None:
+    await registry.register(registration(), "inst-a", "conn-1", 300)
+    outcome = await registry.heartbeat(
+        "gpu-1", "conn-1", NodeLoad(running_jobs=1, gpu_utilization=0.5), LEASE_MS
+    )
+    assert outcome is HeartbeatOutcome.RENEWED
+    assert await redis.pttl(keys.lease("gpu-1")) > 300
+    node = await registry.read_node("gpu-1")
+    assert node is not None and node.load.running_jobs == 1 and node.load.gpu_utilization == 0.5
+    assert await registry.version() == 1, "a heartbeat is not a registry change"
+
+
+async def test_heartbeat_from_an_older_connection_is_refused(registry: NodeRegistry) -> None:
+    await registry.register(registration(), "inst-a", "conn-old", LEASE_MS)
+    await registry.register(registration(), "inst-b", "conn-new", LEASE_MS)
+    assert await registry.heartbeat("gpu-1", "conn-old", NodeLoad(), LEASE_MS) is HeartbeatOutcome.SUPERSEDED
+    assert await registry.heartbeat("gpu-1", "conn-new", NodeLoad(), LEASE_MS) is HeartbeatOutcome.RENEWED
+    assert not await registry.deregister("gpu-1", "conn-old"), "a stale stream must not remove the node"
+    assert (await registry.read_node("gpu-1")) is not None
+
+
+async def test_heartbeat_of_an_unknown_node_asks_for_registration(registry: NodeRegistry) -> None:
+    assert await registry.heartbeat("ghost", "conn", NodeLoad(), LEASE_MS) is HeartbeatOutcome.UNKNOWN
+
+
+async def test_lease_lapses_and_expiry_removes_the_node_once(
+    registry: NodeRegistry, redis: Redis, keys: RegistryKeys
+) -> None:
+    await registry.register(registration("gpu-1"), "inst-a", "c1", 50)
+    await registry.register(registration("gpu-2"), "inst-a", "c2", LEASE_MS)
+    assert await registry.expire_lapsed() == [], "a live lease is left alone"
+
+    async def lease_gone() -> bool:
+        return not await redis.exists(keys.lease("gpu-1"))
+
+    await wait_until(lease_gone, what="the 50 ms lease to lapse")
+    assert await registry.heartbeat("gpu-1", "c1", NodeLoad(), LEASE_MS) is HeartbeatOutcome.UNKNOWN
+    version_before = await registry.version()
+    assert await registry.expire_lapsed() == ["gpu-1"]
+    assert await registry.expire_lapsed() == []
+    assert await registry.version() == version_before + 1
+    assert [n.node_id for n in (await registry.read())[1]] == ["gpu-2"]
+    assert not await redis.exists(keys.node("gpu-1"))
+
+
+async def test_drain_is_idempotent_and_survives_heartbeats(registry: NodeRegistry) -> None:
+    await registry.register(registration(), "inst-a", "conn-1", LEASE_MS)
+    assert await registry.drain("gpu-1") == (DrainOutcome.DRAINING, 2)
+    assert await registry.drain("gpu-1") == (DrainOutcome.ALREADY_DRAINING, 2)
+    assert await registry.heartbeat("gpu-1", "conn-1", NodeLoad(), LEASE_MS) is HeartbeatOutcome.RENEWED
+    node = await registry.read_node("gpu-1")
+    assert node is not None and node.state is NodeState.DRAINING
+    assert (await registry.drain("ghost"))[0] is DrainOutcome.UNKNOWN
+
+
+async def test_registering_again_after_drain_brings_the_node_back_up(registry: NodeRegistry) -> None:
+    await registry.register(registration(), "inst-a", "conn-1", LEASE_MS)
+    await registry.drain("gpu-1")
+    result = await registry.register(registration(), "inst-a", "conn-2", LEASE_MS)
+    assert result.changed
+    node = await registry.read_node("gpu-1")
+    assert node is not None and node.state is NodeState.UP
+
+
+async def test_deregister_is_idempotent(registry: NodeRegistry, redis: Redis, keys: RegistryKeys) -> None:
+    await registry.register(registration(), "inst-a", "conn-1", LEASE_MS)
+    assert await registry.deregister("gpu-1", "conn-1")
+    assert not await registry.deregister("gpu-1", "conn-1")
+    assert await registry.version() == 2
+    assert await redis.scard(keys.nodes) == 0
+    assert not await redis.exists(keys.node("gpu-1"), keys.lease("gpu-1"))
+
+
+async def test_scripts_reload_themselves_after_script_flush(registry: NodeRegistry, redis: Redis) -> None:
+    await registry.register(registration(), "inst-a", "conn-1", LEASE_MS)
+    await redis.script_flush()
+    assert await registry.heartbeat("gpu-1", "conn-1", NodeLoad(), LEASE_MS) is HeartbeatOutcome.RENEWED
+
+
+async def test_scripts_take_ttls_from_arguments_never_literals() -> None:
+    import re
+
+    from lingua_grpc.store._scripts import LUA_DIR
+
+    for script in LUA_DIR.glob("*.lua"):
+        code = "\n".join(
+            line for line in script.read_text().splitlines() if not line.lstrip().startswith("--")
+        )
+        assert not re.search(r"'P?X',\s*\d", code), f"{script.name} has a literal TTL"
+        assert not re.search(r"P?EXPIRE'\s*,\s*KEYS\[\d\]\s*,\s*\d", code), f"{script.name} has a literal TTL"

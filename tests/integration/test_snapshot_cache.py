@@ -1,0 +1,87 @@
+"""SnapshotCache over a real Redis: versions, watchers, pools."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from lingua_grpc.metrics import SchedulerMetrics
+from lingua_grpc.registry import (
+    LanguagePair,
+    NodeLoad,
+    NodeRegistry,
+    NodeState,
+    RegistrySnapshot,
+    SnapshotCache,
+)
+from lingua_grpc.store import RegistryKeys, ScriptBook
+from tests.integration.test_lua_scripts import LEASE_MS, registration
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def registry(redis: Redis, keys: RegistryKeys) -> NodeRegistry:
+    return NodeRegistry(redis, keys, ScriptBook(redis))
+
+
+@pytest.fixture
+async def cache(registry: NodeRegistry) -> AsyncIterator[SnapshotCache]:
+    # A long full-refresh interval: every rebuild in these tests comes from a version change.
+    c = SnapshotCache(registry, (), poll_s=0.01, refresh_s=30, metrics=SchedulerMetrics())
+    await c.start()
+    yield c
+    await c.stop()
+
+
+async def next_snapshot(watch: AsyncIterator[RegistrySnapshot]) -> RegistrySnapshot:
+    return await asyncio.wait_for(anext(watch), timeout=5)
+
+
+async def test_watcher_sees_each_change_once_in_order(cache: SnapshotCache, registry: NodeRegistry) -> None:
+    watch = cache.watch(after_version=cache.current.version)
+    await registry.register(registration("a"), "i", "c1", LEASE_MS)
+    first = await next_snapshot(watch)
+    assert first.version == 1 and set(first.nodes) == {"a"}
+
+    await registry.register(registration("b"), "i", "c2", LEASE_MS)
+    second = await next_snapshot(watch)
+    assert second.version == 2 and set(second.nodes) == {"a", "b"}
+
+    await registry.drain("a")
+    third = await next_snapshot(watch)
+    assert third.version == 3 and third.nodes["a"].state is NodeState.DRAINING
+
+    pending = asyncio.ensure_future(anext(watch))
+    await registry.heartbeat("b", "c2", NodeLoad(running_jobs=1), LEASE_MS)
+    await cache.refresh()  # a rebuild without a version change must not reach watchers
+    done, _ = await asyncio.wait({pending}, timeout=0.3)
+    assert not done, "a watcher got a snapshot without a new version"
+    await registry.deregister("b")
+    fourth = await asyncio.wait_for(pending, timeout=5)
+    assert fourth.version == 4 and set(fourth.nodes) == {"a"}
+
+
+async def test_capability_change_moves_the_node_between_pools(
+    cache: SnapshotCache, registry: NodeRegistry
+) -> None:
+    watch = cache.watch(after_version=cache.current.version)
+    await registry.register(registration("a", "en-es"), "i", "c1", LEASE_MS)
+    before = await next_snapshot(watch)
+    await registry.register(registration("a", "en-zh"), "i", "c2", LEASE_MS)
+    after = await next_snapshot(watch)
+    assert before.pools_for(LanguagePair("en", "es"))[0].node_ids == ("a",)
+    assert after.pools_for(LanguagePair("en", "es")) == ()
+    assert after.pools_for(LanguagePair("en", "zh"))[0].node_ids == ("a",)
+    assert after.version > before.version
+
+
+async def test_current_snapshot_is_swapped_not_mutated(cache: SnapshotCache, registry: NodeRegistry) -> None:
+    held = cache.current
+    await registry.register(registration("a"), "i", "c1", LEASE_MS)
+    await cache.refresh()
+    assert cache.current is not held
+    assert held.version == 0 and not held.nodes
