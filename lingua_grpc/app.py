@@ -148,9 +148,11 @@ class Scheduler:
         try:
             await self._health.enter_graceful_shutdown()
             if self.hub is not None:
-                await self.hub.stop()
+                self.hub.close_all()
             if self._server is not None:
                 await self._server.stop(grace)
+            if self.hub is not None:
+                await self.hub.stop()  # after the server: the streams' own deregistrations finish first
             if self.cache is not None:
                 await self.cache.stop()
             if self._redis is not None:

@@ -9,8 +9,9 @@ import contextlib
 def raise_if_cancelling() -> None:
     """Re-raises a cancellation that a library turned into another error.
 
-    redis-py turns a cancellation that arrives during a blocking read into a ConnectionError; a retry
-    loop that catches Redis errors would then carry on forever. Call this first in such handlers.
+    redis-py can swallow a cancellation that arrives during a command (turning it into a ConnectionError,
+    or retrying and returning normally), after which the task never sees CancelledError. Loops that call
+    Redis check this on every turn and in their error handlers, so `cancel()` always ends them.
     """
     task = asyncio.current_task()
     if task is not None and task.cancelling():

@@ -76,12 +76,16 @@ class NodeHub:
     async def start(self) -> None:
         self._watchdog = asyncio.create_task(self._watch_leases(), name="lease-watchdog")
 
-    async def stop(self) -> None:
-        """Closes every node stream (nodes reconnect elsewhere) and waits for their deregistration."""
-        watchdog, self._watchdog = self._watchdog, None
-        await cancel_and_wait(watchdog)
+    def close_all(self) -> None:
+        """Ends every node stream with UNAVAILABLE, so the nodes reconnect (elsewhere, if this instance stops)."""
         for link in list(self._links.values()):
             link.close(CloseReason.SHUTDOWN)
+
+    async def stop(self) -> None:
+        """Stops the lease watchdog and waits for pending deregistrations. Call after the server stopped."""
+        watchdog, self._watchdog = self._watchdog, None
+        await cancel_and_wait(watchdog)
+        self.close_all()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -203,6 +207,7 @@ class NodeHub:
     async def _watch_leases(self) -> None:
         lease_s = self._settings.lease_ms / 1000
         while True:
+            raise_if_cancelling()
             await asyncio.sleep(self._settings.lease_check_interval_ms / 1000)
             for link in lapsed(self._links.values(), self._clock.monotonic(), lease_s):
                 log.warning(

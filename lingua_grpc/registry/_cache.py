@@ -92,8 +92,11 @@ class SnapshotCache:
         return snapshot
 
     async def watch(self, after_version: int = 0) -> AsyncIterator[RegistrySnapshot]:
-        """Yields the current snapshot if newer than `after_version`, then each newer one."""
-        last = after_version
+        """Yields the current snapshot (unless it is `after_version`), then each new version once."""
+        snapshot = self._current
+        if after_version == 0 or snapshot.version != after_version:
+            yield snapshot
+        last = snapshot.version
         while True:
             async with self._changed:
                 await self._changed.wait_for(partial(self._differs_from, last))
@@ -108,6 +111,7 @@ class SnapshotCache:
         backoff = self._poll_s
         last_full = self._clock.monotonic()
         while True:
+            raise_if_cancelling()
             await asyncio.sleep(backoff)
             try:
                 stale = self._clock.monotonic() - last_full >= self._refresh_s

@@ -35,7 +35,7 @@ async def connect_redis(url: str, socket_timeout_s: float, backoff_max_s: float)
     client = redis_client(url, socket_timeout_s)
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(TRANSIENT_REDIS_ERRORS),
-        wait=wait_exponential_jitter(initial=0.1, max=backoff_max_s),
+        wait=wait_exponential_jitter(multiplier=0.1, max=backoff_max_s),
         before_sleep=lambda state: log.warning(
             "redis unreachable, retrying",
             extra={
