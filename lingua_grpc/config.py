@@ -36,7 +36,7 @@ class Settings:
     redis_url: str = _setting(
         "", "Redis to use (redis://HOST:PORT/DB); empty starts a private embedded redis-server"
     )
-    key_prefix: str = _setting("lingua:v1:", "prefix of every Redis key and channel")
+    key_prefix: str = _setting("lingua:v1:", "prefix of every Redis key")
     instance_id: str = _setting("", "id of this scheduler instance in Redis; empty derives host-pid-random")
     metrics_host: str = _setting("127.0.0.1", "address the Prometheus metrics endpoint binds")
     metrics_port: int = _setting(9464, "port of the Prometheus metrics endpoint; 0 picks a free one, -1 off")

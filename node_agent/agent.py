@@ -86,8 +86,10 @@ class NodeAgent:
         log.info("draining", extra={"reason": reason, "running_jobs": self.running_jobs})
         self._drain_reason = reason
         self._draining.set()
-        if self._connection is not None:
-            self._connection.send(node_pb2.ConnectRequest(draining=node_pb2.Draining(reason=reason)))
+        conn = self._connection
+        if conn is not None:
+            conn.send(node_pb2.ConnectRequest(draining=node_pb2.Draining(reason=reason)))
+            self._spawn(self._leave_when_idle(conn))
 
     async def run(self) -> int:
         """Runs until drained (returns 0) or the registration is refused (returns 2)."""
@@ -165,20 +167,24 @@ class NodeAgent:
             finally:
                 self._connection = None
                 self.registered.clear()
-                for task in (heartbeat, writer, *self._background):
-                    if task is not None:
-                        task.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await task
+                tasks = [t for t in (heartbeat, writer, *self._background) if t is not None]
+                for task in tasks:
+                    task.cancel()
+                for result in await asyncio.gather(*tasks, return_exceptions=True):
+                    if isinstance(result, Exception):
+                        log.warning("connection task failed", extra={"error": repr(result)})
         return registered
 
     async def _write(self, conn: _Connection) -> None:
-        while True:
-            message = await conn.outbox.get()
-            if message is _DONE_WRITING:
-                await conn.call.done_writing()
-                return
-            await conn.call.write(message)
+        try:
+            while True:
+                message = await conn.outbox.get()
+                if message is _DONE_WRITING:
+                    await conn.call.done_writing()
+                    return
+                await conn.call.write(message)
+        except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
+            return  # the stream ended; the read loop reports why and the agent reconnects
 
     async def _heartbeat(self, conn: _Connection, interval_s: float) -> None:
         while True:
@@ -208,7 +214,6 @@ class NodeAgent:
                 job.task.cancel()
         elif kind == "drain":
             self.drain(message.drain.reason or "scheduler request")
-            self._spawn(self._leave_when_idle(conn))
         elif kind == "reregister":
             log.warning("scheduler asks to register again", extra={"reason": message.reregister.reason})
             conn.call.cancel()

@@ -240,12 +240,12 @@ async def test_newer_stream_of_the_same_node_supersedes_the_older(channel: grpc.
 async def test_watch_snapshots_sends_each_version_once(channel: grpc.aio.Channel) -> None:
     stub = registry_pb2_grpc.RegistryServiceStub(channel)
     stream = stub.WatchSnapshots(registry_pb2.WatchSnapshotsRequest())
-    first = (await asyncio.wait_for(stream.read(), 5)).snapshot  # type: ignore[union-attr]
+    first = (await asyncio.wait_for(read_message(stream), 5)).snapshot
     a, _ = await connect(channel, "a")
     b, _ = await connect(channel, "b")
     seen = [first.version]
     while len(seen) < 3:
-        seen.append((await asyncio.wait_for(stream.read(), 5)).snapshot.version)  # type: ignore[union-attr]
+        seen.append((await asyncio.wait_for(read_message(stream), 5)).snapshot.version)
     assert seen == sorted(set(seen)), f"versions repeated or out of order: {seen}"
     stream.cancel()
     a.cancel()
@@ -283,9 +283,11 @@ async def test_stop_reports_not_serving_and_closes_node_streams(
     async with grpc.aio.insecure_channel(endpoints.grpc) as ch:
         call, _ = await connect(ch)
         watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service=""))
-        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING  # type: ignore[union-attr]
+        assert (await read_message(watch)).status == health_pb2.HealthCheckResponse.SERVING
         stopping = asyncio.create_task(s.stop(grace_s=1))
-        assert (await asyncio.wait_for(watch.read(), 5)).status == health_pb2.HealthCheckResponse.NOT_SERVING  # type: ignore[union-attr]
+        assert (
+            await asyncio.wait_for(read_message(watch), 5)
+        ).status == health_pb2.HealthCheckResponse.NOT_SERVING
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await asyncio.wait_for(read_message(call), 5)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
