@@ -42,7 +42,8 @@ async def next_snapshot(watch: AsyncIterator[RegistrySnapshot]) -> RegistrySnaps
 
 
 async def test_watcher_sees_each_change_once_in_order(cache: SnapshotCache, registry: NodeRegistry) -> None:
-    watch = cache.watch(after_version=cache.current.version)
+    watch = cache.watch()
+    assert (await next_snapshot(watch)).version == 0, "a new watcher first gets the current snapshot"
     await registry.register(registration("a"), "i", "c1", LEASE_MS)
     first = await next_snapshot(watch)
     assert first.version == 1 and set(first.nodes) == {"a"}
@@ -68,7 +69,8 @@ async def test_watcher_sees_each_change_once_in_order(cache: SnapshotCache, regi
 async def test_capability_change_moves_the_node_between_pools(
     cache: SnapshotCache, registry: NodeRegistry
 ) -> None:
-    watch = cache.watch(after_version=cache.current.version)
+    watch = cache.watch()
+    await next_snapshot(watch)
     await registry.register(registration("a", "en-es"), "i", "c1", LEASE_MS)
     before = await next_snapshot(watch)
     await registry.register(registration("a", "en-zh"), "i", "c2", LEASE_MS)
