@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from lingua_grpc.pb import registry_pb2, registry_pb2_grpc
 from lingua_grpc.store import RegistryKeys
 
 
@@ -114,3 +115,23 @@ async def wait_until(
         if asyncio.get_running_loop().time() > deadline:
             pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+async def snapshot_where(
+    stub: registry_pb2_grpc.RegistryServiceAsyncStub,
+    predicate: Callable[[registry_pb2.RegistrySnapshot], bool],
+    timeout_s: float = 15,
+) -> registry_pb2.RegistrySnapshot:
+    """Follows WatchSnapshots until a snapshot satisfies `predicate`; fails after `timeout_s`."""
+    stream = stub.WatchSnapshots(registry_pb2.WatchSnapshotsRequest())
+
+    async def follow() -> registry_pb2.RegistrySnapshot:
+        async for update in stream:
+            if predicate(update.snapshot):
+                return update.snapshot
+        raise AssertionError("WatchSnapshots ended")
+
+    try:
+        return await asyncio.wait_for(follow(), timeout_s)
+    finally:
+        stream.cancel()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -12,7 +11,7 @@ import grpc
 import pytest
 
 from lingua_grpc.pb import common_pb2, registry_pb2, registry_pb2_grpc
-from tests.conftest import free_port, start_redis_server, stop_redis_server
+from tests.conftest import free_port, snapshot_where, start_redis_server, stop_redis_server
 from tests.e2e._procs import Proc, SchedulerProc, ready, start_node, start_scheduler
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
@@ -37,25 +36,6 @@ async def scheduler(tmp_path: Path, procs: list[Proc]) -> SchedulerProc:
 async def registry(scheduler: SchedulerProc) -> AsyncIterator[registry_pb2_grpc.RegistryServiceAsyncStub]:
     async with grpc.aio.insecure_channel(scheduler.grpc) as channel:
         yield registry_pb2_grpc.RegistryServiceStub(channel)
-
-
-async def snapshot_where(
-    stub: registry_pb2_grpc.RegistryServiceAsyncStub,
-    predicate: Callable[[registry_pb2.RegistrySnapshot], bool],
-    timeout_s: float = 15,
-) -> registry_pb2.RegistrySnapshot:
-    stream = stub.WatchSnapshots(registry_pb2.WatchSnapshotsRequest())
-
-    async def follow() -> registry_pb2.RegistrySnapshot:
-        async for update in stream:
-            if predicate(update.snapshot):
-                return update.snapshot
-        raise AssertionError("WatchSnapshots ended")
-
-    try:
-        return await asyncio.wait_for(follow(), timeout_s)
-    finally:
-        stream.cancel()
 
 
 def has(node_id: str) -> Callable[[registry_pb2.RegistrySnapshot], bool]:

@@ -15,6 +15,7 @@ from lingua_grpc.app import Scheduler
 from lingua_grpc.config import Settings
 from lingua_grpc.pb import common_pb2, node_pb2, node_pb2_grpc, registry_pb2, registry_pb2_grpc
 from tests.conftest import RedisServer, wait_until
+from tests.conftest import snapshot_where as watch_until
 
 pytestmark = pytest.mark.integration
 
@@ -85,20 +86,7 @@ async def snapshot_where(
     predicate: Callable[[registry_pb2.RegistrySnapshot], bool],
     timeout_s: float = 5,
 ) -> registry_pb2.RegistrySnapshot:
-    """Follows WatchSnapshots until a snapshot satisfies `predicate`."""
-    stub = registry_pb2_grpc.RegistryServiceStub(channel)
-    stream = stub.WatchSnapshots(registry_pb2.WatchSnapshotsRequest())
-
-    async def follow() -> registry_pb2.RegistrySnapshot:
-        async for update in stream:
-            if predicate(update.snapshot):
-                return update.snapshot
-        raise AssertionError("WatchSnapshots ended")
-
-    try:
-        return await asyncio.wait_for(follow(), timeout_s)
-    finally:
-        stream.cancel()
+    return await watch_until(registry_pb2_grpc.RegistryServiceStub(channel), predicate, timeout_s)
 
 
 def node_ids(snapshot: registry_pb2.RegistrySnapshot) -> set[str]:
