@@ -16,6 +16,8 @@ from redis.asyncio import Redis
 from lingua_grpc.api import NodeServicer, RegistryServicer, SessionServicer
 from lingua_grpc.clock import Clock, SystemClock
 from lingua_grpc.config import Settings
+from lingua_grpc.dispatch import Dispatcher, DispatchSettings
+from lingua_grpc.jobs import JobStore
 from lingua_grpc.metrics import SchedulerMetrics
 from lingua_grpc.nodes import HubSettings, NodeHub
 from lingua_grpc.pb import (
@@ -27,7 +29,8 @@ from lingua_grpc.pb import (
     session_pb2_grpc,
 )
 from lingua_grpc.registry import NodeRegistry, SnapshotCache, load_pools_file
-from lingua_grpc.store import EmbeddedRedis, RegistryKeys, ScriptBook, connect_redis
+from lingua_grpc.sessions import SessionManager
+from lingua_grpc.store import EmbeddedRedis, JobKeys, RegistryKeys, ScriptBook, connect_redis
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,8 @@ class Scheduler:
         self._stopping = False
         self.cache: SnapshotCache | None = None
         self.hub: NodeHub | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.sessions: SessionManager | None = None
         self.endpoints: Endpoints | None = None
 
     async def start(self) -> Endpoints:
@@ -100,15 +105,49 @@ class Scheduler:
             self.clock,
         )
         await self.hub.start()
+        store = JobStore(
+            self._redis,
+            JobKeys(s.key_prefix),
+            keys,
+            ScriptBook(self._redis),
+            s.job_ttl_ms,
+            s.job_audio_ttl_ms,
+        )
+        self.dispatcher = Dispatcher(
+            store,
+            self.cache,
+            self.hub,
+            DispatchSettings(s.job_max_attempts, s.job_deadline_ms, s.queue_retry_ms),
+            self.metrics,
+            self.clock,
+        )
+        self.hub.set_job_listener(self.dispatcher)
+        await self.dispatcher.start()
+        self.sessions = SessionManager(
+            s.session_defaults,
+            self.cache,
+            store,
+            self.dispatcher,
+            self.metrics,
+            self.clock,
+            s.session_inbox_chunks,
+        )
 
-        server = grpc.aio.server()
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", s.max_message_bytes),
+                ("grpc.max_send_message_length", s.max_message_bytes),
+            ]
+        )
         node_pb2_grpc.add_NodeServiceServicer_to_server(
             NodeServicer(self.hub, s.heartbeat_interval_ms, s.node_lease_ms, s.instance_id), server
         )
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(self.cache, self.hub), server
         )
-        session_pb2_grpc.add_SessionServiceServicer_to_server(SessionServicer(), server)
+        session_pb2_grpc.add_SessionServiceServicer_to_server(
+            SessionServicer(self.sessions, s.max_chunk_bytes), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -147,12 +186,16 @@ class Scheduler:
         grace = self.settings.shutdown_grace_ms / 1000 if grace_s is None else grace_s
         try:
             await self._health.enter_graceful_shutdown()
+            if self.sessions is not None:
+                self.sessions.accepting = False
             if self.hub is not None:
                 self.hub.close_all()
             if self._server is not None:
                 await self._server.stop(grace)
             if self.hub is not None:
                 await self.hub.stop()  # after the server: the streams' own deregistrations finish first
+            if self.dispatcher is not None:
+                await self.dispatcher.stop()
             if self.cache is not None:
                 await self.cache.stop()
             if self._redis is not None:

@@ -13,15 +13,31 @@ import dataclasses
 import os
 import socket
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
+
+from lingua_grpc.errors import LinguaError
+from lingua_grpc.sessions._options import SessionOptions
 
 ENV_PREFIX = "LINGUA_"
 
 
 def _setting(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"{text!r} is not a boolean (true/false)")
+
+
+def _parser(default: Any) -> Callable[[str], Any]:
+    return _parse_bool if isinstance(default, bool) else cast(Callable[[str], Any], type(default))
 
 
 def _default_instance_id() -> str:
@@ -52,6 +68,31 @@ class Settings:
     redis_backoff_max_ms: int = _setting(5000, "longest wait between Redis connection attempts")
     redis_socket_timeout_ms: int = _setting(5000, "timeout of one Redis command")
     redis_server_path: str = _setting("redis-server", "redis-server binary for the embedded Redis")
+    session_pause_ms: int = _setting(600, "default pause that ends an utterance (client may set 100-10000)")
+    session_hangover_ms: int = _setting(
+        200, "default grace after a pause in which speech continues the utterance"
+    )
+    session_max_utterance_ms: int = _setting(15000, "default longest utterance before it is cut")
+    session_gap_timeout_ms: int = _setting(
+        10000, "default wait for a missing result that holds back later ones"
+    )
+    session_tts_enabled: bool = _setting(
+        True, "whether results carry synthesized speech unless the client says"
+    )
+    session_silence_threshold_dbfs: int = _setting(-45, "default level below which audio counts as silence")
+    session_queue_timeout_ms: int = _setting(
+        5000, "default wait for a free node slot before an utterance is skipped"
+    )
+    session_inbox_chunks: int = _setting(
+        64, "audio chunks a session buffers before the client is slowed down"
+    )
+    max_chunk_bytes: int = _setting(262144, "largest audio chunk accepted (bytes)")
+    max_message_bytes: int = _setting(8388608, "largest gRPC message accepted or sent (bytes)")
+    job_deadline_ms: int = _setting(30000, "time a node has for one job attempt before it is re-dispatched")
+    job_max_attempts: int = _setting(3, "attempts per job before its utterance is skipped as FAILED")
+    job_ttl_ms: int = _setting(3600000, "how long a job's record stays in Redis")
+    job_audio_ttl_ms: int = _setting(600000, "how long a job's audio stays in Redis for re-dispatch")
+    queue_retry_ms: int = _setting(100, "how often queued jobs retry when no slot was announced free")
     shutdown_grace_ms: int = _setting(5000, "time in-flight work gets to finish on SIGTERM")
     log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR")
     log_format: str = _setting("json", "json (one object per line) or text")
@@ -59,6 +100,18 @@ class Settings:
     @property
     def node_lease_ms(self) -> int:
         return self.heartbeat_interval_ms * self.node_lease_heartbeats
+
+    @property
+    def session_defaults(self) -> SessionOptions:
+        return SessionOptions(
+            pause_ms=self.session_pause_ms,
+            hangover_ms=self.session_hangover_ms,
+            max_utterance_ms=self.session_max_utterance_ms,
+            gap_timeout_ms=self.session_gap_timeout_ms,
+            tts_enabled=self.session_tts_enabled,
+            silence_threshold_dbfs=self.session_silence_threshold_dbfs,
+            queue_timeout_ms=self.session_queue_timeout_ms,
+        )
 
     @property
     def embedded_redis(self) -> bool:
@@ -90,6 +143,19 @@ class Settings:
                 out.append(f"{name} must be at least 10")
         if self.node_lease_heartbeats < 2:
             out.append("node_lease_heartbeats must be at least 2 (one late heartbeat must not drop a node)")
+        try:
+            self.session_defaults.check_defaults()
+        except LinguaError as exc:
+            out.append(f"session defaults: {exc}")
+        for name in (
+            "session_inbox_chunks",
+            "max_chunk_bytes",
+            "job_deadline_ms",
+            "job_max_attempts",
+            "queue_retry_ms",
+        ):
+            if getattr(self, name) < 1:
+                out.append(f"{name} must be at least 1")
         if not -1 <= self.metrics_port <= 65535:
             out.append("metrics_port must be -1 (off), 0 (any) or a port")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -109,7 +175,7 @@ class Settings:
             parser.add_argument(
                 "--" + f.name.replace("_", "-"),
                 dest=f.name,
-                type=type(cast(Any, f.default)),
+                type=_parser(f.default),
                 default=None,
                 metavar=f.name.upper(),
                 help=f"{f.metadata['help']} (env {cls.env_name(f.name)}, default {f.default!r})",
@@ -127,7 +193,7 @@ class Settings:
                 values[f.name] = flag
             elif (raw := environ.get(cls.env_name(f.name))) is not None:
                 try:
-                    values[f.name] = type(cast(Any, f.default))(raw)
+                    values[f.name] = _parser(f.default)(raw)
                 except ValueError as exc:
                     raise ValueError(f"{cls.env_name(f.name)}={raw!r}: {exc}") from None
         return cls(**values)

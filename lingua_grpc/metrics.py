@@ -42,6 +42,31 @@ class SchedulerMetrics:
             "lingua_redis_errors_total", "Redis calls that failed, by operation", ["operation"], registry=r
         )
 
+        self.sessions_open = Gauge(
+            "lingua_sessions_open", "Client sessions open on this instance", registry=r
+        )
+        self.utterances = Counter("lingua_utterances_total", "Utterances cut from client audio", registry=r)
+        self.jobs_dispatched = Counter(
+            "lingua_jobs_dispatched_total", "Job attempts sent to nodes (re-dispatches included)", registry=r
+        )
+        self.jobs_queued = Gauge("lingua_jobs_queued", "Jobs waiting for a free node slot", registry=r)
+        self.redispatches = Counter(
+            "lingua_job_redispatches_total",
+            "Job attempts started again after a reject, failure, timeout or node loss",
+            registry=r,
+        )
+        self.results_fenced = Counter(
+            "lingua_results_fenced_total",
+            "Results refused because they came from an attempt that is not current",
+            registry=r,
+        )
+        self.skips = Counter(
+            "lingua_utterances_skipped_total", "Utterances skipped, by reason", ["reason"], registry=r
+        )
+        self.results_sent = Counter(
+            "lingua_results_sent_total", "Utterance results sent to clients", registry=r
+        )
+
     def serve(self, host: str, port: int) -> int:
         """Starts the HTTP endpoint in a daemon thread; returns the port it listens on."""
         self._server, _thread = start_http_server(port, addr=host, registry=self.registry)

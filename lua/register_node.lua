@@ -1,5 +1,6 @@
 -- register_node: adds a node to the registry, or refreshes its registration (a reconnect).
 -- KEYS[1] node hash      KEYS[2] node lease      KEYS[3] node index (set)      KEYS[4] registry version
+-- KEYS[5] node slots (unused here; passed so every node script names the same keys)
 -- ARGV[1] node id        ARGV[2] capabilities, canonical JSON                  ARGV[3] max concurrency
 -- ARGV[4] scheduler instance id holding the stream                             ARGV[5] connection id
 -- ARGV[6] lease in ms

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
-from lingua_grpc.nodes import DrainCommand, Outgoing, ReregisterCommand
-from lingua_grpc.pb import common_pb2, node_pb2, registry_pb2
+from lingua_grpc.jobs import (
+    Assignment,
+    JobAccepted,
+    JobEvent,
+    JobFailed,
+    JobOutput,
+    JobProgress,
+    JobRejected,
+    SkipReason,
+    Stage,
+)
+from lingua_grpc.nodes import CancelCommand, DrainCommand, Outgoing, ReregisterCommand
+from lingua_grpc.pb import common_pb2, node_pb2, registry_pb2, session_pb2
 from lingua_grpc.registry import (
     Gpu,
     LanguagePair,
@@ -15,6 +26,31 @@ from lingua_grpc.registry import (
     Registration,
     RegistrySnapshot,
 )
+from lingua_grpc.sessions import (
+    BOUNDS,
+    Output,
+    ProgressOut,
+    ResultOut,
+    SessionActor,
+    SessionOptions,
+    SkippedOut,
+    StartRequest,
+)
+
+_STAGE_TO = {
+    Stage.ASR: common_pb2.STAGE_ASR,
+    Stage.TRANSLATION: common_pb2.STAGE_TRANSLATION,
+    Stage.TTS: common_pb2.STAGE_TTS,
+}
+_STAGE_FROM = {v: k for k, v in _STAGE_TO.items()}
+_SKIP = {
+    SkipReason.NO_CAPACITY: session_pb2.SKIP_REASON_NO_CAPACITY,
+    SkipReason.GAP_TIMEOUT: session_pb2.SKIP_REASON_GAP_TIMEOUT,
+    SkipReason.FAILED: session_pb2.SKIP_REASON_FAILED,
+    SkipReason.NO_NODE: session_pb2.SKIP_REASON_NO_NODE,
+    SkipReason.SHUTDOWN: session_pb2.SKIP_REASON_SHUTDOWN,
+}
+_OPTION_FIELDS = (*BOUNDS, "tts_enabled")
 
 _STATE = {NodeState.UP: common_pb2.NODE_STATE_UP, NodeState.DRAINING: common_pb2.NODE_STATE_DRAINING}
 
@@ -81,6 +117,27 @@ def outgoing_to_proto(message: Outgoing) -> node_pb2.ConnectResponse:
         return node_pb2.ConnectResponse(drain=node_pb2.Drain(reason=message.reason))
     if isinstance(message, ReregisterCommand):
         return node_pb2.ConnectResponse(reregister=node_pb2.Reregister(reason=message.reason))
+    if isinstance(message, CancelCommand):
+        return node_pb2.ConnectResponse(
+            cancel_job=node_pb2.CancelJob(
+                job_id=message.job_id, attempt=message.attempt, reason=message.reason
+            )
+        )
+    if isinstance(message, Assignment):
+        spec = message.spec
+        return node_pb2.ConnectResponse(
+            assign_job=node_pb2.AssignJob(
+                job_id=spec.job_id,
+                attempt=message.attempt,
+                session_id=spec.session_id,
+                utterance_index=spec.index,
+                language_pair=pair_to_proto(spec.pair),
+                audio_format=_pcm(spec.sample_rate_hz),
+                audio=spec.audio,
+                stages=[_STAGE_TO[s] for s in spec.stages],
+                deadline_unix_ms=message.deadline_ms,
+            )
+        )
     raise TypeError(f"no protobuf form for {message!r}")
 
 
@@ -115,3 +172,116 @@ def snapshot_to_proto(s: RegistrySnapshot) -> registry_pb2.RegistrySnapshot:
         pools=[pool_to_proto(p) for p in s.pools],
         built_unix_ms=s.built_ms,
     )
+
+
+def _pcm(sample_rate_hz: int) -> common_pb2.AudioFormat:
+    return common_pb2.AudioFormat(
+        encoding=common_pb2.AUDIO_ENCODING_PCM_S16LE, sample_rate_hz=sample_rate_hz, channels=1
+    )
+
+
+def job_event_from_proto(m: node_pb2.ConnectRequest) -> JobEvent | None:
+    """The job message a node sent, or None for messages that are not about jobs."""
+    kind = m.WhichOneof("kind")
+    if kind == "job_accepted":
+        return JobAccepted(m.job_accepted.job_id, m.job_accepted.attempt)
+    if kind == "job_rejected":
+        r = m.job_rejected
+        return JobRejected(r.job_id, r.attempt, node_pb2.RejectReason.Name(r.reason), r.message)
+    if kind == "job_progress":
+        p = m.job_progress
+        return JobProgress(p.job_id, p.attempt, _STAGE_FROM.get(p.stage, Stage.ASR), p.text, p.duration_ms)
+    if kind == "job_result":
+        r2 = m.job_result
+        return JobOutput(
+            r2.job_id,
+            r2.attempt,
+            r2.source_text,
+            r2.translated_text,
+            r2.tts_audio,
+            r2.tts_audio_format.sample_rate_hz,
+            r2.timings.asr_ms,
+            r2.timings.translation_ms,
+            r2.timings.tts_ms,
+        )
+    if kind == "job_failed":
+        f = m.job_failed
+        return JobFailed(f.job_id, f.attempt, f.retryable, f.message)
+    return None
+
+
+def start_from_proto(s: session_pb2.SessionStart) -> StartRequest:
+    options: dict[str, int | bool] = {
+        name: getattr(s.options, name)
+        for name in _OPTION_FIELDS
+        if s.options.HasField(name)  # type: ignore[arg-type]
+    }
+    return StartRequest(
+        pair=pair_from_proto(s.language_pair) if s.HasField("language_pair") else None,
+        pcm_s16le=s.audio_format.encoding == common_pb2.AUDIO_ENCODING_PCM_S16LE,
+        sample_rate_hz=s.audio_format.sample_rate_hz,
+        channels=s.audio_format.channels,
+        options=options,
+        resume_token=s.resume_token,
+        client_name=s.client_name,
+    )
+
+
+def options_to_proto(o: SessionOptions) -> session_pb2.SessionOptions:
+    return session_pb2.SessionOptions(
+        pause_ms=o.pause_ms,
+        hangover_ms=o.hangover_ms,
+        max_utterance_ms=o.max_utterance_ms,
+        gap_timeout_ms=o.gap_timeout_ms,
+        tts_enabled=o.tts_enabled,
+        silence_threshold_dbfs=o.silence_threshold_dbfs,
+        queue_timeout_ms=o.queue_timeout_ms,
+    )
+
+
+def started_to_proto(actor: SessionActor) -> session_pb2.StreamResponse:
+    return session_pb2.StreamResponse(
+        started=session_pb2.SessionStarted(
+            session_id=actor.session_id,
+            options=options_to_proto(actor.options),
+            language_pair=pair_to_proto(actor.pair),
+            audio_format=_pcm(actor.sample_rate_hz),
+        )
+    )
+
+
+def output_to_proto(out: Output) -> session_pb2.StreamResponse:
+    if isinstance(out, ProgressOut):
+        return session_pb2.StreamResponse(
+            progress=session_pb2.UtteranceProgress(
+                utterance_index=out.index, stage=_STAGE_TO[out.stage], text=out.text
+            )
+        )
+    if isinstance(out, ResultOut):
+        o = out.output
+        result = session_pb2.UtteranceResult(
+            utterance_index=out.index,
+            source_text=o.source_text,
+            translated_text=o.translated_text,
+            tts_audio=o.tts_audio,
+            node_id=out.node_id,
+            attempt=o.attempt,
+            audio_duration_ms=out.audio_duration_ms,
+            timings=common_pb2.StageTimings(
+                queue_ms=out.queue_ms,
+                asr_ms=o.asr_ms,
+                translation_ms=o.translation_ms,
+                tts_ms=o.tts_ms,
+                total_ms=out.total_ms,
+            ),
+        )
+        if o.tts_audio:
+            result.tts_audio_format.CopyFrom(_pcm(o.tts_sample_rate_hz))
+        return session_pb2.StreamResponse(result=result)
+    if isinstance(out, SkippedOut):
+        return session_pb2.StreamResponse(
+            skipped=session_pb2.UtteranceSkipped(
+                utterance_index=out.index, reason=_SKIP[out.reason], message=out.message
+            )
+        )
+    raise TypeError(f"no protobuf form for {out!r}")

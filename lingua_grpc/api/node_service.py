@@ -81,8 +81,10 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                         CloseReason.PROTOCOL, FailedPrecondition("`register` was already sent on this stream")
                     )
                     return
+                elif (event := convert.job_event_from_proto(message)) is not None:
+                    await self._hub.job_event(link, event)
                 else:
-                    log.debug("node message not handled yet", extra={"node_id": link.node_id, "kind": kind})
+                    log.warning("unknown node message", extra={"node_id": link.node_id, "kind": kind})
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the stream broke under the reader: the node is gone

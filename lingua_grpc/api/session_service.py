@@ -1,16 +1,91 @@
-"""SessionService. Live sessions arrive with the sessions work; until then Stream answers UNIMPLEMENTED."""
+"""SessionService: a thin loop over each client's stream; the session's logic lives in its actor."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import grpc
 
-from lingua_grpc.pb import session_pb2_grpc
+from lingua_grpc._grpc import read_message
+from lingua_grpc.api import _convert as convert
+from lingua_grpc.api._errors import domain_errors
+from lingua_grpc.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, status_for
+from lingua_grpc.pb import session_pb2, session_pb2_grpc
+from lingua_grpc.sessions import Closed, SessionActor, SessionManager
+
+Context = grpc.aio.ServicerContext[session_pb2.StreamRequest, session_pb2.StreamResponse]
 
 
 class SessionServicer(session_pb2_grpc.SessionServiceServicer):
-    async def Stream(self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:  # type: ignore[override]
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "live sessions are not available on this scheduler yet"
-        )
+    def __init__(self, manager: SessionManager, max_chunk_bytes: int) -> None:
+        self._manager = manager
+        self._max_chunk_bytes = max_chunk_bytes
+
+    async def Stream(self, request_iterator: Any, context: Context) -> None:  # type: ignore[override]
+        first: session_pb2.StreamRequest | None = await read_message(context)
+        if first is None or first.WhichOneof("kind") != "start":
+            got = "end of stream" if first is None else f"`{first.WhichOneof('kind')}`"
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the first message on SessionService.Stream must be `start`, got {got}",
+            )
+        async with domain_errors(context):
+            actor = self._manager.open(convert.start_from_proto(first.start))
+        runner = asyncio.create_task(actor.run(), name=f"session-{actor.session_id}")
+        reader = asyncio.create_task(self._read(context, actor), name=f"session-reader-{actor.session_id}")
+        try:
+            await context.write(convert.started_to_proto(actor))
+            while not isinstance(out := await actor.outbox.get(), Closed):
+                await context.write(convert.output_to_proto(out))
+            if out.error is not None:
+                await context.abort(status_for(out.error), str(out.error))
+        finally:
+            for task in (reader, runner):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self._manager.close(actor)
+
+    async def _read(self, context: Context, actor: SessionActor) -> None:
+        ended = False
+        chunks = 0
+        while True:
+            message: session_pb2.StreamRequest | None = await read_message(context)
+            if message is None:
+                if not ended:  # a half-close without end_of_stream ends the stream the same way
+                    actor.end_of_stream()
+                return
+            kind = message.WhichOneof("kind")
+            if kind == "start":
+                actor.fail(FailedPrecondition("`start` was already sent on this stream"))
+                return
+            if ended:
+                actor.fail(FailedPrecondition(f"`{kind}` after `end_of_stream`"))
+                return
+            if kind == "audio":
+                chunks += 1
+                data = message.audio.data
+                if len(data) % 2:
+                    actor.fail(
+                        InvalidArgument(
+                            f"audio chunk {chunks} has {len(data)} bytes: send whole 16-bit samples"
+                        )
+                    )
+                    return
+                if len(data) > self._max_chunk_bytes:
+                    actor.fail(
+                        ResourceExhausted(
+                            f"audio chunk {chunks} has {len(data)} bytes; the limit is {self._max_chunk_bytes}"
+                        )
+                    )
+                    return
+                await actor.audio(data, message.audio.is_final)
+            elif kind == "playback":
+                actor.playback(message.playback.playing)
+            elif kind == "finalize":
+                actor.finalize()
+            elif kind == "end_of_stream":
+                ended = True
+                actor.end_of_stream()

@@ -1,7 +1,8 @@
 """Node streams held by this scheduler instance: registration, heartbeats, leases, drain."""
 
-from lingua_grpc.nodes._hub import Attached, HubSettings, NodeHub, lapsed
+from lingua_grpc.nodes._hub import Attached, HubSettings, JobListener, NodeHub, lapsed
 from lingua_grpc.nodes._link import (
+    CancelCommand,
     CloseReason,
     DrainCommand,
     LinkClosed,
@@ -12,9 +13,11 @@ from lingua_grpc.nodes._link import (
 
 __all__ = [
     "Attached",
+    "CancelCommand",
     "CloseReason",
     "DrainCommand",
     "HubSettings",
+    "JobListener",
     "LinkClosed",
     "NodeHub",
     "NodeLink",

@@ -7,13 +7,15 @@ import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from redis.exceptions import RedisError
 
 from lingua_grpc.clock import Clock
 from lingua_grpc.errors import FailedPrecondition, LeaseExpired, NotFound
+from lingua_grpc.jobs import Assignment, JobEvent
 from lingua_grpc.metrics import SchedulerMetrics
-from lingua_grpc.nodes._link import CloseReason, DrainCommand, NodeLink, ReregisterCommand
+from lingua_grpc.nodes._link import CancelCommand, CloseReason, DrainCommand, NodeLink, ReregisterCommand
 from lingua_grpc.registry import (
     DrainOutcome,
     HeartbeatOutcome,
@@ -37,6 +39,16 @@ class HubSettings:
     lease_ms: int
     lease_check_interval_ms: int
     max_node_concurrency: int
+
+
+class JobListener(Protocol):
+    """Receives what nodes say about jobs, and node losses (the dispatcher)."""
+
+    async def on_event(self, node_id: str, event: JobEvent) -> None: ...
+
+    def node_lost(self, node_id: str) -> None: ...
+
+    def slot_freed(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +79,25 @@ class NodeHub:
         self._links: dict[str, NodeLink] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._watchdog: asyncio.Task[None] | None = None
+        self._jobs: JobListener | None = None
         cache.add_listener(self._on_snapshot)
+
+    def set_job_listener(self, listener: JobListener) -> None:
+        self._jobs = listener
+
+    # JobTransport: attempts reach nodes whose streams this instance holds.
+    def deliver(self, node_id: str, assignment: Assignment) -> bool:
+        link = self._links.get(node_id)
+        return link is not None and link.send(assignment)
+
+    def cancel(self, node_id: str, job_id: str, attempt: int, reason: str) -> None:
+        link = self._links.get(node_id)
+        if link is not None:
+            link.send(CancelCommand(job_id, attempt, reason))
+
+    async def job_event(self, link: NodeLink, event: JobEvent) -> None:
+        if self._jobs is not None:
+            await self._jobs.on_event(link.node_id, event)
 
     @property
     def links(self) -> dict[str, NodeLink]:
@@ -174,6 +204,8 @@ class NodeHub:
             del self._links[link.node_id]
         self._metrics.nodes_connected.set(len(self._links))
         reason = link.close_reason
+        if self._jobs is not None:
+            self._jobs.node_lost(link.node_id)
         if reason in (CloseReason.SUPERSEDED, CloseReason.REREGISTER):
             return
         task = asyncio.create_task(self._deregister(link, reason), name=f"deregister-{link.node_id}")
@@ -225,6 +257,8 @@ class NodeHub:
                 log.warning("lease check failed", extra={"error": repr(exc)})
                 continue
             for node_id in removed:
+                if self._jobs is not None:
+                    self._jobs.node_lost(node_id)
                 self._metrics.node_departures.labels(CloseReason.LEASE_EXPIRED.value).inc()
                 log.warning("node removed after its lease lapsed", extra={"node_id": node_id})
             if removed:

@@ -7,6 +7,7 @@ import enum
 from dataclasses import dataclass
 
 from lingua_grpc.errors import LinguaError
+from lingua_grpc.jobs import Assignment
 from lingua_grpc.registry import NodeCapabilities
 
 
@@ -20,7 +21,14 @@ class ReregisterCommand:
     reason: str
 
 
-Outgoing = DrainCommand | ReregisterCommand
+@dataclass(frozen=True, slots=True)
+class CancelCommand:
+    job_id: str
+    attempt: int
+    reason: str
+
+
+Outgoing = DrainCommand | ReregisterCommand | CancelCommand | Assignment
 
 
 class CloseReason(enum.Enum):

@@ -38,7 +38,7 @@ class NodeRegistry:
 
     def _node_keys(self, node_id: str) -> list[str]:
         k = self._keys
-        return [k.node(node_id), k.lease(node_id), k.nodes, k.version]
+        return [k.node(node_id), k.lease(node_id), k.nodes, k.version, k.slots(node_id)]
 
     async def register(
         self, registration: Registration, instance_id: str, connection_id: str, lease_ms: int

@@ -8,19 +8,12 @@ their utterance is unanswered, so they always come before its answer.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from lingua_grpc.jobs import SkipReason
+
 R = TypeVar("R")
-
-
-class SkipReason(enum.Enum):
-    NO_CAPACITY = "no_capacity"
-    GAP_TIMEOUT = "gap_timeout"
-    FAILED = "failed"
-    NO_NODE = "no_node"
-    SHUTDOWN = "shutdown"
 
 
 @dataclass(frozen=True, slots=True)

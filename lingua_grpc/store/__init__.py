@@ -2,7 +2,7 @@
 
 from lingua_grpc.store._connection import connect_redis, redis_client
 from lingua_grpc.store._embedded import EmbeddedRedis
-from lingua_grpc.store._keys import RegistryKeys
+from lingua_grpc.store._keys import JobKeys, RegistryKeys
 from lingua_grpc.store._scripts import ScriptBook
 
-__all__ = ["EmbeddedRedis", "RegistryKeys", "ScriptBook", "connect_redis", "redis_client"]
+__all__ = ["EmbeddedRedis", "JobKeys", "RegistryKeys", "ScriptBook", "connect_redis", "redis_client"]

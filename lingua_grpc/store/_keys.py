@@ -5,6 +5,10 @@ Registry keys (tag `{registry}`), with the default prefix:
     lingua:v1:{registry}:nodes          set of registered node ids
     lingua:v1:{registry}:node:<id>      node hash: capabilities, state, instance, load, reserved...
     lingua:v1:{registry}:lease:<id>     lease, expires (PX) unless heartbeats renew it
+    lingua:v1:{registry}:slots:<id>     set of job attempts holding one of the node's slots
+Job keys (tag `{s:<session_id>}`: a session's jobs share one slot):
+    lingua:v1:{s:<session_id>}:job:<index>     job hash: state, attempt, node, timestamps, result
+    lingua:v1:{s:<session_id>}:audio:<index>   the utterance's audio, kept for re-dispatch (TTL)
 """
 
 from __future__ import annotations
@@ -33,3 +37,17 @@ class RegistryKeys:
 
     def lease(self, node_id: str) -> str:
         return f"{self._tag}:lease:{node_id}"
+
+    def slots(self, node_id: str) -> str:
+        return f"{self._tag}:slots:{node_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class JobKeys:
+    prefix: str
+
+    def job(self, session_id: str, index: int) -> str:
+        return f"{self.prefix}{{s:{session_id}}}:job:{index}"
+
+    def audio(self, session_id: str, index: int) -> str:
+        return f"{self.prefix}{{s:{session_id}}}:audio:{index}"

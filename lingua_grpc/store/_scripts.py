@@ -23,6 +23,11 @@ class ScriptBook:
     drain_node: AsyncScript
     deregister_node: AsyncScript
     expire_node: AsyncScript
+    create_job: AsyncScript
+    assign_job: AsyncScript
+    transition_job: AsyncScript
+    reserve_slot: AsyncScript
+    release_slot: AsyncScript
 
     def __init__(self, redis: Redis, lua_dir: Path = LUA_DIR) -> None:
         self._scripts: dict[str, AsyncScript] = {}

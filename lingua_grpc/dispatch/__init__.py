@@ -1,0 +1,14 @@
+"""Dispatch: candidate selection over one snapshot, slot reservation and the job's life on a node."""
+
+from lingua_grpc.dispatch._dispatcher import Dispatcher, DispatchSettings, JobSink, JobTransport, Ticket
+from lingua_grpc.dispatch._selection import Request, rank_candidates
+
+__all__ = [
+    "DispatchSettings",
+    "Dispatcher",
+    "JobSink",
+    "JobTransport",
+    "Request",
+    "Ticket",
+    "rank_candidates",
+]

@@ -1,0 +1,358 @@
+"""Dispatcher: places each job attempt on a node and follows it to its end.
+
+Per job: rank candidates on one snapshot, reserve a slot (Lua), start the attempt (Lua, fenced), send it
+through the JobTransport. Node messages are applied only for the job's current attempt (Lua, fenced); the
+slot of an attempt is released once whatever ends it (result, failure, rejection, deadline, node loss).
+When every node of the pair is full the job waits in a per-pair FIFO until a slot frees or its queue
+timeout passes (then its utterance is skipped with NO_CAPACITY, or NO_NODE when no node serves the pair).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import random
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from redis.exceptions import RedisError
+
+from lingua_grpc.clock import Clock
+from lingua_grpc.dispatch._selection import Request, rank_candidates
+from lingua_grpc.jobs import (
+    LIVE_STATES,
+    Assignment,
+    JobAccepted,
+    JobEvent,
+    JobFailed,
+    JobOutput,
+    JobProgress,
+    JobRejected,
+    JobSpec,
+    JobState,
+    JobStore,
+    Reservation,
+    SkipReason,
+)
+from lingua_grpc.metrics import SchedulerMetrics
+from lingua_grpc.registry import LanguagePair, SnapshotCache
+from lingua_grpc.tasks import cancel_and_wait, raise_if_cancelling
+
+log = logging.getLogger(__name__)
+
+
+class JobTransport(Protocol):
+    """How an attempt reaches a node. Today: a node stream held by this instance."""
+
+    def deliver(self, node_id: str, assignment: Assignment) -> bool: ...
+
+    def cancel(self, node_id: str, job_id: str, attempt: int, reason: str) -> None: ...
+
+
+class JobSink(Protocol):
+    """Where a job's outcome goes: its session."""
+
+    def job_progress(self, index: int, event: JobProgress) -> None: ...
+
+    def job_done(self, index: int, output: JobOutput, node_id: str, queue_ms: int) -> None: ...
+
+    def job_skipped(self, index: int, reason: SkipReason, message: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchSettings:
+    max_attempts: int
+    job_deadline_ms: int
+    queue_retry_ms: int
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One job from submission to its end."""
+
+    spec: JobSpec
+    sink: JobSink
+    queue_timeout_s: float
+    preferred_node: str | None = None
+    attempt: int = 0
+    node_id: str | None = None
+    excluded: set[str] = field(default_factory=set)
+    submitted_at: float = 0.0
+    queued_until: float = 0.0
+    placed_at: float = 0.0
+    deadline: asyncio.TimerHandle | None = None
+    done: bool = False
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: JobStore,
+        cache: SnapshotCache,
+        transport: JobTransport,
+        settings: DispatchSettings,
+        metrics: SchedulerMetrics,
+        clock: Clock,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._cache = cache
+        self._transport = transport
+        self._settings = settings
+        self._metrics = metrics
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._queues: dict[LanguagePair, collections.deque[Ticket]] = {}
+        self._live: dict[str, Ticket] = {}  # job id -> ticket whose attempt runs on a node
+        self._kick = asyncio.Event()
+        self._pump: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._pump = asyncio.create_task(self._run_queues(), name="dispatch-queues")
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._pump)
+        for ticket in list(self._live.values()):
+            if ticket.deadline is not None:
+                ticket.deadline.cancel()
+        for task in list(self._tasks):
+            await cancel_and_wait(task)
+
+    @property
+    def queued(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    async def submit(self, ticket: JobSpec | Ticket, sink: JobSink | None = None, **kw: object) -> Ticket:
+        """Places the job now if a slot is free, else queues it behind the pair's waiting jobs."""
+        if isinstance(ticket, JobSpec):
+            assert sink is not None
+            ticket = Ticket(ticket, sink, **kw)  # type: ignore[arg-type]
+        now = self._clock.monotonic()
+        ticket.submitted_at = ticket.submitted_at or now
+        ticket.queued_until = ticket.queued_until or now + ticket.queue_timeout_s
+        queue = self._queues.setdefault(ticket.spec.pair, collections.deque())
+        if queue or not await self._place(ticket):
+            queue.append(ticket)
+            self._metrics.jobs_queued.set(self.queued)
+            self._kick.set()
+        return ticket
+
+    def cancel_session(self, session_id: str) -> None:
+        """The client went away: queued jobs are dropped, running attempts cancelled on their nodes."""
+        for queue in self._queues.values():
+            for ticket in [t for t in queue if t.spec.session_id == session_id]:
+                queue.remove(ticket)
+                ticket.done = True
+        for ticket in [t for t in self._live.values() if t.spec.session_id == session_id]:
+            self._end_attempt(ticket, "session ended")
+            ticket.done = True
+
+    async def on_event(self, node_id: str, event: JobEvent) -> None:
+        ticket = self._live.get(event.job_id)
+        if ticket is None or ticket.attempt != event.attempt or ticket.node_id != node_id:
+            await self._stale(node_id, event)
+            return
+        if isinstance(event, JobAccepted):
+            await self._store.transition(event.job_id, event.attempt, (JobState.ASSIGNED,), JobState.ACCEPTED)
+        elif isinstance(event, JobProgress):
+            ticket.sink.job_progress(ticket.spec.index, event)
+        elif isinstance(event, JobOutput):
+            await self._complete(ticket, node_id, event)
+        elif isinstance(event, JobRejected):
+            log.info("job rejected", extra=_ids(ticket, reason=event.reason, message=event.message))
+            await self._retry(ticket, f"rejected by {node_id}: {event.reason}")
+        elif isinstance(event, JobFailed):
+            log.warning(
+                "job failed on node", extra=_ids(ticket, message=event.message, retryable=event.retryable)
+            )
+            if event.retryable:
+                await self._retry(ticket, f"failed on {node_id}: {event.message}")
+            else:
+                await self._give_up(ticket, f"failed on {node_id}: {event.message}")
+
+    def node_lost(self, node_id: str) -> None:
+        """The node's stream broke or its lease lapsed: its running attempts go elsewhere."""
+        for ticket in [t for t in self._live.values() if t.node_id == node_id]:
+            log.warning("node lost with a job running; re-dispatching", extra=_ids(ticket))
+            self._spawn(self._retry(ticket, f"node {node_id} lost"))
+
+    def slot_freed(self) -> None:
+        self._kick.set()
+
+    async def _place(self, ticket: Ticket) -> bool:
+        snapshot = self._cache.current  # the one snapshot read for this placement
+        spec = ticket.spec
+        request = Request(spec.pair, spec.tts, ticket.preferred_node)
+        for node_id in rank_candidates(snapshot, request, ticket.excluded, self._rng):
+            attempt = ticket.attempt + 1
+            outcome = await self._store.reserve(node_id, spec.job_id, attempt)
+            if not outcome.held:
+                if outcome is not Reservation.FULL:
+                    ticket.excluded.add(node_id)  # draining or gone: not a candidate for this job again
+                continue
+            started = await self._store.assign(spec.job_id, ticket.attempt, node_id)
+            if started is None:  # the job ended meanwhile (or another instance started this attempt)
+                await self._store.release(node_id, spec.job_id, attempt)
+                return True
+            deadline_ms = self._clock.now_ms() + self._settings.job_deadline_ms
+            if not self._transport.deliver(node_id, Assignment(spec, started, deadline_ms)):
+                await self._store.release(node_id, spec.job_id, started)
+                ticket.attempt = started
+                ticket.excluded.add(node_id)
+                continue
+            ticket.attempt, ticket.node_id = started, node_id
+            ticket.placed_at = self._clock.monotonic()
+            self._live[spec.job_id] = ticket
+            ticket.deadline = asyncio.get_running_loop().call_later(
+                self._settings.job_deadline_ms / 1000, self._deadline_passed, ticket, started
+            )
+            self._metrics.jobs_dispatched.inc()
+            log.debug("job dispatched", extra=_ids(ticket))
+            return True
+        return False
+
+    def _deadline_passed(self, ticket: Ticket, attempt: int) -> None:
+        if ticket.attempt == attempt and self._live.get(ticket.spec.job_id) is ticket:
+            log.warning("job attempt past its deadline; re-dispatching", extra=_ids(ticket))
+            self._spawn(self._retry(ticket, f"no result within {self._settings.job_deadline_ms} ms"))
+
+    async def _complete(self, ticket: Ticket, node_id: str, output: JobOutput) -> None:
+        applied = await self._store.transition(
+            output.job_id,
+            output.attempt,
+            LIVE_STATES,
+            JobState.COMPLETED,
+            source_text=output.source_text,
+            translated_text=output.translated_text,
+            asr_ms=output.asr_ms,
+            translation_ms=output.translation_ms,
+            tts_ms=output.tts_ms,
+        )
+        self._end_attempt(ticket, None)
+        if not applied:
+            self._metrics.results_fenced.inc()
+            return
+        ticket.done = True
+        queue_ms = int((ticket.placed_at - ticket.submitted_at) * 1000)
+        ticket.preferred_node = node_id
+        ticket.sink.job_done(ticket.spec.index, output, node_id, queue_ms)
+
+    async def _retry(self, ticket: Ticket, why: str) -> None:
+        if self._live.get(ticket.spec.job_id) is not ticket:
+            return
+        failed_node = ticket.node_id
+        self._end_attempt(ticket, why)
+        if failed_node is not None:
+            ticket.excluded.add(failed_node)
+        if ticket.attempt >= self._settings.max_attempts:
+            await self._give_up(ticket, f"{ticket.attempt} attempts failed; last: {why}")
+            return
+        self._metrics.redispatches.inc()
+        ticket.queued_until = self._clock.monotonic() + ticket.queue_timeout_s
+        await self.submit(ticket)
+
+    async def _give_up(self, ticket: Ticket, why: str) -> None:
+        self._end_attempt(ticket, why)
+        ticket.done = True
+        await self._store.transition(
+            ticket.spec.job_id, ticket.attempt, (JobState.CREATED, *LIVE_STATES), JobState.FAILED, reason=why
+        )
+        self._metrics.skips.labels(SkipReason.FAILED.value).inc()
+        ticket.sink.job_skipped(ticket.spec.index, SkipReason.FAILED, why)
+
+    def _end_attempt(self, ticket: Ticket, cancel_reason: str | None) -> None:
+        """The attempt is over: forget it, stop its deadline, free its slot, tell the node when it still runs."""
+        if self._live.get(ticket.spec.job_id) is ticket:
+            del self._live[ticket.spec.job_id]
+        if ticket.deadline is not None:
+            ticket.deadline.cancel()
+            ticket.deadline = None
+        node_id, ticket.node_id = ticket.node_id, None
+        if node_id is None:
+            return
+        if cancel_reason is not None:
+            self._transport.cancel(node_id, ticket.spec.job_id, ticket.attempt, cancel_reason)
+        self._spawn(self._release(node_id, ticket.spec.job_id, ticket.attempt))
+
+    async def _release(self, node_id: str, job_id: str, attempt: int) -> None:
+        try:
+            if await self._store.release(node_id, job_id, attempt):
+                self._kick.set()
+        except RedisError as exc:
+            log.warning(
+                "slot not released",
+                extra={"job_id": job_id, "attempt": attempt, "node_id": node_id, "error": repr(exc)},
+            )
+
+    async def _stale(self, node_id: str, event: JobEvent) -> None:
+        """A message about an attempt that is not current here: refused (fenced), its slot freed."""
+        if isinstance(event, JobOutput):
+            self._metrics.results_fenced.inc()
+            log.warning(
+                "result of an old attempt refused",
+                extra={"job_id": event.job_id, "attempt": event.attempt, "node_id": node_id},
+            )
+        if isinstance(event, JobOutput | JobFailed | JobRejected):
+            await self._release(node_id, event.job_id, event.attempt)
+
+    async def _run_queues(self) -> None:
+        while True:
+            raise_if_cancelling()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self._settings.queue_retry_ms / 1000)
+            self._kick.clear()
+            try:
+                await self._drain_queues()
+            except (RedisError, OSError) as exc:
+                raise_if_cancelling()
+                log.warning("queued jobs not placed", extra={"error": repr(exc)})
+
+    async def _drain_queues(self) -> None:
+        now = self._clock.monotonic()
+        for pair, queue in self._queues.items():
+            while queue:
+                ticket = queue[0]
+                if ticket.done:
+                    queue.popleft()
+                elif now >= ticket.queued_until:
+                    queue.popleft()
+                    await self._queue_timeout(ticket, pair)
+                elif await self._place(ticket):
+                    queue.popleft()
+                else:
+                    break
+        self._metrics.jobs_queued.set(self.queued)
+
+    async def _queue_timeout(self, ticket: Ticket, pair: LanguagePair) -> None:
+        reason = SkipReason.NO_CAPACITY if self._cache.current.serves(pair) else SkipReason.NO_NODE
+        why = f"no free slot for {pair} within {ticket.queue_timeout_s * 1000:.0f} ms"
+        if reason is SkipReason.NO_NODE:
+            why = f"no registered node serves {pair}"
+        ticket.done = True
+        await self._store.transition(
+            ticket.spec.job_id,
+            ticket.attempt,
+            (JobState.CREATED, *LIVE_STATES),
+            JobState.SKIPPED,
+            reason=reason.value,
+        )
+        self._metrics.skips.labels(reason.value).inc()
+        ticket.sink.job_skipped(ticket.spec.index, reason, why)
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("dispatch task failed", exc_info=task.exception())
+
+
+def _ids(ticket: Ticket, **extra: object) -> dict[str, object]:
+    return {"job_id": ticket.spec.job_id, "attempt": ticket.attempt, "node_id": ticket.node_id, **extra}

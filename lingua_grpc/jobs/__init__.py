@@ -1,0 +1,40 @@
+"""Jobs: one per utterance, with a fenced state machine and node slot reservations in Redis."""
+
+from lingua_grpc.jobs._model import (
+    LIVE_STATES,
+    Assignment,
+    JobAccepted,
+    JobEvent,
+    JobFailed,
+    JobOutput,
+    JobProgress,
+    JobRejected,
+    JobSpec,
+    JobState,
+    SkipReason,
+    Stage,
+    job_id,
+    parse_job_id,
+)
+from lingua_grpc.jobs._store import JobRecord, JobStore, Reservation, slot_member
+
+__all__ = [
+    "LIVE_STATES",
+    "Assignment",
+    "JobAccepted",
+    "JobEvent",
+    "JobFailed",
+    "JobOutput",
+    "JobProgress",
+    "JobRecord",
+    "JobRejected",
+    "JobSpec",
+    "JobState",
+    "JobStore",
+    "Reservation",
+    "SkipReason",
+    "Stage",
+    "job_id",
+    "parse_job_id",
+    "slot_member",
+]

@@ -1,0 +1,124 @@
+"""Jobs: one per utterance, keyed `session_id:utterance_index`. Plain domain types, no I/O."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from lingua_grpc.registry import LanguagePair
+
+
+class JobState(enum.Enum):
+    CREATED = "CREATED"
+    ASSIGNED = "ASSIGNED"
+    ACCEPTED = "ACCEPTED"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    SKIPPED = "SKIPPED"
+
+
+LIVE_STATES = (JobState.ASSIGNED, JobState.ACCEPTED)
+
+
+class SkipReason(enum.Enum):
+    """Why an utterance got no result."""
+
+    NO_CAPACITY = "no_capacity"
+    GAP_TIMEOUT = "gap_timeout"
+    FAILED = "failed"
+    NO_NODE = "no_node"
+    SHUTDOWN = "shutdown"
+
+
+class Stage(enum.Enum):
+    ASR = "asr"
+    TRANSLATION = "translation"
+    TTS = "tts"
+
+
+def job_id(session_id: str, index: int) -> str:
+    return f"{session_id}:{index}"
+
+
+def parse_job_id(value: str) -> tuple[str, int]:
+    session_id, sep, index = value.rpartition(":")
+    if not sep or not session_id or not index.isdigit():
+        raise ValueError(f"job id {value!r} is not session_id:utterance_index")
+    return session_id, int(index)
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    session_id: str
+    index: int
+    pair: LanguagePair
+    sample_rate_hz: int
+    tts: bool
+    audio: bytes
+
+    @property
+    def job_id(self) -> str:
+        return job_id(self.session_id, self.index)
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        return (Stage.ASR, Stage.TRANSLATION, Stage.TTS) if self.tts else (Stage.ASR, Stage.TRANSLATION)
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """What a node is sent: one attempt of one job."""
+
+    spec: JobSpec
+    attempt: int
+    deadline_ms: int
+
+
+# What nodes say about jobs (node -> scheduler), as domain events.
+
+
+@dataclass(frozen=True, slots=True)
+class JobAccepted:
+    job_id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobRejected:
+    job_id: str
+    attempt: int
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobProgress:
+    job_id: str
+    attempt: int
+    stage: Stage
+    text: str
+    duration_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutput:
+    job_id: str
+    attempt: int
+    source_text: str
+    translated_text: str
+    tts_audio: bytes
+    tts_sample_rate_hz: int
+    asr_ms: int
+    translation_ms: int
+    tts_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobFailed:
+    job_id: str
+    attempt: int
+    retryable: bool
+    message: str
+
+
+JobEvent = JobAccepted | JobRejected | JobProgress | JobOutput | JobFailed

@@ -1,0 +1,304 @@
+"""SessionActor: one asyncio task per session, the only writer of its state.
+
+The gRPC read loop turns client messages into events on the actor's inbox; job outcomes and timers arrive
+there too. Audio events hold a slot of a bounded semaphore until the actor has taken them, so a client
+that sends faster than the actor works is slowed by gRPC flow control, never buffered without bound.
+Timers carry a generation (the segmenter's) or are re-armed from the sequencer's deadline, so a stale
+timer changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from redis.exceptions import RedisError
+
+from lingua_grpc.clock import Clock
+from lingua_grpc.dispatch import Dispatcher
+from lingua_grpc.errors import LinguaError
+from lingua_grpc.jobs import JobOutput, JobProgress, JobSpec, JobStore, SkipReason, Stage
+from lingua_grpc.metrics import SchedulerMetrics
+from lingua_grpc.registry import LanguagePair
+from lingua_grpc.sessions._options import SessionOptions
+from lingua_grpc.sessions._ordering import Answer, ResultSequencer
+from lingua_grpc.sessions._segmentation import EndReason, Segmenter, SegmenterConfig, Utterance
+
+log = logging.getLogger(__name__)
+
+
+# Inbox events.
+@dataclass(frozen=True, slots=True)
+class _Audio:
+    pcm: bytes
+    is_final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Playback:
+    playing: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Finalize:
+    end_of_stream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _SegmentTimer:
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class _GapTimer:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Progress:
+    index: int
+    event: JobProgress
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    index: int
+    output: JobOutput
+    node_id: str
+    queue_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Skipped:
+    index: int
+    reason: SkipReason
+    message: str
+
+
+_Event = _Audio | _Playback | _Finalize | _SegmentTimer | _GapTimer | _Progress | _Done | _Skipped
+
+
+# Outbox: what the client is sent, in order.
+@dataclass(frozen=True, slots=True)
+class ProgressOut:
+    index: int
+    stage: Stage
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResultOut:
+    index: int
+    output: JobOutput
+    node_id: str
+    queue_ms: int
+    total_ms: int
+    audio_duration_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedOut:
+    index: int
+    reason: SkipReason
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """Every utterance is answered after end of stream: the server closes the stream with OK."""
+
+    error: LinguaError | None = None
+
+
+Output = ProgressOut | ResultOut | SkippedOut | Closed
+
+
+@dataclass(frozen=True, slots=True)
+class _Meta:
+    ended_at: float
+    duration_ms: int
+
+
+class SessionActor:
+    def __init__(
+        self,
+        session_id: str,
+        pair: LanguagePair,
+        sample_rate_hz: int,
+        options: SessionOptions,
+        store: JobStore,
+        dispatcher: Dispatcher,
+        metrics: SchedulerMetrics,
+        clock: Clock,
+        inbox_chunks: int,
+    ) -> None:
+        self.session_id = session_id
+        self.pair = pair
+        self.sample_rate_hz = sample_rate_hz
+        self.options = options
+        self._store = store
+        self._dispatcher = dispatcher
+        self._metrics = metrics
+        self._clock = clock
+        self._segmenter = Segmenter(
+            SegmenterConfig(
+                sample_rate_hz,
+                options.pause_ms,
+                options.hangover_ms,
+                options.max_utterance_ms,
+                options.silence_threshold_dbfs,
+            )
+        )
+        self._sequencer: ResultSequencer[_Done] = ResultSequencer(options.gap_timeout_ms / 1000)
+        self._inbox: asyncio.Queue[_Event] = asyncio.Queue()
+        self._audio_slots = asyncio.Semaphore(inbox_chunks)
+        self.outbox: asyncio.Queue[Output] = asyncio.Queue()
+        self._meta: dict[int, _Meta] = {}
+        self._segment_timer: asyncio.TimerHandle | None = None
+        self._gap_timer: asyncio.TimerHandle | None = None
+        self._armed: tuple[int | None, float | None] = (None, None)
+        self._ending = False
+        self._preferred_node: str | None = None
+
+    # Called by the gRPC read loop.
+    async def audio(self, pcm: bytes, is_final: bool) -> None:
+        await self._audio_slots.acquire()  # released when the actor takes the chunk: backpressure
+        self._inbox.put_nowait(_Audio(pcm, is_final))
+
+    def playback(self, playing: bool) -> None:
+        self._inbox.put_nowait(_Playback(playing))
+
+    def finalize(self) -> None:
+        self._inbox.put_nowait(_Finalize(end_of_stream=False))
+
+    def end_of_stream(self) -> None:
+        self._inbox.put_nowait(_Finalize(end_of_stream=True))
+
+    def fail(self, error: LinguaError) -> None:
+        self.outbox.put_nowait(Closed(error))
+
+    # Called by the dispatcher (JobSink).
+    def job_progress(self, index: int, event: JobProgress) -> None:
+        self._inbox.put_nowait(_Progress(index, event))
+
+    def job_done(self, index: int, output: JobOutput, node_id: str, queue_ms: int) -> None:
+        self._inbox.put_nowait(_Done(index, output, node_id, queue_ms))
+
+    def job_skipped(self, index: int, reason: SkipReason, message: str) -> None:
+        self._inbox.put_nowait(_Skipped(index, reason, message))
+
+    async def run(self) -> None:
+        try:
+            while not (self._ending and self._sequencer.all_answered):
+                await self._handle(await self._inbox.get())
+                self._arm_timers()
+            self.outbox.put_nowait(Closed())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("session failed", extra={"session_id": self.session_id})
+            self.outbox.put_nowait(Closed(LinguaError("internal error in the session; see scheduler logs")))
+        finally:
+            for timer in (self._segment_timer, self._gap_timer):
+                if timer is not None:
+                    timer.cancel()
+
+    async def _handle(self, event: _Event) -> None:
+        now = self._clock.monotonic()
+        seg = self._segmenter
+        utterances: list[Utterance] = []
+        if isinstance(event, _Audio):
+            self._audio_slots.release()
+            utterances = seg.on_audio(event.pcm, now, event.is_final)
+        elif isinstance(event, _Playback):
+            utterances = seg.on_playback(event.playing, now)
+        elif isinstance(event, _Finalize):
+            reason = EndReason.END_OF_STREAM if event.end_of_stream else EndReason.FINAL
+            utterances = seg.finalize(now, reason)
+            self._ending = self._ending or event.end_of_stream
+        elif isinstance(event, _SegmentTimer):
+            utterances = seg.on_timer(event.generation, now)
+        elif isinstance(event, _GapTimer):
+            self._send(self._sequencer.on_tick(now))
+        elif isinstance(event, _Progress):
+            if self._sequencer.unanswered(event.index):
+                self.outbox.put_nowait(ProgressOut(event.index, event.event.stage, event.event.text))
+        elif isinstance(event, _Done):
+            self._preferred_node = event.node_id
+            self._send(self._sequencer.complete(event.index, event, now))
+        elif isinstance(event, _Skipped):
+            self._send(self._sequencer.skip(event.index, event.reason, event.message, now))
+        for utterance in utterances:
+            await self._start_job(utterance)
+
+    async def _start_job(self, u: Utterance) -> None:
+        self._metrics.utterances.inc()
+        self._sequencer.expect(u.index)
+        self._meta[u.index] = _Meta(u.ended_at, u.duration_ms)
+        spec = JobSpec(
+            self.session_id, u.index, self.pair, self.sample_rate_hz, self.options.tts_enabled, u.audio
+        )
+        try:
+            created, state, _ = await self._store.create(spec)
+            if not created:
+                log.info("job exists already", extra={"job_id": spec.job_id, "state": state.value})
+                return
+            await self._dispatcher.submit(
+                spec,
+                self,
+                queue_timeout_s=self.options.queue_timeout_ms / 1000,
+                preferred_node=self._preferred_node,
+            )
+        except RedisError as exc:
+            log.error("job not created", extra={"job_id": spec.job_id, "error": repr(exc)})
+            self._send(
+                self._sequencer.skip(
+                    u.index, SkipReason.FAILED, "the job could not be recorded", self._clock.monotonic()
+                )
+            )
+
+    def _send(self, answers: list[Answer[_Done]]) -> None:
+        now = self._clock.monotonic()
+        for answer in answers:
+            meta = self._meta.pop(answer.index, None)
+            if answer.result is not None:
+                done = answer.result
+                self._metrics.results_sent.inc()
+                self.outbox.put_nowait(
+                    ResultOut(
+                        answer.index,
+                        done.output,
+                        done.node_id,
+                        done.queue_ms,
+                        total_ms=int((now - meta.ended_at) * 1000) if meta else 0,
+                        audio_duration_ms=meta.duration_ms if meta else 0,
+                    )
+                )
+            else:
+                reason = answer.skip_reason or SkipReason.FAILED
+                if reason is SkipReason.GAP_TIMEOUT:
+                    self._metrics.skips.labels(reason.value).inc()
+                self.outbox.put_nowait(SkippedOut(answer.index, reason, answer.message))
+
+    def _arm_timers(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = self._clock.monotonic()
+        deadline = self._segmenter.deadline
+        generation = deadline.generation if deadline else None
+        gap_at = self._sequencer.deadline
+        if generation != self._armed[0]:
+            if self._segment_timer is not None:
+                self._segment_timer.cancel()
+            self._segment_timer = None
+            if deadline is not None:
+                self._segment_timer = loop.call_later(
+                    max(0.0, deadline.at - now), self._inbox.put_nowait, _SegmentTimer(deadline.generation)
+                )
+        if gap_at != self._armed[1]:
+            if self._gap_timer is not None:
+                self._gap_timer.cancel()
+            self._gap_timer = None
+            if gap_at is not None:
+                self._gap_timer = loop.call_later(max(0.0, gap_at - now), self._inbox.put_nowait, _GapTimer())
+        self._armed = (generation, gap_at)

@@ -1,0 +1,380 @@
+"""Sessions end to end in one process: real scheduler, real node agents (synthetic engine), real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+import pytest
+
+from lingua_grpc.app import Scheduler
+from lingua_grpc.client import LinguaClient, Session
+from lingua_grpc.jobs import JobState
+from lingua_grpc.pb import common_pb2, registry_pb2, registry_pb2_grpc, session_pb2
+from node_agent import AgentConfig, NodeAgent
+from node_agent.engines import SyntheticEngine
+from tests.audio import chunks, silence, tone
+from tests.conftest import RedisServer, snapshot_where
+from tests.integration.test_scheduler_grpc import fast_settings
+
+pytestmark = pytest.mark.integration
+
+Messages = list[session_pb2.StreamResponse]
+
+
+def capabilities(max_concurrency: int = 4, pairs: tuple[str, ...] = ("es",)) -> common_pb2.NodeCapabilities:
+    return common_pb2.NodeCapabilities(
+        asr_languages=["en"],
+        translation_pairs=[common_pb2.LanguagePair(source_language="en", target_language=t) for t in pairs],
+        tts_languages=list(pairs),
+        max_concurrency=max_concurrency,
+        agent_version="test",
+    )
+
+
+class Fleet:
+    """Node agents running in this process, each a real gRPC client of the scheduler."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.agents: dict[str, tuple[NodeAgent, asyncio.Task[int]]] = {}
+
+    async def add(self, node_id: str, engine: object | None = None, **caps: object) -> NodeAgent:
+        agent = NodeAgent(
+            AgentConfig(
+                self.address, node_id, capabilities(**caps), reconnect_initial_s=0.05, drain_timeout_s=5
+            ),  # type: ignore[arg-type]
+            engine or SyntheticEngine(),  # type: ignore[arg-type]
+        )
+        self.agents[node_id] = (agent, asyncio.create_task(agent.run()))
+        await asyncio.wait_for(agent.registered.wait(), 5)
+        return agent
+
+    async def stop(self) -> None:
+        for agent, task in self.agents.values():
+            agent.drain("test over")
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 5)
+            task.cancel()
+
+
+@pytest.fixture
+async def scheduler(redis_server: RedisServer, key_prefix: str) -> AsyncIterator[Scheduler]:
+    s = Scheduler(
+        fast_settings(
+            redis_server.url,
+            key_prefix,
+            session_gap_timeout_ms=1000,
+            session_queue_timeout_ms=500,
+            job_deadline_ms=5000,
+        )
+    )
+    await s.start()
+    yield s
+    await s.stop(grace_s=0.5)
+
+
+@pytest.fixture
+async def fleet(scheduler: Scheduler) -> AsyncIterator[Fleet]:
+    assert scheduler.endpoints is not None
+    f = Fleet(scheduler.endpoints.grpc)
+    yield f
+    await f.stop()
+
+
+@pytest.fixture
+async def client(scheduler: Scheduler) -> AsyncIterator[LinguaClient]:
+    assert scheduler.endpoints is not None
+    async with LinguaClient(scheduler.endpoints.grpc) as c:
+        yield c
+
+
+async def collect(session: Session, timeout_s: float = 20) -> Messages:
+    async def run() -> Messages:
+        return [m async for m in session]
+
+    return await asyncio.wait_for(run(), timeout_s)
+
+
+def answers(messages: Messages) -> list[tuple[int, str]]:
+    """(utterance index, 'result' or 'skipped') in the order they arrived."""
+    out = []
+    for m in messages:
+        kind = m.WhichOneof("kind")
+        if kind == "result":
+            out.append((m.result.utterance_index, "result"))
+        elif kind == "skipped":
+            out.append((m.skipped.utterance_index, "skipped"))
+    return out
+
+
+THREE_UTTERANCES = tone(600) + silence(1000) + tone(800, freq=550) + silence(1000) + tone(400, freq=660)
+
+
+async def stream(session: Session, pcm: bytes) -> None:
+    for chunk in chunks(pcm, 100):
+        await session.send_audio(chunk)
+    await session.end()
+
+
+async def test_every_utterance_once_in_order_with_progress_first(client: LinguaClient, fleet: Fleet) -> None:
+    await fleet.add("gpu-1")
+    session = await client.start_session("en", "es")
+    assert session.started.options.pause_ms == 600, "the effective options are echoed"
+    await stream(session, THREE_UTTERANCES)
+    messages = await collect(session)
+    assert answers(messages) == [(0, "result"), (1, "result"), (2, "result")]
+    for index in range(3):
+        kinds = [
+            m.WhichOneof("kind")
+            for m in messages
+            if getattr(m, m.WhichOneof("kind")).utterance_index == index
+        ]
+        assert kinds == ["progress", "progress", "result"], f"utterance {index}: {kinds}"
+    result = next(m.result for m in messages if m.HasField("result"))
+    assert result.source_text.startswith("[synthetic en] utterance of ")
+    assert result.translated_text.startswith("[synthetic en>es]")
+    assert result.node_id == "gpu-1" and result.attempt == 1
+    assert result.tts_audio and result.tts_audio_format.sample_rate_hz == 16000
+    assert result.audio_duration_ms > 0
+
+
+class OutOfOrderEngine(SyntheticEngine):
+    """The first utterance takes longer than the others, so results reach the scheduler out of order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def transcribe(self, audio, language):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        if self.calls == 1:
+            await asyncio.sleep(0.5)  # stands in for a slow model run on the first utterance
+        return await super().transcribe(audio, language)
+
+
+async def test_results_arriving_out_of_order_reach_the_client_in_order(
+    client: LinguaClient, fleet: Fleet
+) -> None:
+    await fleet.add("gpu-1", engine=OutOfOrderEngine())
+    session = await client.start_session("en", "es")
+    await stream(session, THREE_UTTERANCES)
+    assert answers(await collect(session)) == [(0, "result"), (1, "result"), (2, "result")]
+
+
+class StallFirstEngine(SyntheticEngine):
+    """Never answers the first utterance (a lost job); answers the rest."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def transcribe(self, audio, language):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        if self.calls == 1:
+            await asyncio.Event().wait()
+        return await super().transcribe(audio, language)
+
+
+async def test_a_lost_utterance_is_skipped_after_the_gap_timeout(
+    client: LinguaClient, fleet: Fleet, scheduler: Scheduler
+) -> None:
+    await fleet.add("gpu-1", engine=StallFirstEngine())
+    session = await client.start_session("en", "es", options=session_pb2.SessionOptions(gap_timeout_ms=1000))
+    await stream(session, THREE_UTTERANCES)
+    messages = await collect(session)
+    assert answers(messages) == [(0, "skipped"), (1, "result"), (2, "result")]
+    skipped = next(m.skipped for m in messages if m.HasField("skipped"))
+    assert skipped.reason == session_pb2.SKIP_REASON_GAP_TIMEOUT
+
+
+class SlowEngine(SyntheticEngine):
+    def __init__(self, gate: asyncio.Event) -> None:
+        super().__init__()
+        self.gate = gate
+
+    async def transcribe(self, audio, language):  # type: ignore[no-untyped-def]
+        await self.gate.wait()
+        return await super().transcribe(audio, language)
+
+
+async def test_jobs_queue_per_pair_while_every_slot_is_busy(
+    client: LinguaClient, fleet: Fleet, scheduler: Scheduler
+) -> None:
+    gate = asyncio.Event()
+    await fleet.add("gpu-1", engine=SlowEngine(gate), max_concurrency=1)
+    session = await client.start_session(
+        "en", "es", options=session_pb2.SessionOptions(queue_timeout_ms=10000)
+    )
+    await stream(session, THREE_UTTERANCES)
+    assert scheduler.dispatcher is not None
+
+    async def two_queued() -> bool:
+        return scheduler.dispatcher is not None and scheduler.dispatcher.queued == 2
+
+    from tests.conftest import wait_until
+
+    await wait_until(two_queued, what="two jobs waiting behind the one running")
+    gate.set()
+    messages = await collect(session)
+    assert answers(messages) == [(0, "result"), (1, "result"), (2, "result")]
+    assert all(
+        m.result.timings.queue_ms > 0 for m in messages if m.HasField("result") and m.result.utterance_index
+    )
+
+
+async def test_queue_timeout_skips_with_no_capacity(client: LinguaClient, fleet: Fleet) -> None:
+    await fleet.add("gpu-1", engine=SlowEngine(asyncio.Event()), max_concurrency=1)  # never finishes
+    session = await client.start_session(
+        "en", "es", options=session_pb2.SessionOptions(queue_timeout_ms=300, gap_timeout_ms=1000)
+    )
+    await stream(session, THREE_UTTERANCES)
+    messages = await collect(session)
+    reasons = {m.skipped.utterance_index: m.skipped.reason for m in messages if m.HasField("skipped")}
+    assert reasons[1] == session_pb2.SKIP_REASON_NO_CAPACITY
+    assert reasons[2] == session_pb2.SKIP_REASON_NO_CAPACITY
+
+
+async def test_duplicate_job_creation_returns_the_same_job(scheduler: Scheduler, fleet: Fleet) -> None:
+    from lingua_grpc.jobs import JobSpec
+    from lingua_grpc.registry import LanguagePair
+
+    assert scheduler.dispatcher is not None
+    store = scheduler.dispatcher._store
+    spec = JobSpec("sess1", 0, LanguagePair("en", "es"), 16000, False, tone(100))
+    results = await asyncio.gather(*(store.create(spec) for _ in range(5)))
+    assert sorted(created for created, _, _ in results) == [False, False, False, False, True]
+    record = await store.get(spec.job_id)
+    assert record is not None and record.state is JobState.CREATED and record.attempt == 0
+
+
+async def test_final_chunk_racing_the_pause_timer_creates_one_job(client: LinguaClient, fleet: Fleet) -> None:
+    await fleet.add("gpu-1")
+    session = await client.start_session(
+        "en", "es", options=session_pb2.SessionOptions(pause_ms=100, hangover_ms=0)
+    )
+    await session.send_audio(tone(200))
+    await asyncio.sleep(0.1)  # lets the 100 ms arrival-gap timer come due just as the final chunk arrives
+    await session.send_audio(tone(20), is_final=True)
+    await session.end()
+    messages = await collect(session)
+    assert len([a for a in answers(messages)]) == len({i for i, _ in answers(messages)}), (
+        "one answer per index"
+    )
+    assert [i for i, _ in answers(messages)] == list(range(len(answers(messages))))
+
+
+BadStart = Callable[[LinguaClient], Awaitable[Session]]
+
+
+@pytest.mark.parametrize(
+    ("start", "code", "fragment"),
+    [
+        (
+            lambda c: c.start_session("en", "fr"),
+            grpc.StatusCode.UNAVAILABLE,
+            "no registered node serves en-fr",
+        ),
+        (lambda c: c.start_session("en", "english"), grpc.StatusCode.INVALID_ARGUMENT, "BCP-47"),
+        (
+            lambda c: c.start_session("en", "es", sample_rate_hz=4000),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "sample_rate_hz must be 8000 to 48000",
+        ),
+        (
+            lambda c: c.start_session("en", "es", options=session_pb2.SessionOptions(pause_ms=5)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "options.pause_ms must be 100 to 10000",
+        ),
+        (
+            lambda c: c.start_session("en", "es", options=session_pb2.SessionOptions(gap_timeout_ms=999999)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "options.gap_timeout_ms",
+        ),
+    ],
+)
+async def test_bad_starts_get_a_status_that_says_what_to_fix(
+    client: LinguaClient, fleet: Fleet, start: BadStart, code: grpc.StatusCode, fragment: str
+) -> None:
+    await fleet.add("gpu-1")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await start(client)
+    assert err.value.code() == code
+    assert fragment in (err.value.details() or "")
+
+
+async def test_stream_not_starting_with_start_is_failed_precondition(scheduler: Scheduler) -> None:
+    assert scheduler.endpoints is not None
+    async with grpc.aio.insecure_channel(scheduler.endpoints.grpc) as channel:
+        from lingua_grpc.pb import session_pb2_grpc
+
+        call = session_pb2_grpc.SessionServiceStub(channel).Stream()  # type: ignore[call-arg]
+        await call.write(session_pb2.StreamRequest(audio=session_pb2.AudioChunk(data=b"\0\0")))
+        assert await call.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "must be `start`" in (await call.details() or "")
+
+
+async def test_odd_sized_chunk_is_invalid_argument(client: LinguaClient, fleet: Fleet) -> None:
+    await fleet.add("gpu-1")
+    session = await client.start_session("en", "es")
+    await session.send_audio(b"\x01\x02\x03")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await collect(session)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "whole 16-bit samples" in (err.value.details() or "")
+
+
+async def test_bad_format_is_invalid_argument(
+    client: LinguaClient, fleet: Fleet, scheduler: Scheduler
+) -> None:
+    await fleet.add("gpu-1")
+    assert scheduler.endpoints is not None
+    async with grpc.aio.insecure_channel(scheduler.endpoints.grpc) as channel:
+        from lingua_grpc.pb import session_pb2_grpc
+
+        call = session_pb2_grpc.SessionServiceStub(channel).Stream()  # type: ignore[call-arg]
+        await call.write(
+            session_pb2.StreamRequest(
+                start=session_pb2.SessionStart(
+                    language_pair=common_pb2.LanguagePair(source_language="en", target_language="es"),
+                    audio_format=common_pb2.AudioFormat(
+                        encoding=common_pb2.AUDIO_ENCODING_PCM_S16LE, sample_rate_hz=16000, channels=2
+                    ),
+                )
+            )
+        )
+        assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "mono" in (await call.details() or "")
+
+
+async def test_silence_only_stream_ends_with_no_utterances(client: LinguaClient, fleet: Fleet) -> None:
+    await fleet.add("gpu-1")
+    session = await client.start_session("en", "es")
+    await stream(session, silence(3000))
+    assert answers(await collect(session)) == []
+
+
+async def test_nodes_slots_are_all_released_after_a_session(
+    client: LinguaClient, fleet: Fleet, scheduler: Scheduler
+) -> None:
+    await fleet.add("gpu-1")
+    session = await client.start_session("en", "es")
+    await stream(session, THREE_UTTERANCES)
+    await collect(session)
+    assert scheduler.endpoints is not None
+    async with grpc.aio.insecure_channel(scheduler.endpoints.grpc) as channel:
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        await snapshot_where(stub, lambda s: True)
+
+        async def released() -> bool:
+            assert scheduler.cache is not None
+            snap = await scheduler.cache.refresh()
+            return snap.nodes["gpu-1"].reserved_slots == 0
+
+        from tests.conftest import wait_until
+
+        await wait_until(released, what="every slot released")
+        reply = await stub.GetSnapshot(registry_pb2.GetSnapshotRequest())
+        assert reply.snapshot.nodes[0].reserved_slots == 0
