@@ -41,13 +41,13 @@ class Fleet:
         self.address = address
         self.agents: dict[str, tuple[NodeAgent, asyncio.Task[int]]] = {}
 
-    async def add(self, node_id: str, engine: object | None = None, **caps: object) -> NodeAgent:
-        agent = NodeAgent(
-            AgentConfig(
-                self.address, node_id, capabilities(**caps), reconnect_initial_s=0.05, drain_timeout_s=5
-            ),  # type: ignore[arg-type]
-            engine or SyntheticEngine(),  # type: ignore[arg-type]
+    async def add(
+        self, node_id: str, engine: SyntheticEngine | None = None, max_concurrency: int = 4
+    ) -> NodeAgent:
+        config = AgentConfig(
+            self.address, node_id, capabilities(max_concurrency), reconnect_initial_s=0.05, drain_timeout_s=5
         )
+        agent = NodeAgent(config, engine or SyntheticEngine())
         self.agents[node_id] = (agent, asyncio.create_task(agent.run()))
         await asyncio.wait_for(agent.registered.wait(), 5)
         return agent
@@ -128,9 +128,7 @@ async def test_every_utterance_once_in_order_with_progress_first(client: LinguaC
     assert answers(messages) == [(0, "result"), (1, "result"), (2, "result")]
     for index in range(3):
         kinds = [
-            m.WhichOneof("kind")
-            for m in messages
-            if getattr(m, m.WhichOneof("kind")).utterance_index == index
+            k for m in messages if (k := m.WhichOneof("kind")) and getattr(m, k).utterance_index == index
         ]
         assert kinds == ["progress", "progress", "result"], f"utterance {index}: {kinds}"
     result = next(m.result for m in messages if m.HasField("result"))
