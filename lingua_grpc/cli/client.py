@@ -5,23 +5,46 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from lingua_grpc import __version__
-from lingua_grpc.pb import registry_pb2, registry_pb2_grpc
+from lingua_grpc.cli._wav import WavError, demo_pcm, read_pcm16_mono, write_pcm16_mono
+from lingua_grpc.client import LinguaClient
+from lingua_grpc.pb import registry_pb2, registry_pb2_grpc, session_pb2
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lingua-client",
-        description="Lingua client: inspect the node registry (streaming audio sessions arrive with the"
-        " sessions work). Output is protobuf's JSON mapping.",
+        description="Lingua client: stream a WAV file through a live translation session, or inspect the"
+        " node registry (registry output is protobuf's JSON mapping).",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--scheduler", default="127.0.0.1:50051", help="scheduler HOST:PORT")
     sub = p.add_subparsers(dest="command", required=True)
+    stream = sub.add_parser(
+        "stream", help="stream a 16-bit mono WAV file and print each translated utterance"
+    )
+    stream.add_argument("file", help="WAV file, 16-bit mono PCM, 8-48 kHz")
+    stream.add_argument("--src", required=True, help="language spoken in the file (BCP-47, e.g. en)")
+    stream.add_argument("--tgt", required=True, help="language to translate into (e.g. es)")
+    stream.add_argument(
+        "--realtime", action="store_true", help="send at the audio's own pace, like a microphone"
+    )
+    stream.add_argument("--chunk-ms", type=int, default=100, help="audio per message (default 100)")
+    stream.add_argument(
+        "--tts-out", metavar="DIR", help="write each result's synthesized speech to DIR as WAV"
+    )
+    stream.add_argument("--no-tts", action="store_true", help="ask for text only")
+    stream.add_argument(
+        "--json", action="store_true", help="print every server message as one JSON line instead"
+    )
+    demo = sub.add_parser("demo-wav", help="write a demo WAV: tones standing in for three utterances")
+    demo.add_argument("file")
     sub.add_parser("snapshot", help="print the current registry snapshot")
     sub.add_parser("nodes", help="list registered nodes")
     sub.add_parser("pools", help="list pools")
@@ -32,8 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _print(message: object) -> None:
-    print(json_format.MessageToJson(message, indent=None), flush=True)  # type: ignore[arg-type]
+def _json(message: Message) -> str:
+    """Protobuf's JSON mapping on one line, with fields at their defaults shown (index 0, empty text)."""
+    return json_format.MessageToJson(message, indent=None, always_print_fields_with_no_presence=True)
+
+
+def _print(message: Message) -> None:
+    print(_json(message), flush=True)
 
 
 async def _registry(args: argparse.Namespace) -> int:
@@ -61,10 +89,94 @@ async def _registry(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _stream(args: argparse.Namespace) -> int:
+    try:
+        pcm, rate = read_pcm16_mono(args.file)
+    except (OSError, WavError) as exc:
+        print(f"lingua-client: {exc}", file=sys.stderr)
+        return 2
+    options = session_pb2.SessionOptions(tts_enabled=False) if args.no_tts else None
+    tts_dir = Path(args.tts_out) if args.tts_out else None
+    if tts_dir is not None:
+        tts_dir.mkdir(parents=True, exist_ok=True)
+    step = 2 * rate * args.chunk_ms // 1000
+    async with LinguaClient(args.scheduler) as client:
+        try:
+            session = await client.start_session(
+                args.src, args.tgt, rate, options, client_name="lingua-client"
+            )
+        except grpc.aio.AioRpcError as exc:
+            print(f"lingua-client: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+        if args.json:
+            print(
+                _json(session_pb2.StreamResponse(started=session.started)),
+                flush=True,
+            )
+        else:
+            o = session.started.options
+            print(
+                f"session {session.session_id} {args.src}>{args.tgt}: {len(pcm) // 2 * 1000 // rate} ms of audio,"
+                f" pause {o.pause_ms} ms, tts {'on' if o.tts_enabled else 'off'}",
+                file=sys.stderr,
+            )
+
+        async def send() -> None:
+            for i in range(0, len(pcm), step):
+                await session.send_audio(pcm[i : i + step])
+                if args.realtime:
+                    await asyncio.sleep(args.chunk_ms / 1000)  # pace of a live microphone
+            await session.end()
+
+        sender = asyncio.create_task(send())
+        try:
+            async for message in session:
+                if args.json:
+                    print(_json(message), flush=True)
+                else:
+                    _print_human(message, tts_dir)
+            await sender
+        except grpc.aio.AioRpcError as exc:
+            print(f"lingua-client: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+        finally:
+            sender.cancel()
+    return 0
+
+
+def _print_human(message: session_pb2.StreamResponse, tts_dir: Path | None) -> None:
+    kind = message.WhichOneof("kind")
+    if kind == "result":
+        r = message.result
+        t = r.timings
+        line = (
+            f"#{r.utterance_index} {r.source_text}\n   -> {r.translated_text}\n"
+            f"   node {r.node_id}, attempt {r.attempt}, {r.audio_duration_ms} ms of speech;"
+            f" queue {t.queue_ms} ms, asr {t.asr_ms} ms, mt {t.translation_ms} ms, tts {t.tts_ms} ms,"
+            f" total {t.total_ms} ms"
+        )
+        if tts_dir is not None and r.tts_audio:
+            path = tts_dir / f"utterance-{r.utterance_index:04d}.wav"
+            write_pcm16_mono(path, r.tts_audio, r.tts_audio_format.sample_rate_hz)
+            line += f"\n   speech: {path}"
+        print(line, flush=True)
+    elif kind == "skipped":
+        s = message.skipped
+        print(
+            f"#{s.utterance_index} skipped: {session_pb2.SkipReason.Name(s.reason)}: {s.message}", flush=True
+        )
+    elif kind == "warning":
+        print(f"warning {message.warning.code}: {message.warning.message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "demo-wav":
+        write_pcm16_mono(args.file, demo_pcm(), 16000)
+        print(f"wrote {args.file}: three tones standing in for speech, 16 kHz mono")
+        return 0
     try:
-        return asyncio.run(_registry(args))
+        return asyncio.run(_stream(args) if args.command == "stream" else _registry(args))
     except KeyboardInterrupt:
         return 130
 

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from lingua_grpc.cli._wav import demo_pcm, write_pcm16_mono
+
 BIN = Path(sys.executable).parent
 
 
@@ -49,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-concurrency", type=int, default=4)
     args = parser.parse_args(argv)
 
+    demo = Path(sys.prefix) / "lingua-demo.wav"
+    write_pcm16_mono(demo, demo_pcm(), 16000)
     scheduler, banner = _start_scheduler(args.listen, args.metrics_port)
     address = banner.removeprefix("lingua-scheduler listening on ").split(" ", 1)[0]
     node = subprocess.Popen(
@@ -71,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\n{banner}\n"
         f"node agent local-synthetic-1 (synthetic engine, pairs {args.pairs}) connecting to {address}\n\n"
-        f"Try:\n"
+        f"Try (three tones standing in for speech, translated by the synthetic engine):\n"
+        f"  {BIN / 'lingua-client'} --scheduler {address} stream {demo} --src en --tgt es --tts-out /tmp/lingua-tts\n\n"
+        f"More:\n"
         f"  {BIN / 'lingua-client'} --scheduler {address} watch\n"
         f"  grpcurl -plaintext {address} list\n\n"
         f"Ctrl-C stops both.\n",

@@ -1,0 +1,93 @@
+"""A WAV file streamed by `lingua-client` through a real scheduler process to a real node agent process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.audio import silence, tone, wav_bytes
+from tests.e2e._procs import BIN, start_node, start_scheduler
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
+
+
+async def run_client(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        str(BIN / "lingua-client"), *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_wav_streamed_through_processes_comes_back_translated_in_order(tmp_path: Path) -> None:
+    scheduler = await start_scheduler(tmp_path)
+    node = start_node(tmp_path, scheduler.grpc, "gpu-e2e", pairs="en-es")
+    try:
+        await node.log_contains("registered")
+        wav = tmp_path / "talk.wav"
+        wav.write_bytes(
+            wav_bytes(b"".join(tone(500 + 100 * i, freq=300 + 90 * i) + silence(1200) for i in range(4)))
+        )
+        code, out, err = await run_client(
+            "--scheduler",
+            scheduler.grpc,
+            "stream",
+            str(wav),
+            "--src",
+            "en",
+            "--tgt",
+            "es",
+            "--json",
+            "--tts-out",
+            str(tmp_path / "tts"),
+        )
+        assert code == 0, err
+        messages = [json.loads(line) for line in out.splitlines()]
+        assert "started" in messages[0]
+        results = [m["result"] for m in messages if "result" in m]
+        assert [r["utteranceIndex"] for r in results] == [0, 1, 2, 3]
+        assert all(
+            r["nodeId"] == "gpu-e2e" and r["translatedText"].startswith("[synthetic en>es]") for r in results
+        )
+        first_result = next(i for i, m in enumerate(messages) if "result" in m)
+        assert "progress" in messages[first_result - 1], "progress comes before its result"
+
+        code, out, err = await run_client(
+            "--scheduler",
+            scheduler.grpc,
+            "stream",
+            str(wav),
+            "--src",
+            "en",
+            "--tgt",
+            "es",
+            "--tts-out",
+            str(tmp_path / "tts"),
+        )
+        assert code == 0, err
+        assert out.count("-> [synthetic en>es]") == 4
+        assert sorted(p.name for p in (tmp_path / "tts").iterdir()) == [
+            f"utterance-000{i}.wav" for i in range(4)
+        ]
+    finally:
+        node.kill()
+        scheduler.kill()
+
+
+async def test_client_reports_a_pair_nobody_serves(tmp_path: Path) -> None:
+    scheduler = await start_scheduler(tmp_path)
+    try:
+        wav = tmp_path / "talk.wav"
+        wav.write_bytes(wav_bytes(tone(500)))
+        code, _, err = await run_client(
+            "--scheduler", scheduler.grpc, "stream", str(wav), "--src", "en", "--tgt", "fr"
+        )
+        assert code == 1
+        assert "UNAVAILABLE: no registered node serves en-fr" in err
+    finally:
+        scheduler.kill()
