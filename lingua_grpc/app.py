@@ -63,6 +63,7 @@ class Scheduler:
         self._metrics_server: object | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
+        self._health_tasks: set[asyncio.Task[None]] = set()
         self.cache: SnapshotCache | None = None
         self.hub: NodeHub | None = None
         self.dispatcher: Dispatcher | None = None
@@ -91,6 +92,7 @@ class Scheduler:
             self.clock,
         )
         await self.cache.start()
+        self.cache.add_redis_listener(self._redis_state_changed)
         self.hub = NodeHub(
             registry,
             self.cache,
@@ -117,7 +119,7 @@ class Scheduler:
             store,
             self.cache,
             self.hub,
-            DispatchSettings(s.job_max_attempts, s.job_deadline_ms, s.queue_retry_ms),
+            DispatchSettings(s.job_max_attempts, s.accept_timeout_ms, s.job_deadline_ms, s.queue_retry_ms),
             self.metrics,
             self.clock,
         )
@@ -187,11 +189,17 @@ class Scheduler:
         try:
             await self._health.enter_graceful_shutdown()
             if self.sessions is not None:
-                self.sessions.accepting = False
+                self.sessions.accepting = False  # new sessions: UNAVAILABLE
+            if self.dispatcher is not None and not await self.dispatcher.wait_idle(grace):
+                log.warning(
+                    "grace period over with jobs still running", extra={"running": self.dispatcher.running}
+                )
+            if self.sessions is not None:
+                self.sessions.close_all("the scheduler is shutting down: reconnect to continue")
             if self.hub is not None:
                 self.hub.close_all()
             if self._server is not None:
-                await self._server.stop(grace)
+                await self._server.stop(min(grace, 1.0))
             if self.hub is not None:
                 await self.hub.stop()  # after the server: the streams' own deregistrations finish first
             if self.dispatcher is not None:
@@ -209,6 +217,26 @@ class Scheduler:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+    def _redis_state_changed(self, reachable: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if reachable
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        if reachable:
+            log.info("redis reachable again: serving")
+        else:
+            log.error("redis unreachable: health NOT_SERVING, new sessions refused until it is back")
+        if self._stopping:
+            return
+        task = asyncio.create_task(self._set_health(status))
+        self._health_tasks.add(task)
+        task.add_done_callback(self._health_tasks.discard)
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, status)
 
     @staticmethod
     async def _warn_on_eviction_policy(redis: Redis) -> None:

@@ -88,6 +88,9 @@ class Settings:
     )
     max_chunk_bytes: int = _setting(262144, "largest audio chunk accepted (bytes)")
     max_message_bytes: int = _setting(8388608, "largest gRPC message accepted or sent (bytes)")
+    accept_timeout_ms: int = _setting(
+        2000, "time a node has to accept an assigned job before it goes elsewhere"
+    )
     job_deadline_ms: int = _setting(30000, "time a node has for one job attempt before it is re-dispatched")
     job_max_attempts: int = _setting(3, "attempts per job before its utterance is skipped as FAILED")
     job_ttl_ms: int = _setting(3600000, "how long a job's record stays in Redis")
@@ -150,6 +153,7 @@ class Settings:
         for name in (
             "session_inbox_chunks",
             "max_chunk_bytes",
+            "accept_timeout_ms",
             "job_deadline_ms",
             "job_max_attempts",
             "queue_retry_ms",

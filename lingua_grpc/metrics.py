@@ -55,6 +55,9 @@ class SchedulerMetrics:
             "Job attempts started again after a reject, failure, timeout or node loss",
             registry=r,
         )
+        self.timeouts = Counter(
+            "lingua_job_timeouts_total", "Job attempts not accepted or not finished in time", registry=r
+        )
         self.results_fenced = Counter(
             "lingua_results_fenced_total",
             "Results refused because they came from an attempt that is not current",

@@ -65,6 +65,7 @@ class JobSink(Protocol):
 @dataclass(frozen=True, slots=True)
 class DispatchSettings:
     max_attempts: int
+    accept_timeout_ms: int
     job_deadline_ms: int
     queue_retry_ms: int
 
@@ -108,6 +109,7 @@ class Dispatcher:
         self._queues: dict[LanguagePair, collections.deque[Ticket]] = {}
         self._live: dict[str, Ticket] = {}  # job id -> ticket whose attempt runs on a node
         self._kick = asyncio.Event()
+        self._idle = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -125,6 +127,22 @@ class Dispatcher:
     @property
     def queued(self) -> int:
         return sum(len(q) for q in self._queues.values())
+
+    @property
+    def running(self) -> int:
+        return len(self._live)
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Waits until no job runs or waits for a slot (for a graceful stop); False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._live or self.queued:
+            if loop.time() >= deadline:
+                return False
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), min(0.05, deadline - loop.time()))
+        return True
 
     async def submit(self, ticket: JobSpec | Ticket, sink: JobSink | None = None, **kw: object) -> Ticket:
         """Places the job now if a slot is free, else queues it behind the pair's waiting jobs."""
@@ -157,6 +175,7 @@ class Dispatcher:
             await self._stale(node_id, event)
             return
         if isinstance(event, JobAccepted):
+            self._arm_deadline(ticket, self._settings.job_deadline_ms)  # accepted: the job deadline runs now
             await self._store.transition(event.job_id, event.attempt, (JobState.ASSIGNED,), JobState.ACCEPTED)
         elif isinstance(event, JobProgress):
             ticket.sink.job_progress(ticket.spec.index, event)
@@ -207,18 +226,23 @@ class Dispatcher:
             ticket.attempt, ticket.node_id = started, node_id
             ticket.placed_at = self._clock.monotonic()
             self._live[spec.job_id] = ticket
-            ticket.deadline = asyncio.get_running_loop().call_later(
-                self._settings.job_deadline_ms / 1000, self._deadline_passed, ticket, started
-            )
+            self._arm_deadline(ticket, self._settings.accept_timeout_ms)
             self._metrics.jobs_dispatched.inc()
             log.debug("job dispatched", extra=_ids(ticket))
             return True
         return False
 
-    def _deadline_passed(self, ticket: Ticket, attempt: int) -> None:
+    def _arm_deadline(self, ticket: Ticket, ms: int) -> None:
+        if ticket.deadline is not None:
+            ticket.deadline.cancel()
+        loop = asyncio.get_running_loop()
+        ticket.deadline = loop.call_later(ms / 1000, self._deadline_passed, ticket, ticket.attempt, ms)
+
+    def _deadline_passed(self, ticket: Ticket, attempt: int, ms: int) -> None:
         if ticket.attempt == attempt and self._live.get(ticket.spec.job_id) is ticket:
-            log.warning("job attempt past its deadline; re-dispatching", extra=_ids(ticket))
-            self._spawn(self._retry(ticket, f"no result within {self._settings.job_deadline_ms} ms"))
+            log.warning("job attempt past its deadline; re-dispatching", extra=_ids(ticket, deadline_ms=ms))
+            self._metrics.timeouts.inc()
+            self._spawn(self._retry(ticket, f"node {ticket.node_id} gave no answer within {ms} ms"))
 
     async def _complete(self, ticket: Ticket, node_id: str, output: JobOutput) -> None:
         applied = await self._store.transition(
@@ -268,6 +292,8 @@ class Dispatcher:
         """The attempt is over: forget it, stop its deadline, free its slot, tell the node when it still runs."""
         if self._live.get(ticket.spec.job_id) is ticket:
             del self._live[ticket.spec.job_id]
+            if not self._live:
+                self._idle.set()
         if ticket.deadline is not None:
             ticket.deadline.cancel()
             ticket.deadline = None

@@ -48,6 +48,8 @@ class SnapshotCache:
         self._current = EMPTY_SNAPSHOT
         self._changed = asyncio.Condition()
         self._listeners: list[SnapshotListener] = []
+        self._redis_listeners: list[Callable[[bool], None]] = []
+        self.redis_reachable = True
         self._task: asyncio.Task[None] | None = None
         self._rebuild_lock = asyncio.Lock()
 
@@ -58,6 +60,17 @@ class SnapshotCache:
     def add_listener(self, listener: SnapshotListener) -> None:
         """Called (synchronously, in the cache's task) with each snapshot of a new version."""
         self._listeners.append(listener)
+
+    def add_redis_listener(self, listener: Callable[[bool], None]) -> None:
+        """Called with False when Redis stops answering, and with True when it answers again."""
+        self._redis_listeners.append(listener)
+
+    def _set_reachable(self, reachable: bool) -> None:
+        self._metrics.redis_up.set(1 if reachable else 0)
+        if reachable != self.redis_reachable:
+            self.redis_reachable = reachable
+            for listener in self._redis_listeners:
+                listener(reachable)
 
     async def start(self) -> None:
         await self.refresh()
@@ -118,11 +131,11 @@ class SnapshotCache:
                 if stale or await self._registry.version() != self._current.version:
                     await self.refresh()
                     last_full = self._clock.monotonic()
-                self._metrics.redis_up.set(1)
+                self._set_reachable(True)
                 backoff = self._poll_s
             except (RedisError, OSError) as exc:
                 raise_if_cancelling()
-                self._metrics.redis_up.set(0)
+                self._set_reachable(False)
                 self._metrics.redis_errors.labels("snapshot").inc()
                 log.warning("registry read failed, retrying", extra={"error": repr(exc), "in_s": backoff})
                 backoff = min(backoff * 2, max(self._refresh_s, 1.0))

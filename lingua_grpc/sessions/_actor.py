@@ -56,6 +56,11 @@ class _GapTimer:
 
 
 @dataclass(frozen=True, slots=True)
+class _Fail:
+    error: LinguaError
+
+
+@dataclass(frozen=True, slots=True)
 class _Progress:
     index: int
     event: JobProgress
@@ -76,7 +81,7 @@ class _Skipped:
     message: str
 
 
-_Event = _Audio | _Playback | _Finalize | _SegmentTimer | _GapTimer | _Progress | _Done | _Skipped
+_Event = _Audio | _Playback | _Finalize | _SegmentTimer | _GapTimer | _Progress | _Done | _Skipped | _Fail
 
 
 # Outbox: what the client is sent, in order.
@@ -176,7 +181,8 @@ class SessionActor:
         self._inbox.put_nowait(_Finalize(end_of_stream=True))
 
     def fail(self, error: LinguaError) -> None:
-        self.outbox.put_nowait(Closed(error))
+        """Ends the session with this error, after the events already in the inbox."""
+        self._inbox.put_nowait(_Fail(error))
 
     # Called by the dispatcher (JobSink).
     def job_progress(self, index: int, event: JobProgress) -> None:
@@ -191,7 +197,11 @@ class SessionActor:
     async def run(self) -> None:
         try:
             while not (self._ending and self._sequencer.all_answered):
-                await self._handle(await self._inbox.get())
+                event = await self._inbox.get()
+                if isinstance(event, _Fail):
+                    self.outbox.put_nowait(Closed(event.error))
+                    return
+                await self._handle(event)
                 self._arm_timers()
             self.outbox.put_nowait(Closed())
         except asyncio.CancelledError:

@@ -57,6 +57,8 @@ class SessionManager:
     def open(self, start: StartRequest) -> SessionActor:
         if not self.accepting:
             raise Unavailable("the scheduler is shutting down: connect again (to another instance)")
+        if not self._cache.redis_reachable:
+            raise Unavailable("the scheduler cannot reach Redis right now: try again shortly")
         if start.pair is None:
             raise InvalidArgument(
                 "start.language_pair is required, e.g. source_language 'en', target_language 'es'"
@@ -97,6 +99,11 @@ class SessionManager:
             extra={"session_id": session_id, "pair": str(start.pair), "client": start.client_name},
         )
         return actor
+
+    def close_all(self, reason: str) -> None:
+        """Ends every session with UNAVAILABLE after what it already has queued for its client."""
+        for actor in list(self._sessions.values()):
+            actor.fail(Unavailable(reason))
 
     def close(self, actor: SessionActor) -> None:
         if self._sessions.pop(actor.session_id, None) is not None:
