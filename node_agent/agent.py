@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -45,6 +46,25 @@ class AgentConfig:
     reconnect_initial_s: float = 0.2
     reconnect_max_s: float = 10.0
     drain_timeout_s: float = 60.0
+    # Fault injection for fault tests and drills (FAULTS); None runs jobs normally.
+    fault: str | None = None
+    fault_utterances: frozenset[int] | None = None  # None: every utterance
+
+    def faulty(self, utterance_index: int) -> str | None:
+        if self.fault is None or (
+            self.fault_utterances is not None and utterance_index not in self.fault_utterances
+        ):
+            return None
+        return self.fault
+
+
+FAULTS = {
+    "reject": "reject the job",
+    "fail": "report the job failed (retryable)",
+    "hang": "accept the job and never answer",
+    "exit": "exit the process at once on receiving the job (a poison pill)",
+    "drop-stream": "run the job, then drop the stream before sending the result",
+}
 
 
 @dataclass
@@ -236,6 +256,13 @@ class NodeAgent:
             reject(node_pb2.REJECT_REASON_AT_CAPACITY, "all slots busy")
         elif assign.job_id in self._jobs:
             log.info("job already running", extra={"job_id": assign.job_id, "attempt": assign.attempt})
+        elif (fault := self.config.faulty(assign.utterance_index)) in ("reject", "exit"):
+            log.warning(
+                "injected fault", extra={"fault": fault, "job_id": assign.job_id, "attempt": assign.attempt}
+            )
+            if fault == "exit":
+                os._exit(3)
+            reject(node_pb2.REJECT_REASON_UNSUPPORTED, "injected fault: reject")
         else:
             job = _Job(assign.job_id, assign.attempt)
             self._jobs[job.job_id] = job
@@ -247,6 +274,17 @@ class NodeAgent:
         conn.send(
             node_pb2.ConnectRequest(job_accepted=node_pb2.JobAccepted(job_id=a.job_id, attempt=a.attempt))
         )
+        fault = self.config.faulty(a.utterance_index)
+        if fault is not None:
+            log.warning("injected fault", extra={"fault": fault, "job_id": a.job_id, "attempt": a.attempt})
+        if fault == "hang":
+            await asyncio.Event().wait()
+        if fault == "fail":
+            failed = node_pb2.JobFailed(
+                job_id=a.job_id, attempt=a.attempt, retryable=True, message="injected fault: fail"
+            )
+            conn.send(node_pb2.ConnectRequest(job_failed=failed))
+            return
         loop = asyncio.get_running_loop()
         pair = a.language_pair
         timings = common_pb2.StageTimings()
@@ -297,6 +335,9 @@ class NodeAgent:
                     )
                 )
             result.timings.CopyFrom(timings)
+            if fault == "drop-stream":
+                conn.call.cancel()  # the work is done, but the result never leaves
+                return
             conn.send(node_pb2.ConnectRequest(job_result=result))
         except asyncio.CancelledError:
             raise

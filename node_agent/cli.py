@@ -14,7 +14,7 @@ from lingua_grpc.errors import InvalidArgument
 from lingua_grpc.logs import configure_logging
 from lingua_grpc.pb import common_pb2
 from lingua_grpc.registry import LanguagePair
-from node_agent.agent import AgentConfig, NodeAgent
+from node_agent.agent import FAULTS, AgentConfig, NodeAgent
 from node_agent.engines import ENGINES, create_engine
 from node_agent.gpu import GpuProbe
 
@@ -63,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=int(_env("SYNTHETIC_LATENCY_MS", "0")),
         help="latency of each stage of the synthetic engine (default 0)",
+    )
+    p.add_argument(
+        "--inject-fault",
+        choices=sorted(FAULTS),
+        default=_env("INJECT_FAULT", "") or None,
+        help="TEST HOOK for fault drills: " + "; ".join(f"{k}: {v}" for k, v in FAULTS.items()),
+    )
+    p.add_argument(
+        "--fault-utterances",
+        default=_env("FAULT_UTTERANCES", ""),
+        help="utterance indexes the fault applies to, comma separated (default: all)",
     )
     p.add_argument(
         "--label", action="append", default=[], metavar="KEY=VALUE", help="label for pools files, repeatable"
@@ -137,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         capabilities=capabilities,
         reconnect_max_s=args.reconnect_max_ms / 1000,
         drain_timeout_s=args.drain_timeout_ms / 1000,
+        fault=args.inject_fault,
+        fault_utterances=frozenset(int(i) for i in _split(args.fault_utterances)) or None,
     )
     return asyncio.run(_run(NodeAgent(config, engine, gpus)))
 
