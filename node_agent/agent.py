@@ -174,10 +174,16 @@ class NodeAgent:
                     conn.send(node_pb2.ConnectRequest(draining=node_pb2.Draining(reason=self._drain_reason)))
                     self._spawn(self._leave_when_idle(conn))
                 while True:
-                    message: node_pb2.ConnectResponse | None = await read_message(call)
-                    if message is None:
+                    try:
+                        message: node_pb2.ConnectResponse | None = await read_message(call)
+                    except asyncio.CancelledError:
+                        task = asyncio.current_task()
+                        if call.cancelled() and not (task and task.cancelling()):
+                            log.warning("stream dropped by this agent")  # drop-stream fault
+                            break
+                        raise
+                    if message is None or self._dispatch(conn, message):
                         break
-                    self._dispatch(conn, message)
                 if not self._draining.is_set():
                     log.warning("scheduler closed the stream")
             except grpc.aio.AioRpcError as exc:
@@ -220,7 +226,8 @@ class NodeAgent:
             cpu_utilization=cpu_utilization(),
         )
 
-    def _dispatch(self, conn: _Connection, message: node_pb2.ConnectResponse) -> None:
+    def _dispatch(self, conn: _Connection, message: node_pb2.ConnectResponse) -> bool:
+        """Acts on one scheduler message; True when this stream should end (to register again)."""
         kind = message.WhichOneof("kind")
         if kind == "assign_job":
             self._start_job(conn, message.assign_job)
@@ -236,9 +243,10 @@ class NodeAgent:
             self.drain(message.drain.reason or "scheduler request")
         elif kind == "reregister":
             log.warning("scheduler asks to register again", extra={"reason": message.reregister.reason})
-            conn.call.cancel()
+            return True
         else:
             log.warning("unknown message from scheduler", extra={"kind": kind})
+        return False
 
     def _start_job(self, conn: _Connection, assign: node_pb2.AssignJob) -> None:
         def reject(reason: node_pb2.RejectReason.ValueType, detail: str) -> None:
@@ -266,6 +274,7 @@ class NodeAgent:
         else:
             job = _Job(assign.job_id, assign.attempt)
             self._jobs[job.job_id] = job
+            log.info("job started", extra={"job_id": assign.job_id, "attempt": assign.attempt})
             job.task = asyncio.create_task(self._run_job(conn, assign), name=f"job-{assign.job_id}")
             job.task.add_done_callback(partial(self._forget_job, job.job_id))
 

@@ -42,11 +42,13 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             if out.error is not None:
                 await context.abort(status_for(out.error), str(out.error))
         finally:
+            # Close first, synchronously: the handler may be cancelled again while it waits below.
+            reader.cancel()
+            runner.cancel()
+            self._manager.close(actor)
             for task in (reader, runner):
-                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            self._manager.close(actor)
 
     async def _read(self, context: Context, actor: SessionActor) -> None:
         ended = False

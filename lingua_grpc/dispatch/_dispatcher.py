@@ -34,7 +34,6 @@ from lingua_grpc.jobs import (
     JobSpec,
     JobState,
     JobStore,
-    Reservation,
     SkipReason,
 )
 from lingua_grpc.metrics import SchedulerMetrics
@@ -54,6 +53,8 @@ class JobTransport(Protocol):
 
 class JobSink(Protocol):
     """Where a job's outcome goes: its session."""
+
+    closed: bool
 
     def job_progress(self, index: int, event: JobProgress) -> None: ...
 
@@ -111,7 +112,7 @@ class Dispatcher:
         self._kick = asyncio.Event()
         self._idle = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
 
     async def start(self) -> None:
         self._pump = asyncio.create_task(self._run_queues(), name="dispatch-queues")
@@ -121,6 +122,8 @@ class Dispatcher:
         for ticket in list(self._live.values()):
             if ticket.deadline is not None:
                 ticket.deadline.cancel()
+        if self._tasks:  # slot releases and final states still being written
+            await asyncio.wait(list(self._tasks), timeout=2)
         for task in list(self._tasks):
             await cancel_and_wait(task)
 
@@ -149,6 +152,16 @@ class Dispatcher:
         if isinstance(ticket, JobSpec):
             assert sink is not None
             ticket = Ticket(ticket, sink, **kw)  # type: ignore[arg-type]
+        if ticket.sink.closed:  # the session ended while this job was being created
+            ticket.done = True
+            await self._store.transition(
+                ticket.spec.job_id,
+                ticket.attempt,
+                (JobState.CREATED, *LIVE_STATES),
+                JobState.SKIPPED,
+                reason="session ended",
+            )
+            return ticket
         now = self._clock.monotonic()
         ticket.submitted_at = ticket.submitted_at or now
         ticket.queued_until = ticket.queued_until or now + ticket.queue_timeout_s
@@ -160,14 +173,27 @@ class Dispatcher:
         return ticket
 
     def cancel_session(self, session_id: str) -> None:
-        """The client went away: queued jobs are dropped, running attempts cancelled on their nodes."""
+        """The session ended: queued jobs are dropped, running attempts cancelled on their nodes, and both
+        recorded SKIPPED, so nothing is delivered later and every slot is freed."""
+        abandoned = []
         for queue in self._queues.values():
-            for ticket in [t for t in queue if t.spec.session_id == session_id]:
+            for ticket in [t for t in queue if t.spec.session_id == session_id and not t.done]:
                 queue.remove(ticket)
-                ticket.done = True
+                abandoned.append(ticket)
         for ticket in [t for t in self._live.values() if t.spec.session_id == session_id]:
             self._end_attempt(ticket, "session ended")
+            abandoned.append(ticket)
+        for ticket in abandoned:
             ticket.done = True
+            self._spawn(
+                self._store.transition(
+                    ticket.spec.job_id,
+                    ticket.attempt,
+                    (JobState.CREATED, *LIVE_STATES),
+                    JobState.SKIPPED,
+                    reason="session ended",
+                )
+            )
 
     async def on_event(self, node_id: str, event: JobEvent) -> None:
         ticket = self._live.get(event.job_id)
@@ -210,10 +236,14 @@ class Dispatcher:
             attempt = ticket.attempt + 1
             outcome = await self._store.reserve(node_id, spec.job_id, attempt)
             if not outcome.held:
-                if outcome is not Reservation.FULL:
-                    ticket.excluded.add(node_id)  # draining or gone: not a candidate for this job again
-                continue
+                continue  # full, draining, or gone (maybe registering again): the next candidate
             started = await self._store.assign(spec.job_id, ticket.attempt, node_id)
+            if started is None and await self._store.get(spec.job_id) is None:
+                # The job's record is gone (Redis restarted without its data): record it again and go on.
+                log.warning("job record lost; recreating it", extra=_ids(ticket))
+                await self._store.create(spec)
+                ticket.attempt = 0
+                started = await self._store.assign(spec.job_id, 0, node_id)
             if started is None:  # the job ended meanwhile (or another instance started this attempt)
                 await self._store.release(node_id, spec.job_id, attempt)
                 return True
@@ -369,12 +399,12 @@ class Dispatcher:
         self._metrics.skips.labels(reason.value).inc()
         ticket.sink.job_skipped(ticket.spec.index, reason, why)
 
-    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+    def _spawn(self, coro: Coroutine[object, object, object]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
+    def _task_done(self, task: asyncio.Task[object]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("dispatch task failed", exc_info=task.exception())

@@ -96,8 +96,22 @@ class NodeHub:
             link.send(CancelCommand(job_id, attempt, reason))
 
     async def job_event(self, link: NodeLink, event: JobEvent) -> None:
-        if self._jobs is not None:
+        if self._jobs is None:
+            return
+        try:
             await self._jobs.on_event(link.node_id, event)
+        except RedisError as exc:
+            # Redis is the problem, not the node: keep its stream. The attempt's deadline re-dispatches it.
+            self._metrics.redis_errors.labels("job_event").inc()
+            log.warning(
+                "job message not applied",
+                extra={
+                    "node_id": link.node_id,
+                    "job_id": event.job_id,
+                    "attempt": event.attempt,
+                    "error": repr(exc),
+                },
+            )
 
     @property
     def links(self) -> dict[str, NodeLink]:

@@ -165,6 +165,7 @@ class SessionActor:
         self._armed: tuple[int | None, float | None] = (None, None)
         self._ending = False
         self._preferred_node: str | None = None
+        self.closed = False  # set when the stream ended; the dispatcher drops what it submits after that
 
     # Called by the gRPC read loop.
     async def audio(self, pcm: bytes, is_final: bool) -> None:

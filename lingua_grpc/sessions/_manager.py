@@ -106,6 +106,7 @@ class SessionManager:
             actor.fail(Unavailable(reason))
 
     def close(self, actor: SessionActor) -> None:
+        actor.closed = True
         if self._sessions.pop(actor.session_id, None) is not None:
             self._dispatcher.cancel_session(actor.session_id)
             self._metrics.sessions_open.set(len(self._sessions))

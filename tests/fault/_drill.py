@@ -1,0 +1,152 @@
+"""A fault drill: redis-server, a scheduler and node agents as real processes, plus a client."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+
+import redis as redis_sync
+
+from lingua_grpc.client import LinguaClient
+from lingua_grpc.pb import session_pb2
+from tests.audio import chunks, silence, tone
+from tests.conftest import RedisServer, start_redis_server, stop_redis_server, wait_until
+from tests.e2e._procs import Proc, SchedulerProc, start_node, start_scheduler
+
+FINAL_STATES = {"COMPLETED", "FAILED", "SKIPPED"}
+
+# Fast failure detection for drills; the defaults are for production.
+DRILL_SETTINGS = (
+    "--accept-timeout-ms",
+    "1000",
+    "--job-deadline-ms",
+    "2500",
+    "--session-gap-timeout-ms",
+    "15000",
+    "--session-queue-timeout-ms",
+    "8000",
+    "--node-lease-heartbeats",
+    "3",
+)
+
+
+def utterances(n: int) -> bytes:
+    return b"".join(tone(400 + 100 * (i % 3), freq=300 + 70 * i) + silence(1000) for i in range(n))
+
+
+class Drill:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[Proc] = []
+        self.redis: RedisServer | None = None
+        self.scheduler: SchedulerProc | None = None
+
+    async def start(self, *scheduler_args: str) -> SchedulerProc:
+        self.redis = start_redis_server(self.tmp)
+        self.scheduler = await start_scheduler(
+            self.tmp, "--redis-url", self.redis.url, *DRILL_SETTINGS, *scheduler_args
+        )
+        self.procs.append(self.scheduler)
+        return self.scheduler
+
+    async def node(self, node_id: str, *args: str, max_concurrency: int = 2) -> Proc:
+        assert self.scheduler is not None
+        proc = start_node(
+            self.tmp,
+            self.scheduler.grpc,
+            node_id,
+            "--max-concurrency",
+            str(max_concurrency),
+            *args,
+            pairs="en-es",
+        )
+        self.procs.append(proc)
+        await proc.log_contains("registered")
+        return proc
+
+    def restart_redis(self, keep_data: bool) -> None:
+        assert self.redis is not None
+        client = redis_sync.Redis.from_url(self.redis.url)
+        if keep_data:
+            client.save()
+        client.close()
+        port = self.redis.port
+        stop_redis_server(self.redis)  # SIGTERM: redis-server exits without saving (--save "")
+        self.redis = start_redis_server(self.tmp, port)
+
+    def redis_client(self) -> redis_sync.Redis:
+        assert self.redis is not None
+        return redis_sync.Redis.from_url(self.redis.url, decode_responses=True)
+
+    async def session(
+        self,
+        pcm: bytes,
+        options: session_pb2.SessionOptions | None = None,
+        pace_s: float = 0.0,
+        during: object = None,
+    ) -> list[session_pb2.StreamResponse]:
+        """Streams `pcm` in 100 ms chunks (`pace_s` apart) and returns everything the scheduler sent."""
+        assert self.scheduler is not None
+        async with LinguaClient(self.scheduler.grpc) as client:
+            session = await client.start_session("en", "es", options=options)
+
+            async def send() -> None:
+                for chunk in chunks(pcm, 100):
+                    await session.send_audio(chunk)
+                    if pace_s:
+                        await asyncio.sleep(pace_s)  # microphone pace, so faults land mid-session
+                await session.end()
+
+            sender = asyncio.create_task(send())
+            try:
+                return await asyncio.wait_for(_collect(session), 60)
+            finally:
+                sender.cancel()
+
+    async def assert_redis_clean(self) -> dict[str, str]:
+        """No slot is still held and every job is in a final state. Returns job id -> state."""
+        client = self.redis_client()
+        try:
+
+            async def no_slots_held() -> bool:
+                nodes = [k for k in client.scan_iter("*{registry}:node:*")]
+                held = [int(client.hget(k, "reserved") or 0) for k in nodes]
+                slot_sets = [k for k in client.scan_iter("*{registry}:slots:*") if client.scard(k)]
+                return sum(held) == 0 and not slot_sets
+
+            await wait_until(no_slots_held, what="every node slot released")
+            states = {client.hget(k, "job_id"): client.hget(k, "state") for k in client.scan_iter("*:job:*")}
+            assert set(states.values()) <= FINAL_STATES, f"jobs not final: {states}"
+            return states  # type: ignore[return-value]
+        finally:
+            client.close()
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            proc.kill()
+        if self.redis is not None:
+            stop_redis_server(self.redis)
+
+
+async def _collect(session: object) -> list[session_pb2.StreamResponse]:
+    return [m async for m in session]  # type: ignore[attr-defined]
+
+
+def answers(messages: Sequence[session_pb2.StreamResponse]) -> list[tuple[int, str]]:
+    out = []
+    for m in messages:
+        if m.HasField("result"):
+            out.append((m.result.utterance_index, "result"))
+        elif m.HasField("skipped"):
+            out.append((m.skipped.utterance_index, session_pb2.SkipReason.Name(m.skipped.reason)))
+    return out
+
+
+def results(messages: Sequence[session_pb2.StreamResponse]) -> list[session_pb2.UtteranceResult]:
+    return [m.result for m in messages if m.HasField("result")]
+
+
+def kill(proc: Proc, sig: signal.Signals = signal.SIGKILL) -> None:
+    proc.send(sig)

@@ -1,0 +1,193 @@
+"""Fault drills on real processes. Each asserts what the client received and what Redis holds afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from lingua_grpc.pb import registry_pb2, registry_pb2_grpc, session_pb2
+from tests.fault._drill import Drill, answers, results, utterances
+
+pytestmark = [pytest.mark.fault, pytest.mark.slow, pytest.mark.timeout(120)]
+
+ALL_RESULTS = [(0, "result"), (1, "result"), (2, "result")]
+
+
+@pytest.fixture
+def drill(tmp_path: Path) -> Iterator[Drill]:
+    d = Drill(tmp_path)
+    yield d
+    d.close()
+
+
+async def test_node_killed_mid_job(drill: Drill) -> None:
+    await drill.start()
+    doomed = await drill.node("doomed", "--synthetic-latency-ms", "400")
+    session = asyncio.create_task(drill.session(utterances(3)))
+    await doomed.log_contains("job started")
+    doomed.send(signal.SIGKILL)
+    await drill.node("survivor")
+    messages = await session
+    assert answers(messages) == ALL_RESULTS
+    assert {r.node_id for r in results(messages)} == {"survivor"}
+    assert max(r.attempt for r in results(messages)) == 2
+    assert set((await drill.assert_redis_clean()).values()) == {"COMPLETED"}
+
+
+async def test_stopped_node_past_its_lease_is_replaced_and_its_late_work_refused(drill: Drill) -> None:
+    scheduler = await drill.start()
+    zombie = await drill.node("zombie", "--synthetic-latency-ms", "300")
+    session = asyncio.create_task(drill.session(utterances(3)))
+    await zombie.log_contains("job started")
+    zombie.send(signal.SIGSTOP)
+    await scheduler.log_contains("node lease expired")
+    await drill.node("healthy")
+    zombie.send(signal.SIGCONT)  # wakes up with finished work for an attempt that is no longer current
+    messages = await session
+    assert answers(messages) == ALL_RESULTS
+    assert {r.node_id for r in results(messages)} == {"healthy"}
+    await drill.assert_redis_clean()
+    assert await scheduler.metric("lingua_node_departures_total", reason="lease_expired") >= 1
+
+
+async def test_node_rejecting_everything(drill: Drill) -> None:
+    scheduler = await drill.start()
+    await drill.node("grumpy", "--inject-fault", "reject")
+    await drill.node("willing")
+    messages = await drill.session(utterances(3))
+    assert answers(messages) == ALL_RESULTS
+    assert {r.node_id for r in results(messages)} == {"willing"}
+    await drill.assert_redis_clean()
+    assert await scheduler.metric("lingua_utterances_skipped_total", reason="no_capacity") == 0
+
+
+async def test_only_node_rejects_everything_gives_explicit_skips(drill: Drill) -> None:
+    await drill.start("--session-queue-timeout-ms", "500")
+    await drill.node("grumpy", "--inject-fault", "reject")
+    messages = await drill.session(utterances(2))
+    assert answers(messages) == [(0, "SKIP_REASON_NO_CAPACITY"), (1, "SKIP_REASON_NO_CAPACITY")]
+    assert set((await drill.assert_redis_clean()).values()) == {"SKIPPED"}
+
+
+async def test_node_slower_than_the_deadline(drill: Drill) -> None:
+    scheduler = await drill.start()
+    await drill.node("stuck", "--inject-fault", "hang")
+    await drill.node("quick")
+    messages = await drill.session(utterances(3))
+    assert answers(messages) == ALL_RESULTS
+    assert {r.node_id for r in results(messages)} == {"quick"}
+    await drill.assert_redis_clean()
+    assert await scheduler.metric("lingua_job_timeouts_total") >= 1
+    assert await scheduler.metric("lingua_job_redispatches_total") >= 1
+
+
+async def test_poison_job_ends_failed_instead_of_looping(drill: Drill) -> None:
+    scheduler = await drill.start("--job-max-attempts", "3")
+    for i in range(4):  # one slot each: a node dies holding only the poison job
+        await drill.node(f"n{i}", "--inject-fault", "exit", "--fault-utterances", "1", max_concurrency=1)
+    messages = await drill.session(utterances(3))
+    assert answers(messages) == [(0, "result"), (1, "SKIP_REASON_FAILED"), (2, "result")]
+    skipped = next(m.skipped for m in messages if m.HasField("skipped"))
+    assert "3 attempts failed" in skipped.message
+    states = await drill.assert_redis_clean()
+    assert sorted(states.values()) == ["COMPLETED", "COMPLETED", "FAILED"]
+    assert await scheduler.metric("lingua_utterances_skipped_total", reason="failed") == 1
+
+
+async def test_node_drops_its_stream_after_the_work_before_the_result(drill: Drill) -> None:
+    await drill.start()
+    await drill.node("flaky", "--inject-fault", "drop-stream")
+    await drill.node("steady")
+    messages = await drill.session(utterances(3))
+    assert answers(messages) == ALL_RESULTS
+    assert {r.node_id for r in results(messages)} == {"steady"}
+    await drill.assert_redis_clean()
+
+
+@pytest.mark.parametrize("keep_data", [True, False], ids=["with-data", "without-data"])
+async def test_redis_restart_mid_session(drill: Drill, keep_data: bool) -> None:
+    scheduler = await drill.start()
+    await drill.node("gpu-1")
+    session = asyncio.create_task(drill.session(utterances(4), pace_s=0.05))
+    await scheduler.log_contains("node registered")
+    await asyncio.sleep(0.5)  # let the session get going before Redis goes away
+    drill.restart_redis(keep_data)
+    messages = await session
+    got = answers(messages)
+    assert [i for i, _ in got] == [0, 1, 2, 3], f"every utterance answered once, in order: {got}"
+    assert all(kind == "result" or kind.startswith("SKIP_REASON_") for _, kind in got)
+    # Service resumes: a new session after the restart is served normally.
+    assert answers(await drill.session(utterances(2))) == [(0, "result"), (1, "result")]
+    await drill.assert_redis_clean()
+
+
+async def test_script_flush_under_load(drill: Drill) -> None:
+    await drill.start()
+    await drill.node("gpu-1")
+    session = asyncio.create_task(drill.session(utterances(5), pace_s=0.02))
+    client = drill.redis_client()
+    for _ in range(5):
+        client.script_flush()
+        await asyncio.sleep(0.2)  # flush repeatedly while the session runs
+    client.close()
+    assert answers(await session) == [(i, "result") for i in range(5)]
+    await drill.assert_redis_clean()
+
+
+async def test_drain_under_load(drill: Drill) -> None:
+    scheduler = await drill.start()
+    leaving = await drill.node("leaving", "--synthetic-latency-ms", "200")
+    session = asyncio.create_task(drill.session(utterances(4), pace_s=0.03))
+    await leaving.log_contains("job started")
+    await drill.node("staying")
+    async with grpc.aio.insecure_channel(scheduler.grpc) as channel:
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        await stub.DrainNode(registry_pb2.DrainNodeRequest(node_id="leaving", reason="drill"))
+    assert await leaving.wait(30) == 0, "the drained node finishes its jobs and exits cleanly"
+    messages = await session
+    assert answers(messages) == [(i, "result") for i in range(4)]
+    await drill.assert_redis_clean()
+
+
+async def test_scheduler_sigterm_under_load(drill: Drill) -> None:
+    scheduler = await drill.start("--shutdown-grace-ms", "1500")
+    node = await drill.node("gpu-1", "--synthetic-latency-ms", "300")
+    # 12 utterances at microphone pace: the session outlasts the grace period.
+    session = asyncio.create_task(drill.session(utterances(12), pace_s=0.1))
+    await node.log_contains("job started")
+    scheduler.send(signal.SIGTERM)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await session
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "shutting down" in (err.value.details() or "")
+    assert await scheduler.wait(30) == 0
+    await scheduler.log_contains("scheduler stopped")
+    states = await drill.assert_redis_clean()
+    assert "COMPLETED" in states.values(), "jobs already running finished within the grace period"
+
+
+async def test_client_disconnecting_mid_utterance_cancels_its_jobs(drill: Drill) -> None:
+    await drill.start()
+    node = await drill.node("gpu-1", "--synthetic-latency-ms", "2000")
+    from lingua_grpc.client import LinguaClient
+    from tests.audio import silence, tone
+
+    assert drill.scheduler is not None
+    async with LinguaClient(drill.scheduler.grpc) as client:
+        session = await client.start_session("en", "es")
+        await session.send_audio(tone(500) + silence(1000))
+        await node.log_contains("job started")
+        await session.send_audio(tone(300))  # mid-utterance
+        session.cancel()
+    await node.log_contains("job cancelled")
+    states = await drill.assert_redis_clean()
+    assert "COMPLETED" not in states.values(), "nothing finished for a client that left"
+
+
+def test_options_for_drills_are_valid() -> None:
+    assert session_pb2.SessionOptions(gap_timeout_ms=15000).gap_timeout_ms == 15000
