@@ -1,0 +1,108 @@
+"""Fencing and reservations against real Redis and a real scheduler, with test-driven node streams."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from redis.asyncio import Redis
+
+from lingua_grpc._grpc import read_message
+from lingua_grpc.app import Scheduler
+from lingua_grpc.client import LinguaClient
+from lingua_grpc.jobs import JobStore, Reservation
+from lingua_grpc.pb import node_pb2
+from lingua_grpc.registry import NodeRegistry
+from lingua_grpc.store import JobKeys, RegistryKeys, ScriptBook
+from tests.audio import silence, tone
+from tests.conftest import RedisServer
+from tests.integration.test_lua_scripts import LEASE_MS, registration
+from tests.integration.test_scheduler_grpc import Call, connect, fast_settings
+
+pytestmark = pytest.mark.integration
+
+
+async def test_two_reservations_race_for_the_last_slot_and_exactly_one_wins(
+    redis: Redis, keys: RegistryKeys, key_prefix: str
+) -> None:
+    scripts = ScriptBook(redis)
+    await NodeRegistry(redis, keys, scripts).register(
+        registration("gpu-1", max_concurrency=1), "i", "c", LEASE_MS
+    )
+    store = JobStore(redis, JobKeys(key_prefix), keys, scripts, job_ttl_ms=60_000, audio_ttl_ms=60_000)
+    outcomes = await asyncio.gather(*(store.reserve("gpu-1", f"s:{i}", 1) for i in range(8)))
+    assert sorted(o.value for o in outcomes) == [0] * 7 + [1]
+    assert outcomes.count(Reservation.RESERVED) == 1
+    winner = outcomes.index(Reservation.RESERVED)
+    assert await store.reserve("gpu-1", f"s:{winner}", 1) is Reservation.ALREADY_HELD, (
+        "idempotent per attempt"
+    )
+    assert await store.release("gpu-1", f"s:{winner}", 1)
+    assert not await store.release("gpu-1", f"s:{winner}", 1), "released once"
+    assert int(await redis.hget(keys.node("gpu-1"), "reserved") or -1) == 0
+
+
+@pytest.fixture
+async def scheduler(redis_server: RedisServer, key_prefix: str) -> AsyncIterator[Scheduler]:
+    s = Scheduler(fast_settings(redis_server.url, key_prefix, accept_timeout_ms=300, job_deadline_ms=300))
+    await s.start()
+    yield s
+    await s.stop(grace_s=0.5)
+
+
+async def next_assignment(call: Call) -> node_pb2.AssignJob:
+    while True:
+        message: node_pb2.ConnectResponse = await asyncio.wait_for(read_message(call), 10)
+        if message.WhichOneof("kind") == "assign_job":
+            return message.assign_job
+
+
+def result_for(a: node_pb2.AssignJob, text: str) -> node_pb2.ConnectRequest:
+    return node_pb2.ConnectRequest(
+        job_result=node_pb2.JobResult(
+            job_id=a.job_id, attempt=a.attempt, source_text=text, translated_text=text
+        )
+    )
+
+
+async def heartbeat_forever(call: Call) -> None:
+    while True:
+        await call.write(node_pb2.ConnectRequest(heartbeat=node_pb2.Heartbeat()))
+        await asyncio.sleep(0.1)  # the heartbeat interval the scheduler asked for
+
+
+async def test_a_zombie_result_of_an_old_attempt_is_refused(scheduler: Scheduler) -> None:
+    assert scheduler.endpoints is not None
+    async with (
+        grpc.aio.insecure_channel(scheduler.endpoints.grpc) as channel,
+        LinguaClient(scheduler.endpoints.grpc) as client,
+    ):
+        zombie, _ = await connect(channel, "zombie", max_concurrency=1)
+        beats = [asyncio.create_task(heartbeat_forever(zombie))]
+        session = await client.start_session("en", "es")
+        await session.send_audio(tone(300) + silence(100), is_final=True)
+        first = await next_assignment(zombie)  # attempt 1: accepted, then silence past the deadline
+        await zombie.write(
+            node_pb2.ConnectRequest(job_accepted=node_pb2.JobAccepted(job_id=first.job_id, attempt=1))
+        )
+
+        healthy, _ = await connect(channel, "healthy", max_concurrency=1)
+        beats.append(asyncio.create_task(heartbeat_forever(healthy)))
+        second = await next_assignment(healthy)
+        assert (second.job_id, second.attempt) == (first.job_id, 2)
+
+        await zombie.write(result_for(first, "zombie"))  # the old attempt wakes up with an answer
+        await healthy.write(result_for(second, "healthy"))
+        await session.end()
+        messages = [m async for m in session]
+        got = [m.result for m in messages if m.HasField("result")]
+        assert [(r.utterance_index, r.source_text, r.attempt, r.node_id) for r in got] == [
+            (0, "healthy", 2, "healthy")
+        ]
+        for task in beats:
+            task.cancel()
+        zombie.cancel()
+        healthy.cancel()
+    assert scheduler.metrics.registry.get_sample_value("lingua_results_fenced_total") == 1
