@@ -36,7 +36,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
 
-def start_redis_server(workdir: Path, port: int | None = None) -> RedisServer:
+def start_redis_server(workdir: Path, port: int | None = None, *extra_args: str) -> RedisServer:
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed: run `make redis` (Debian package redis-server)")
@@ -56,6 +56,7 @@ def start_redis_server(workdir: Path, port: int | None = None) -> RedisServer:
             str(workdir),
             "--loglevel",
             "warning",
+            *extra_args,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -43,8 +43,8 @@ class Drill:
         self.redis: RedisServer | None = None
         self.scheduler: SchedulerProc | None = None
 
-    async def start(self, *scheduler_args: str) -> SchedulerProc:
-        self.redis = start_redis_server(self.tmp)
+    async def start(self, *scheduler_args: str, redis_args: tuple[str, ...] = ()) -> SchedulerProc:
+        self.redis = start_redis_server(self.tmp, None, *redis_args)
         self.scheduler = await start_scheduler(
             self.tmp, "--redis-url", self.redis.url, *DRILL_SETTINGS, *scheduler_args
         )
@@ -65,6 +65,14 @@ class Drill:
         self.procs.append(proc)
         await proc.log_contains("registered")
         return proc
+
+    def stop_redis(self) -> None:
+        assert self.redis is not None
+        stop_redis_server(self.redis)
+
+    def start_redis_again(self) -> None:
+        assert self.redis is not None
+        self.redis = start_redis_server(self.tmp, self.redis.port)
 
     def restart_redis(self, keep_data: bool) -> None:
         assert self.redis is not None

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from lingua_grpc.pb import registry_pb2, registry_pb2_grpc, session_pb2
+from lingua_grpc.pb import registry_pb2, registry_pb2_grpc
 from tests.fault._drill import Drill, answers, results, utterances
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow, pytest.mark.timeout(120)]
@@ -189,5 +189,32 @@ async def test_client_disconnecting_mid_utterance_cancels_its_jobs(drill: Drill)
     assert "COMPLETED" not in states.values(), "nothing finished for a client that left"
 
 
-def test_options_for_drills_are_valid() -> None:
-    assert session_pb2.SessionOptions(gap_timeout_ms=15000).gap_timeout_ms == 15000
+async def test_redis_down_means_not_serving_and_new_sessions_refused_until_it_is_back(drill: Drill) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    scheduler = await drill.start()
+    await drill.node("gpu-1")
+    async with grpc.aio.insecure_channel(scheduler.grpc) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+
+        async def status() -> int:
+            return (await health.Check(health_pb2.HealthCheckRequest(service=""))).status  # type: ignore[no-any-return]
+
+        assert await status() == health_pb2.HealthCheckResponse.SERVING
+        drill.stop_redis()
+        await scheduler.log_contains("redis unreachable")
+        assert await status() == health_pb2.HealthCheckResponse.NOT_SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await drill.session(utterances(1))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "cannot reach Redis" in (err.value.details() or "")
+        drill.start_redis_again()
+        await scheduler.log_contains("redis reachable again")
+        assert await status() == health_pb2.HealthCheckResponse.SERVING
+        await drill.node("gpu-2")  # the registry was lost with Redis: nodes register again
+    assert answers(await drill.session(utterances(2))) == [(0, "result"), (1, "result")]
+
+
+async def test_evicting_redis_gets_a_warning_at_start(drill: Drill) -> None:
+    scheduler = await drill.start(redis_args=("--maxmemory-policy", "allkeys-lru"))
+    await scheduler.log_contains("maxmemory-policy=allkeys-lru")
