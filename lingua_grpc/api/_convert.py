@@ -268,7 +268,8 @@ def output_to_proto(out: Output) -> session_pb2.StreamResponse:
             attempt=o.attempt,
             audio_duration_ms=out.audio_duration_ms,
             timings=common_pb2.StageTimings(
-                queue_ms=out.queue_ms,
+                queue_ms=out.overhead.queue_ms,
+                scheduler_dispatch_us=out.overhead.dispatch_us,
                 asr_ms=o.asr_ms,
                 translation_ms=o.translation_ms,
                 tts_ms=o.tts_ms,

@@ -52,7 +52,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 )
             )
             while True:
-                await context.write(convert.outgoing_to_proto(await link.next_outgoing()))
+                outgoing = await link.next_outgoing()
+                await context.write(convert.outgoing_to_proto(outgoing))
+                self._hub.written(outgoing)
         except LinkClosed as closed:
             if closed.error is not None:
                 await context.abort(status_for(closed.error), str(closed.error))

@@ -13,7 +13,7 @@ from lingua_grpc.api import _convert as convert
 from lingua_grpc.api._errors import domain_errors
 from lingua_grpc.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, status_for
 from lingua_grpc.pb import session_pb2, session_pb2_grpc
-from lingua_grpc.sessions import Closed, SessionActor, SessionManager
+from lingua_grpc.sessions import Closed, ResultOut, SessionActor, SessionManager
 
 Context = grpc.aio.ServicerContext[session_pb2.StreamRequest, session_pb2.StreamResponse]
 
@@ -37,8 +37,13 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         reader = asyncio.create_task(self._read(context, actor), name=f"session-reader-{actor.session_id}")
         try:
             await context.write(convert.started_to_proto(actor))
+            clock = self._manager.clock
             while not isinstance(out := await actor.outbox.get(), Closed):
-                await context.write(convert.output_to_proto(out))
+                response = convert.output_to_proto(out)
+                if isinstance(out, ResultOut):  # the scheduler's own delivery time, up to the write
+                    delivery_s = clock.monotonic() - out.overhead.received_at
+                    response.result.timings.scheduler_delivery_us = int(delivery_s * 1_000_000)
+                await context.write(response)
             if out.error is not None:
                 await context.abort(status_for(out.error), str(out.error))
         finally:

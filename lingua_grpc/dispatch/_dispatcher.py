@@ -58,9 +58,18 @@ class JobSink(Protocol):
 
     def job_progress(self, index: int, event: JobProgress) -> None: ...
 
-    def job_done(self, index: int, output: JobOutput, node_id: str, queue_ms: int) -> None: ...
+    def job_done(self, index: int, output: JobOutput, node_id: str, overhead: Overhead) -> None: ...
 
     def job_skipped(self, index: int, reason: SkipReason, message: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Overhead:
+    """Where a job's time went on the scheduler, for the result's timings."""
+
+    queue_ms: int  # waiting for a free slot
+    dispatch_us: int  # scheduler's own time from utterance end to the job written to the node's stream
+    received_at: float  # monotonic time the node's result arrived (delivery time is measured from here)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +91,9 @@ class Ticket:
     attempt: int = 0
     node_id: str | None = None
     excluded: set[str] = field(default_factory=set)
+    ended_at: float = 0.0  # monotonic time the utterance ended (as the session decided)
     submitted_at: float = 0.0
+    written_at: float = 0.0  # monotonic time the current attempt was written to the node's stream
     queued_until: float = 0.0
     placed_at: float = 0.0
     deadline: asyncio.TimerHandle | None = None
@@ -195,7 +206,13 @@ class Dispatcher:
                 )
             )
 
+    def assignment_written(self, job_id: str, attempt: int) -> None:
+        ticket = self._live.get(job_id)
+        if ticket is not None and ticket.attempt == attempt:
+            ticket.written_at = self._clock.monotonic()
+
     async def on_event(self, node_id: str, event: JobEvent) -> None:
+        received_at = self._clock.monotonic()
         ticket = self._live.get(event.job_id)
         if ticket is None or ticket.attempt != event.attempt or ticket.node_id != node_id:
             await self._stale(node_id, event)
@@ -206,7 +223,7 @@ class Dispatcher:
         elif isinstance(event, JobProgress):
             ticket.sink.job_progress(ticket.spec.index, event)
         elif isinstance(event, JobOutput):
-            await self._complete(ticket, node_id, event)
+            await self._complete(ticket, node_id, event, received_at)
         elif isinstance(event, JobRejected):
             log.info("job rejected", extra=_ids(ticket, reason=event.reason, message=event.message))
             await self._retry(ticket, f"rejected by {node_id}: {event.reason}")
@@ -274,7 +291,7 @@ class Dispatcher:
             self._metrics.timeouts.inc()
             self._spawn(self._retry(ticket, f"node {ticket.node_id} gave no answer within {ms} ms"))
 
-    async def _complete(self, ticket: Ticket, node_id: str, output: JobOutput) -> None:
+    async def _complete(self, ticket: Ticket, node_id: str, output: JobOutput, received_at: float) -> None:
         applied = await self._store.transition(
             output.job_id,
             output.attempt,
@@ -291,9 +308,11 @@ class Dispatcher:
             self._metrics.results_fenced.inc()
             return
         ticket.done = True
-        queue_ms = int((ticket.placed_at - ticket.submitted_at) * 1000)
+        queued = ticket.placed_at - ticket.submitted_at
+        dispatch = max(0.0, ticket.written_at - (ticket.ended_at or ticket.submitted_at) - queued)
         ticket.preferred_node = node_id
-        ticket.sink.job_done(ticket.spec.index, output, node_id, queue_ms)
+        overhead = Overhead(int(queued * 1000), int(dispatch * 1_000_000), received_at)
+        ticket.sink.job_done(ticket.spec.index, output, node_id, overhead)
 
     async def _retry(self, ticket: Ticket, why: str) -> None:
         if self._live.get(ticket.spec.job_id) is not ticket:

@@ -15,7 +15,14 @@ from lingua_grpc.clock import Clock
 from lingua_grpc.errors import FailedPrecondition, LeaseExpired, NotFound
 from lingua_grpc.jobs import Assignment, JobEvent
 from lingua_grpc.metrics import SchedulerMetrics
-from lingua_grpc.nodes._link import CancelCommand, CloseReason, DrainCommand, NodeLink, ReregisterCommand
+from lingua_grpc.nodes._link import (
+    CancelCommand,
+    CloseReason,
+    DrainCommand,
+    NodeLink,
+    Outgoing,
+    ReregisterCommand,
+)
 from lingua_grpc.registry import (
     DrainOutcome,
     HeartbeatOutcome,
@@ -49,6 +56,8 @@ class JobListener(Protocol):
     def node_lost(self, node_id: str) -> None: ...
 
     def slot_freed(self) -> None: ...
+
+    def assignment_written(self, job_id: str, attempt: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +103,11 @@ class NodeHub:
         link = self._links.get(node_id)
         if link is not None:
             link.send(CancelCommand(job_id, attempt, reason))
+
+    def written(self, message: Outgoing) -> None:
+        """The node stream's writer wrote this message (for the dispatch overhead timings)."""
+        if self._jobs is not None and isinstance(message, Assignment):
+            self._jobs.assignment_written(message.spec.job_id, message.attempt)
 
     async def job_event(self, link: NodeLink, event: JobEvent) -> None:
         if self._jobs is None:

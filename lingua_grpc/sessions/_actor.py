@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from redis.exceptions import RedisError
 
 from lingua_grpc.clock import Clock
-from lingua_grpc.dispatch import Dispatcher
+from lingua_grpc.dispatch import Dispatcher, Overhead
 from lingua_grpc.errors import LinguaError
 from lingua_grpc.jobs import JobOutput, JobProgress, JobSpec, JobStore, SkipReason, Stage
 from lingua_grpc.metrics import SchedulerMetrics
@@ -71,7 +71,7 @@ class _Done:
     index: int
     output: JobOutput
     node_id: str
-    queue_ms: int
+    overhead: Overhead
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +97,7 @@ class ResultOut:
     index: int
     output: JobOutput
     node_id: str
-    queue_ms: int
+    overhead: Overhead
     total_ms: int
     audio_duration_ms: int
 
@@ -189,8 +189,8 @@ class SessionActor:
     def job_progress(self, index: int, event: JobProgress) -> None:
         self._inbox.put_nowait(_Progress(index, event))
 
-    def job_done(self, index: int, output: JobOutput, node_id: str, queue_ms: int) -> None:
-        self._inbox.put_nowait(_Done(index, output, node_id, queue_ms))
+    def job_done(self, index: int, output: JobOutput, node_id: str, overhead: Overhead) -> None:
+        self._inbox.put_nowait(_Done(index, output, node_id, overhead))
 
     def job_skipped(self, index: int, reason: SkipReason, message: str) -> None:
         self._inbox.put_nowait(_Skipped(index, reason, message))
@@ -260,6 +260,7 @@ class SessionActor:
                 self,
                 queue_timeout_s=self.options.queue_timeout_ms / 1000,
                 preferred_node=self._preferred_node,
+                ended_at=u.ended_at,
             )
         except RedisError as exc:
             log.error("job not created", extra={"job_id": spec.job_id, "error": repr(exc)})
@@ -281,7 +282,7 @@ class SessionActor:
                         answer.index,
                         done.output,
                         done.node_id,
-                        done.queue_ms,
+                        done.overhead,
                         total_ms=int((now - meta.ended_at) * 1000) if meta else 0,
                         audio_duration_ms=meta.duration_ms if meta else 0,
                     )

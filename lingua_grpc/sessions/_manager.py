@@ -46,6 +46,7 @@ class SessionManager:
         self._dispatcher = dispatcher
         self._metrics = metrics
         self._clock = clock
+        self.clock = clock
         self._inbox_chunks = inbox_chunks
         self._sessions: dict[str, SessionActor] = {}
         self.accepting = True

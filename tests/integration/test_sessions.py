@@ -137,6 +137,8 @@ async def test_every_utterance_once_in_order_with_progress_first(client: LinguaC
     assert result.node_id == "gpu-1" and result.attempt == 1
     assert result.tts_audio and result.tts_audio_format.sample_rate_hz == 16000
     assert result.audio_duration_ms, "the utterance duration is reported"
+    assert result.timings.scheduler_dispatch_us, "the scheduler reports its own dispatch time"
+    assert result.timings.scheduler_delivery_us, "the scheduler reports its own delivery time"
 
 
 class OutOfOrderEngine(SyntheticEngine):

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16lingua/v1/common.proto\x12\tlingua.v1\"@\n\x0cLanguagePair\x12\x17\n\x0fsource_language\x18\x01 \x01(\t\x12\x17\n\x0ftarget_language\x18\x02 \x01(\t\"c\n\x0b\x41udioFormat\x12*\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x18.lingua.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\r\x12\x10\n\x08\x63hannels\x18\x03 \x01(\r\"L\n\x03Gpu\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04uuid\x18\x03 \x01(\t\x12\x1a\n\x12memory_total_bytes\x18\x04 \x01(\x04\"\xaa\x02\n\x10NodeCapabilities\x12\x15\n\rasr_languages\x18\x01 \x03(\t\x12\x32\n\x11translation_pairs\x18\x02 \x03(\x0b\x32\x17.lingua.v1.LanguagePair\x12\x15\n\rtts_languages\x18\x03 \x03(\t\x12\x1c\n\x04gpus\x18\x04 \x03(\x0b\x32\x0e.lingua.v1.Gpu\x12\x17\n\x0fmax_concurrency\x18\x05 \x01(\r\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12\x37\n\x06labels\x18\x07 \x03(\x0b\x32\'.lingua.v1.NodeCapabilities.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"q\n\x08NodeLoad\x12\x14\n\x0crunning_jobs\x18\x01 \x01(\r\x12\x17\n\x0fgpu_utilization\x18\x02 \x01(\x02\x12\x1d\n\x15gpu_memory_used_bytes\x18\x03 \x01(\x04\x12\x17\n\x0f\x63pu_utilization\x18\x04 \x01(\x02\"j\n\x0cStageTimings\x12\x10\n\x08queue_ms\x18\x01 \x01(\r\x12\x0e\n\x06\x61sr_ms\x18\x02 \x01(\r\x12\x16\n\x0etranslation_ms\x18\x03 \x01(\r\x12\x0e\n\x06tts_ms\x18\x04 \x01(\r\x12\x10\n\x08total_ms\x18\x05 \x01(\r*M\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41UDIO_ENCODING_PCM_S16LE\x10\x01*S\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\r\n\tSTAGE_ASR\x10\x01\x12\x15\n\x11STAGE_TRANSLATION\x10\x02\x12\r\n\tSTAGE_TTS\x10\x03*S\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x11\n\rNODE_STATE_UP\x10\x01\x12\x17\n\x13NODE_STATE_DRAINING\x10\x02\x42\x14Z\x12lingua/v1;linguav1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16lingua/v1/common.proto\x12\tlingua.v1\"@\n\x0cLanguagePair\x12\x17\n\x0fsource_language\x18\x01 \x01(\t\x12\x17\n\x0ftarget_language\x18\x02 \x01(\t\"c\n\x0b\x41udioFormat\x12*\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x18.lingua.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\r\x12\x10\n\x08\x63hannels\x18\x03 \x01(\r\"L\n\x03Gpu\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04uuid\x18\x03 \x01(\t\x12\x1a\n\x12memory_total_bytes\x18\x04 \x01(\x04\"\xaa\x02\n\x10NodeCapabilities\x12\x15\n\rasr_languages\x18\x01 \x03(\t\x12\x32\n\x11translation_pairs\x18\x02 \x03(\x0b\x32\x17.lingua.v1.LanguagePair\x12\x15\n\rtts_languages\x18\x03 \x03(\t\x12\x1c\n\x04gpus\x18\x04 \x03(\x0b\x32\x0e.lingua.v1.Gpu\x12\x17\n\x0fmax_concurrency\x18\x05 \x01(\r\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12\x37\n\x06labels\x18\x07 \x03(\x0b\x32\'.lingua.v1.NodeCapabilities.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"q\n\x08NodeLoad\x12\x14\n\x0crunning_jobs\x18\x01 \x01(\r\x12\x17\n\x0fgpu_utilization\x18\x02 \x01(\x02\x12\x1d\n\x15gpu_memory_used_bytes\x18\x03 \x01(\x04\x12\x17\n\x0f\x63pu_utilization\x18\x04 \x01(\x02\"\xa8\x01\n\x0cStageTimings\x12\x10\n\x08queue_ms\x18\x01 \x01(\r\x12\x0e\n\x06\x61sr_ms\x18\x02 \x01(\r\x12\x16\n\x0etranslation_ms\x18\x03 \x01(\r\x12\x0e\n\x06tts_ms\x18\x04 \x01(\r\x12\x10\n\x08total_ms\x18\x05 \x01(\r\x12\x1d\n\x15scheduler_dispatch_us\x18\x06 \x01(\r\x12\x1d\n\x15scheduler_delivery_us\x18\x07 \x01(\r*M\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41UDIO_ENCODING_PCM_S16LE\x10\x01*S\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\r\n\tSTAGE_ASR\x10\x01\x12\x15\n\x11STAGE_TRANSLATION\x10\x02\x12\r\n\tSTAGE_TTS\x10\x03*S\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x11\n\rNODE_STATE_UP\x10\x01\x12\x17\n\x13NODE_STATE_DRAINING\x10\x02\x42\x14Z\x12lingua/v1;linguav1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,12 +34,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'Z\022lingua/v1;linguav1'
   _globals['_NODECAPABILITIES_LABELSENTRY']._loaded_options = None
   _globals['_NODECAPABILITIES_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_AUDIOENCODING']._serialized_start=806
-  _globals['_AUDIOENCODING']._serialized_end=883
-  _globals['_STAGE']._serialized_start=885
-  _globals['_STAGE']._serialized_end=968
-  _globals['_NODESTATE']._serialized_start=970
-  _globals['_NODESTATE']._serialized_end=1053
+  _globals['_AUDIOENCODING']._serialized_start=869
+  _globals['_AUDIOENCODING']._serialized_end=946
+  _globals['_STAGE']._serialized_start=948
+  _globals['_STAGE']._serialized_end=1031
+  _globals['_NODESTATE']._serialized_start=1033
+  _globals['_NODESTATE']._serialized_end=1116
   _globals['_LANGUAGEPAIR']._serialized_start=37
   _globals['_LANGUAGEPAIR']._serialized_end=101
   _globals['_AUDIOFORMAT']._serialized_start=103
@@ -52,6 +52,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODECAPABILITIES_LABELSENTRY']._serialized_end=581
   _globals['_NODELOAD']._serialized_start=583
   _globals['_NODELOAD']._serialized_end=696
-  _globals['_STAGETIMINGS']._serialized_start=698
-  _globals['_STAGETIMINGS']._serialized_end=804
+  _globals['_STAGETIMINGS']._serialized_start=699
+  _globals['_STAGETIMINGS']._serialized_end=867
 # @@protoc_insertion_point(module_scope)

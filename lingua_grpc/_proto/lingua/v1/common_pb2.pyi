@@ -308,6 +308,8 @@ class StageTimings(_message.Message):
     TRANSLATION_MS_FIELD_NUMBER: _builtins.int
     TTS_MS_FIELD_NUMBER: _builtins.int
     TOTAL_MS_FIELD_NUMBER: _builtins.int
+    SCHEDULER_DISPATCH_US_FIELD_NUMBER: _builtins.int
+    SCHEDULER_DELIVERY_US_FIELD_NUMBER: _builtins.int
     queue_ms: _builtins.int
     """Time the job waited for a free node slot."""
     asr_ms: _builtins.int
@@ -318,6 +320,14 @@ class StageTimings(_message.Message):
     """Speech synthesis time on the node. 0 when TTS was not requested."""
     total_ms: _builtins.int
     """From the end of the utterance (as the scheduler decided it) to the result being sent to the client."""
+    scheduler_dispatch_us: _builtins.int
+    """Scheduler's own time to dispatch, in microseconds: from the end of the utterance (as decided) to the
+    job being written to the node's stream, minus the time the job waited for a free slot (queue_ms).
+    """
+    scheduler_delivery_us: _builtins.int
+    """Scheduler's own time to deliver, in microseconds: from the node's result arriving to the result being
+    handed to the client's stream.
+    """
     def __init__(
         self,
         *,
@@ -326,10 +336,12 @@ class StageTimings(_message.Message):
         translation_ms: _builtins.int = ...,
         tts_ms: _builtins.int = ...,
         total_ms: _builtins.int = ...,
+        scheduler_dispatch_us: _builtins.int = ...,
+        scheduler_delivery_us: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asr_ms", b"asr_ms", "queue_ms", b"queue_ms", "total_ms", b"total_ms", "translation_ms", b"translation_ms", "tts_ms", b"tts_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asr_ms", b"asr_ms", "queue_ms", b"queue_ms", "scheduler_delivery_us", b"scheduler_delivery_us", "scheduler_dispatch_us", b"scheduler_dispatch_us", "total_ms", b"total_ms", "translation_ms", b"translation_ms", "tts_ms", b"tts_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
