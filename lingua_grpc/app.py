@@ -82,7 +82,9 @@ class Scheduler:
         )
         await self._warn_on_eviction_policy(self._redis)
         keys = RegistryKeys(s.key_prefix)
-        registry = NodeRegistry(self._redis, keys, ScriptBook(self._redis))
+        scripts = ScriptBook(self._redis)
+        await scripts.load(self._redis)
+        registry = NodeRegistry(self._redis, keys, scripts)
         self.cache = SnapshotCache(
             registry,
             pool_specs,
@@ -111,7 +113,7 @@ class Scheduler:
             self._redis,
             JobKeys(s.key_prefix),
             keys,
-            ScriptBook(self._redis),
+            scripts,
             s.job_ttl_ms,
             s.job_audio_ttl_ms,
         )

@@ -66,6 +66,12 @@ class SchedulerMetrics:
         self.skips = Counter(
             "lingua_utterances_skipped_total", "Utterances skipped, by reason", ["reason"], registry=r
         )
+        self.redis_round_trips = Counter(
+            "lingua_redis_round_trips_total",
+            "Round trips to Redis for jobs, by operation",
+            ["operation"],
+            registry=r,
+        )
         self.results_sent = Counter(
             "lingua_results_sent_total", "Utterance results sent to clients", registry=r
         )

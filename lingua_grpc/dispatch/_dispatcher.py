@@ -97,6 +97,7 @@ class Ticket:
     queued_until: float = 0.0
     placed_at: float = 0.0
     deadline: asyncio.TimerHandle | None = None
+    recorded: bool = False  # the job exists in Redis
     done: bool = False
 
 
@@ -178,6 +179,9 @@ class Dispatcher:
         ticket.queued_until = ticket.queued_until or now + ticket.queue_timeout_s
         queue = self._queues.setdefault(ticket.spec.pair, collections.deque())
         if queue or not await self._place(ticket):
+            if not ticket.recorded:  # waiting for a slot: the job is recorded CREATED meanwhile
+                await self._store.start(ticket.spec, 0)
+                ticket.recorded = True
             queue.append(ticket)
             self._metrics.jobs_queued.set(self.queued)
             self._kick.set()
@@ -254,16 +258,18 @@ class Dispatcher:
             outcome = await self._store.reserve(node_id, spec.job_id, attempt)
             if not outcome.held:
                 continue  # full, draining, or gone (maybe registering again): the next candidate
-            started = await self._store.assign(spec.job_id, ticket.attempt, node_id)
-            if started is None and await self._store.get(spec.job_id) is None:
-                # The job's record is gone (Redis restarted without its data): record it again and go on.
-                log.warning("job record lost; recreating it", extra=_ids(ticket))
-                await self._store.create(spec)
-                ticket.attempt = 0
-                started = await self._store.assign(spec.job_id, 0, node_id)
+            _, started = await self._store.start(spec, ticket.attempt, node_id)
+            ticket.recorded = True
             if started is None:  # the job ended meanwhile (or another instance started this attempt)
                 await self._store.release(node_id, spec.job_id, attempt)
                 return True
+            if started != attempt:
+                # Recorded anew (Redis lost the job): hold the slot under the attempt number it now has.
+                log.warning("job record was lost; recorded it again", extra=_ids(ticket, attempt=started))
+                await self._store.release(node_id, spec.job_id, attempt)
+                if not (await self._store.reserve(node_id, spec.job_id, started)).held:
+                    ticket.attempt = started
+                    continue
             deadline_ms = self._clock.now_ms() + self._settings.job_deadline_ms
             if not self._transport.deliver(node_id, Assignment(spec, started, deadline_ms)):
                 await self._store.release(node_id, spec.job_id, started)
@@ -292,18 +298,20 @@ class Dispatcher:
             self._spawn(self._retry(ticket, f"node {ticket.node_id} gave no answer within {ms} ms"))
 
     async def _complete(self, ticket: Ticket, node_id: str, output: JobOutput, received_at: float) -> None:
-        applied = await self._store.transition(
+        self._forget(ticket)
+        applied, released = await self._store.complete_and_release(
             output.job_id,
             output.attempt,
+            node_id,
             LIVE_STATES,
-            JobState.COMPLETED,
             source_text=output.source_text,
             translated_text=output.translated_text,
             asr_ms=output.asr_ms,
             translation_ms=output.translation_ms,
             tts_ms=output.tts_ms,
         )
-        self._end_attempt(ticket, None)
+        if released:
+            self._kick.set()
         if not applied:
             self._metrics.results_fenced.inc()
             return
@@ -337,8 +345,8 @@ class Dispatcher:
         self._metrics.skips.labels(SkipReason.FAILED.value).inc()
         ticket.sink.job_skipped(ticket.spec.index, SkipReason.FAILED, why)
 
-    def _end_attempt(self, ticket: Ticket, cancel_reason: str | None) -> None:
-        """The attempt is over: forget it, stop its deadline, free its slot, tell the node when it still runs."""
+    def _forget(self, ticket: Ticket) -> str | None:
+        """The attempt is over here: no longer live, no deadline. Returns the node it ran on."""
         if self._live.get(ticket.spec.job_id) is ticket:
             del self._live[ticket.spec.job_id]
             if not self._live:
@@ -347,6 +355,11 @@ class Dispatcher:
             ticket.deadline.cancel()
             ticket.deadline = None
         node_id, ticket.node_id = ticket.node_id, None
+        return node_id
+
+    def _end_attempt(self, ticket: Ticket, cancel_reason: str | None) -> None:
+        """The attempt is over: forget it, free its slot, and tell the node when it may still run it."""
+        node_id = self._forget(ticket)
         if node_id is None:
             return
         if cancel_reason is not None:

@@ -6,8 +6,10 @@ import enum
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from lingua_grpc.jobs._model import JobSpec, JobState, parse_job_id
+from lingua_grpc.metrics import SchedulerMetrics
 from lingua_grpc.store import JobKeys, RegistryKeys, ScriptBook
 
 
@@ -45,7 +47,9 @@ class JobStore:
         scripts: ScriptBook,
         job_ttl_ms: int,
         audio_ttl_ms: int,
+        metrics: SchedulerMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._redis = redis
         self._jobs = job_keys
         self._nodes = registry_keys
@@ -56,9 +60,14 @@ class JobStore:
     def _job_key(self, job_id: str) -> str:
         return self._jobs.job(*parse_job_id(job_id))
 
-    async def create(self, spec: JobSpec) -> tuple[bool, JobState, int]:
-        """Creates the job, or finds the existing one with this key: (created, state, attempt)."""
-        created, state, attempt = await self._scripts.create_job(
+    async def start(self, spec: JobSpec, current_attempt: int, node_id: str = "") -> tuple[bool, int | None]:
+        """Records the job if new and, given a node, starts attempt current+1 there (one round trip).
+
+        Returns (created, attempt): attempt None when the attempt moved on or the job is final; 0 when no
+        node was given. A job recorded anew (e.g. after Redis lost its data) starts again at attempt 1.
+        """
+        self._round_trip("start")
+        created, attempt = await self._scripts.start_job(
             keys=[self._jobs.job(spec.session_id, spec.index), self._jobs.audio(spec.session_id, spec.index)],
             args=[
                 spec.job_id,
@@ -71,16 +80,58 @@ class JobStore:
                 spec.audio,
                 self._job_ttl_ms,
                 self._audio_ttl_ms,
+                current_attempt,
+                node_id,
             ],
         )
-        return bool(created), JobState(_text(state)), int(attempt)
+        return bool(created), (int(attempt) if int(attempt) >= 0 else None)
 
-    async def assign(self, job_id: str, current_attempt: int, node_id: str) -> int | None:
-        """Starts attempt current+1 on the node; None when the attempt moved on or the job is final."""
-        attempt = int(
-            await self._scripts.assign_job(keys=[self._job_key(job_id)], args=[current_attempt, node_id])
-        )
-        return attempt if attempt > 0 else None
+    async def complete_and_release(
+        self,
+        job_id: str,
+        attempt: int,
+        node_id: str,
+        allowed: tuple[JobState, ...],
+        **fields: str | int | bytes,
+    ) -> tuple[bool, bool]:
+        """COMPLETED (fenced) and the attempt's slot released, pipelined in one round trip.
+
+        The two keys live in different hash slots (the job's session, the registry), so they are two
+        scripts, not one; on a single Redis they still share the round trip.
+        """
+        self._round_trip("complete")
+        transition, release = self._scripts.transition_job, self._scripts.release_slot
+        job_args = self._transition_args(attempt, allowed, JobState.COMPLETED, fields)
+        slot_keys = [self._nodes.node(node_id), self._nodes.slots(node_id)]
+        job_keys = [self._job_key(job_id)]
+        member = slot_member(job_id, attempt)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.evalsha(transition.sha, 1, *job_keys, *job_args)
+            pipe.evalsha(release.sha, 2, *slot_keys, member)
+            applied, released = await pipe.execute(raise_on_error=False)
+        # After a Redis restart or SCRIPT FLUSH a script may be missing: run just that one again through
+        # `Script`, which loads it. The other already ran; running it twice would be fenced or a no-op.
+        if isinstance(applied, NoScriptError):
+            applied = await transition(keys=job_keys, args=job_args)
+        if isinstance(released, NoScriptError):
+            released = await release(keys=slot_keys, args=[member])
+        for reply in (applied, released):
+            if isinstance(reply, Exception):
+                raise reply
+        return bool(applied), bool(released)
+
+    def _round_trip(self, operation: str) -> None:
+        if self._metrics is not None:
+            self._metrics.redis_round_trips.labels(operation).inc()
+
+    @staticmethod
+    def _transition_args(
+        attempt: int, allowed: tuple[JobState, ...], to: JobState, fields: dict[str, str | int | bytes]
+    ) -> list[str | int | bytes]:
+        args: list[str | int | bytes] = [attempt, " ".join(s.value for s in allowed), to.value]
+        for name, value in fields.items():
+            args += [name, value]
+        return args
 
     async def transition(
         self,
@@ -91,9 +142,8 @@ class JobStore:
         **fields: str | int | bytes,
     ) -> bool:
         """Applies the change only for the job's current attempt and an allowed current state."""
-        args: list[str | int | bytes] = [attempt, " ".join(s.value for s in allowed), to.value]
-        for name, value in fields.items():
-            args += [name, value]
+        self._round_trip(to.value.lower())
+        args = self._transition_args(attempt, allowed, to, fields)
         return bool(await self._scripts.transition_job(keys=[self._job_key(job_id)], args=args))
 
     async def get(self, job_id: str) -> JobRecord | None:
@@ -106,6 +156,7 @@ class JobStore:
         )
 
     async def reserve(self, node_id: str, job_id: str, attempt: int) -> Reservation:
+        self._round_trip("reserve")
         k = self._nodes
         result = await self._scripts.reserve_slot(
             keys=[k.node(node_id), k.lease(node_id), k.slots(node_id)], args=[slot_member(job_id, attempt)]
@@ -113,6 +164,7 @@ class JobStore:
         return Reservation(int(result))
 
     async def release(self, node_id: str, job_id: str, attempt: int) -> bool:
+        self._round_trip("release")
         k = self._nodes
         return bool(
             await self._scripts.release_slot(

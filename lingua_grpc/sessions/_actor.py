@@ -251,10 +251,6 @@ class SessionActor:
             self.session_id, u.index, self.pair, self.sample_rate_hz, self.options.tts_enabled, u.audio
         )
         try:
-            created, state, _ = await self._store.create(spec)
-            if not created:
-                log.info("job exists already", extra={"job_id": spec.job_id, "state": state.value})
-                return
             await self._dispatcher.submit(
                 spec,
                 self,

@@ -23,8 +23,7 @@ class ScriptBook:
     drain_node: AsyncScript
     deregister_node: AsyncScript
     expire_node: AsyncScript
-    create_job: AsyncScript
-    assign_job: AsyncScript
+    start_job: AsyncScript
     transition_job: AsyncScript
     reserve_slot: AsyncScript
     release_slot: AsyncScript
@@ -42,6 +41,11 @@ class ScriptBook:
             return self._scripts[name]
         except KeyError:
             raise AttributeError(name) from None
+
+    async def load(self, redis: Redis) -> None:
+        """Loads every script now, so the first calls need no NOSCRIPT round trip."""
+        for script in self._scripts.values():
+            await redis.script_load(script.script)
 
     @property
     def names(self) -> list[str]:

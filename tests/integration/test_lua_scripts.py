@@ -169,3 +169,25 @@ async def test_scripts_take_ttls_from_arguments_never_literals() -> None:
         )
         assert not re.search(r"'P?X',\s*\d", code), f"{script.name} has a literal TTL"
         assert not re.search(r"P?EXPIRE'\s*,\s*KEYS\[\d\]\s*,\s*\d", code), f"{script.name} has a literal TTL"
+
+
+async def test_complete_and_release_after_script_flush_applies_each_once(
+    redis: Redis, keys: RegistryKeys, key_prefix: str
+) -> None:
+    from lingua_grpc.jobs import LIVE_STATES, JobSpec, JobState, JobStore
+    from lingua_grpc.store import JobKeys
+
+    scripts = ScriptBook(redis)
+    await NodeRegistry(redis, keys, scripts).register(registration("gpu-1"), "i", "c", LEASE_MS)
+    store = JobStore(redis, JobKeys(key_prefix), keys, scripts, job_ttl_ms=60_000, audio_ttl_ms=60_000)
+    spec = JobSpec("sess", 0, LanguagePair("en", "es"), 16000, False, b"\0\0")
+    assert (await store.reserve("gpu-1", spec.job_id, 1)).held
+    assert await store.start(spec, 0, "gpu-1") == (True, 1)
+    await redis.script_flush()
+    assert await store.complete_and_release(spec.job_id, 1, "gpu-1", LIVE_STATES, source_text="hi") == (
+        True,
+        True,
+    )
+    record = await store.get(spec.job_id)
+    assert record is not None and record.state is JobState.COMPLETED
+    assert await store.complete_and_release(spec.job_id, 1, "gpu-1", LIVE_STATES) == (False, False), "once"

@@ -244,8 +244,8 @@ async def test_duplicate_job_creation_returns_the_same_job(scheduler: Scheduler,
     assert scheduler.dispatcher is not None
     store = scheduler.dispatcher._store
     spec = JobSpec("sess1", 0, LanguagePair("en", "es"), 16000, False, tone(100))
-    results = await asyncio.gather(*(store.create(spec) for _ in range(5)))
-    assert sorted(created for created, _, _ in results) == [False, False, False, False, True]
+    results = await asyncio.gather(*(store.start(spec, 0) for _ in range(5)))
+    assert sorted(created for created, _ in results) == [False, False, False, False, True]
     record = await store.get(spec.job_id)
     assert record is not None and record.state is JobState.CREATED and record.attempt == 0
 

@@ -1,0 +1,410 @@
+"""lingua-bench: drives sessions through a scheduler and reports its overhead beside bare baselines.
+
+Phases, all in one run so every figure has a ratio taken on the same machine at the same moment:
+1. load: S sessions stream U utterances each (as fast as possible, or at real-time pace) to N synthetic
+   nodes; per result the scheduler reports its own dispatch and delivery time (StageTimings);
+2. idle: K sessions are opened and left idle; the scheduler's RSS growth per session is measured;
+3. baselines: a bare grpc.aio bidirectional echo with the same messages and number of streams, and a bare
+   loop of the reservation script (reserve + release) through redis-py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from redis.asyncio import Redis
+from tqdm import tqdm
+
+from lingua_grpc._grpc import read_message
+from lingua_grpc.client import LinguaClient, Session
+from lingua_grpc.jobs import JobStore
+from lingua_grpc.pb import registry_pb2, registry_pb2_grpc, session_pb2
+from lingua_grpc.registry import LanguagePair, NodeCapabilities, NodeRegistry, Registration
+from lingua_grpc.store import JobKeys, RegistryKeys, ScriptBook
+
+BIN = Path(sys.executable).parent
+RATE = 16000
+CHUNK_MS = 20
+PAGE = os.sysconf("SC_PAGE_SIZE")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def utterance_pcm(i: int) -> bytes:
+    """300 ms of tone (speech stand-in) then 900 ms of silence: one utterance per 1.2 s of audio."""
+    t = np.arange(RATE * 300 // 1000) / RATE
+    speech = (8000 * np.sin(2 * np.pi * (300 + 40 * (i % 7)) * t)).astype("<i2").tobytes()
+    return speech + bytes(2 * RATE * 900 // 1000)
+
+
+def chunked(pcm: bytes) -> list[bytes]:
+    step = 2 * RATE * CHUNK_MS // 1000
+    return [pcm[i : i + step] for i in range(0, len(pcm), step)]
+
+
+def _raw(data: bytes) -> bytes:
+    return data
+
+
+def percentile(values: list[float], p: float) -> float:
+    return float(np.percentile(values, p)) if values else 0.0
+
+
+@dataclass
+class Proc:
+    popen: subprocess.Popen[str]
+
+    def cpu_s(self) -> float:
+        fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS
+
+    def rss_bytes(self) -> int:
+        return int(Path(f"/proc/{self.popen.pid}/statm").read_text().split()[1]) * PAGE
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+
+
+def spawn(args: list[str], banner: str) -> tuple[Proc, str]:
+    popen = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert popen.stdout is not None
+    line = popen.stdout.readline()
+    if banner not in line:
+        popen.kill()
+        raise SystemExit(f"lingua-bench: {args[0]} did not start: {line!r}")
+    return Proc(popen), line
+
+
+@dataclass
+class Report:
+    config: dict[str, Any]
+    load: dict[str, float] = field(default_factory=dict)
+    idle: dict[str, float] = field(default_factory=dict)
+    baselines: dict[str, float] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)
+
+
+async def redis_calls(redis: Redis) -> dict[str, int]:
+    stats = await redis.info("commandstats")
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+
+async def run_session(
+    client: LinguaClient, utterances: int, realtime: bool, bar: tqdm, sink: dict[str, list[float]]
+) -> int:
+    session = await client.start_session("en", "es", RATE, session_pb2.SessionOptions(tts_enabled=False))
+    chunks = [c for i in range(utterances) for c in chunked(utterance_pcm(i))]
+
+    async def send() -> None:
+        for chunk in chunks:
+            await session.send_audio(chunk)
+            if realtime:
+                await asyncio.sleep(CHUNK_MS / 1000)  # microphone pace
+        await session.end()
+
+    sender = asyncio.create_task(send())
+    async for message in session:
+        if message.HasField("result"):
+            t = message.result.timings
+            sink["dispatch_us"].append(t.scheduler_dispatch_us)
+            sink["delivery_us"].append(t.scheduler_delivery_us)
+            sink["overhead_us"].append(t.scheduler_dispatch_us + t.scheduler_delivery_us)
+            sink["total_ms"].append(t.total_ms)
+            bar.update(1)
+        elif message.HasField("skipped"):
+            sink["skipped"].append(1)
+            bar.update(1)
+    await sender
+    return len(chunks)
+
+
+async def load_phase(
+    args: argparse.Namespace, address: str, scheduler: Proc | None, redis: Redis | None, report: Report
+) -> None:
+    sink: dict[str, list[float]] = {
+        k: [] for k in ("dispatch_us", "delivery_us", "overhead_us", "total_ms", "skipped")
+    }
+    calls_before = await redis_calls(redis) if redis else {}
+    cpu_before = scheduler.cpu_s() if scheduler else 0.0
+    total = args.sessions * args.utterances
+    async with LinguaClient(address) as client:
+        with tqdm(total=total, desc="utterances", unit="utt", disable=args.quiet) as bar:
+            started = time.perf_counter()
+            sent = await asyncio.gather(
+                *(
+                    run_session(client, args.utterances, args.realtime, bar, sink)
+                    for _ in range(args.sessions)
+                )
+            )
+            elapsed = time.perf_counter() - started
+    jobs = len(sink["total_ms"])
+    cpu = (scheduler.cpu_s() - cpu_before) if scheduler else 0.0
+    calls_after = await redis_calls(redis) if redis else {}
+    commands = sum(calls_after.values()) - sum(calls_before.values())
+    per_command = {k: (calls_after.get(k, 0) - calls_before.get(k, 0)) / max(jobs, 1) for k in calls_after}
+    report.load = {
+        "sessions": args.sessions,
+        "utterances_completed": jobs,
+        "utterances_skipped": len(sink["skipped"]),
+        "elapsed_s": elapsed,
+        "utterances_per_s": jobs / elapsed,
+        "chunks_per_s": sum(sent) / elapsed,
+        "overhead_p50_ms": percentile(sink["overhead_us"], 50) / 1000,
+        "overhead_p99_ms": percentile(sink["overhead_us"], 99) / 1000,
+        "dispatch_p50_ms": percentile(sink["dispatch_us"], 50) / 1000,
+        "dispatch_p99_ms": percentile(sink["dispatch_us"], 99) / 1000,
+        "delivery_p50_ms": percentile(sink["delivery_us"], 50) / 1000,
+        "delivery_p99_ms": percentile(sink["delivery_us"], 99) / 1000,
+        "end_to_end_p50_ms": percentile(sink["total_ms"], 50),
+        "end_to_end_p99_ms": percentile(sink["total_ms"], 99),
+        # Round trips: script calls plus plain commands sent by clients; commandstats also counts the
+        # commands a script runs inside Redis, reported separately as redis_commands_per_job.
+        "redis_round_trips_per_job": per_command.get("evalsha", 0.0) + per_command.get("exec", 0.0),
+        "redis_commands_per_job": commands / max(jobs, 1),
+        "scheduler_cpu_s_per_1000_jobs": cpu / max(jobs, 1) * 1000,
+    }
+
+
+async def idle_phase(args: argparse.Namespace, address: str, scheduler: Proc | None, report: Report) -> None:
+    if not args.idle_sessions or scheduler is None:
+        return
+    async with LinguaClient(address) as client:
+        before = scheduler.rss_bytes()
+        sessions: list[Session] = []
+        for start in tqdm(
+            range(0, args.idle_sessions, 200), desc="idle sessions", unit="x200", disable=args.quiet
+        ):
+            batch = range(start, min(start + 200, args.idle_sessions))
+            sessions += await asyncio.gather(*(client.start_session("en", "es", RATE) for _ in batch))
+        await asyncio.sleep(1.0)  # let allocations settle before reading RSS
+        after = scheduler.rss_bytes()
+        for session in sessions:
+            session.cancel()
+    report.idle = {
+        "open_sessions": len(sessions),
+        "rss_before_mib": before / 2**20,
+        "rss_after_mib": after / 2**20,
+        "rss_per_session_kib": (after - before) / len(sessions) / 1024,
+    }
+
+
+async def echo_baseline(args: argparse.Namespace, report: Report) -> None:
+    proc, line = spawn([sys.executable, "-m", "lingua_grpc.bench._echo"], "echo listening on")
+    address = line.split()[-1]
+    message = session_pb2.StreamRequest(audio=session_pb2.AudioChunk(data=bytes(2 * RATE * CHUNK_MS // 1000)))
+    payload = message.SerializeToString()
+    per_stream = max(
+        1, int(report.load.get("chunks_per_s", 0) * report.load.get("elapsed_s", 1) / max(args.sessions, 1))
+    )
+    per_stream = min(per_stream, args.echo_messages_per_stream)
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            method = channel.stream_stream("/bench.Echo/Stream", _raw, _raw)
+
+            async def stream() -> int:
+                call = method()  # type: ignore[call-arg]
+
+                async def reader() -> int:
+                    n = 0
+                    while await read_message(call) is not None:
+                        n += 1
+                    return n
+
+                reading = asyncio.create_task(reader())
+                for _ in range(per_stream):
+                    await call.write(payload)
+                await call.done_writing()
+                return await reading
+
+            started = time.perf_counter()
+            echoed = await asyncio.gather(*(stream() for _ in range(args.sessions)))
+            elapsed = time.perf_counter() - started
+    finally:
+        proc.stop()
+    report.baselines["echo_messages_per_s"] = sum(echoed) / elapsed
+
+
+async def reservation_baseline(args: argparse.Namespace, redis: Redis | None, report: Report) -> None:
+    if redis is None:
+        return
+    prefix = f"bench:{os.getpid()}:"
+    keys = RegistryKeys(prefix)
+    scripts = ScriptBook(redis)
+    pair = LanguagePair("en", "es")
+    caps = NodeCapabilities(("en",), (pair,), ("es",), max_concurrency=1_000_000)
+    await NodeRegistry(redis, keys, scripts).register(
+        Registration("bench-node", caps), "bench", "bench", 600_000
+    )
+    store = JobStore(redis, JobKeys(prefix), keys, scripts, 60_000, 60_000)
+    latencies = []
+    started = time.perf_counter()
+    for i in range(args.reservations):
+        t0 = time.perf_counter()
+        await store.reserve("bench-node", f"bench:{i}", 1)
+        latencies.append(time.perf_counter() - t0)
+        await store.release("bench-node", f"bench:{i}", 1)
+    elapsed = time.perf_counter() - started
+    await redis.delete(*[k async for k in redis.scan_iter(f"{prefix}*")])
+    report.baselines["reservations_per_s"] = args.reservations / elapsed
+    report.baselines["reservation_p50_ms"] = statistics.median(latencies) * 1000
+
+
+def print_table(report: Report) -> None:
+    rows = [("load", k, v) for k, v in report.load.items()] + [("idle", k, v) for k, v in report.idle.items()]
+    rows += [("baseline", k, v) for k, v in report.baselines.items()]
+    rows += [("ratio", k, v) for k, v in report.ratios.items()]
+    width = max(len(k) for _, k, _ in rows)
+    print(f"\n{'phase':<9} {'measure':<{width}} value")
+    for phase, key, value in rows:
+        print(
+            f"{phase:<9} {key:<{width}} {value:,.3f}"
+            if isinstance(value, float)
+            else f"{phase:<9} {key:<{width}} {value}"
+        )
+
+
+async def run(args: argparse.Namespace) -> Report:
+    report = Report(config={k: v for k, v in vars(args).items() if k != "func"})
+    procs: list[Proc] = []
+    scheduler: Proc | None = None
+    redis_url = args.redis_url
+    try:
+        address = args.scheduler
+        if not address:
+            scheduler, line = spawn(
+                [
+                    str(BIN / "lingua-scheduler"),
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--metrics-port",
+                    "-1",
+                    "--log-level",
+                    "WARNING",
+                    "--session-queue-timeout-ms",
+                    "60000",
+                    "--session-gap-timeout-ms",
+                    "60000",
+                ],
+                "listening on",
+            )
+            procs.append(scheduler)
+            match = re.search(r"listening on (\S+) .*redis embedded (\S+)\)", line)
+            assert match, line
+            address, redis_url = match[1], match[2]
+            procs += [start_node(address, f"bench-{i}", args) for i in range(args.nodes)]
+            await wait_for_nodes(address, args.nodes)
+        redis = Redis.from_url(redis_url) if redis_url else None
+        try:
+            await load_phase(args, address, scheduler, redis, report)
+            await idle_phase(args, address, scheduler, report)
+            if not args.skip_baselines:
+                await echo_baseline(args, report)
+                await reservation_baseline(args, redis, report)
+        finally:
+            if redis is not None:
+                await redis.aclose()
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+    if "echo_messages_per_s" in report.baselines:
+        report.ratios["ingest_vs_echo"] = (
+            report.load["chunks_per_s"] / report.baselines["echo_messages_per_s"]
+        )
+    if "reservations_per_s" in report.baselines:
+        report.ratios["jobs_vs_reservation_loop"] = (
+            report.load["utterances_per_s"] / report.baselines["reservations_per_s"]
+        )
+    return report
+
+
+def start_node(address: str, node_id: str, args: argparse.Namespace) -> Proc:
+    popen = subprocess.Popen(
+        [
+            str(BIN / "lingua-node"),
+            "--scheduler",
+            address,
+            "--node-id",
+            node_id,
+            "--pairs",
+            "en-es",
+            "--max-concurrency",
+            str(args.node_concurrency),
+            "--synthetic-latency-ms",
+            str(args.node_latency_ms),
+            "--log-level",
+            "WARNING",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    return Proc(popen)
+
+
+async def wait_for_nodes(address: str, n: int, timeout_s: float = 30) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            snapshot = (await stub.GetSnapshot(registry_pb2.GetSnapshotRequest())).snapshot
+            if len(snapshot.nodes) >= n:
+                return
+            await asyncio.sleep(0.05)  # nodes are still connecting
+    raise SystemExit(f"lingua-bench: {n} nodes did not register within {timeout_s} s")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lingua-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--scheduler", default="", help="use a running scheduler (HOST:PORT) instead of starting one"
+    )
+    p.add_argument(
+        "--redis-url", default="", help="its Redis, for command counts and the reservation baseline"
+    )
+    p.add_argument("--nodes", type=int, default=4, help="synthetic node agents to start (default 4)")
+    p.add_argument("--node-concurrency", type=int, default=64, help="max concurrency per node (default 64)")
+    p.add_argument("--node-latency-ms", type=int, default=0, help="synthetic latency per stage (default 0)")
+    p.add_argument("--sessions", type=int, default=100, help="concurrent sessions (default 100)")
+    p.add_argument("--utterances", type=int, default=10, help="utterances per session (default 10)")
+    p.add_argument("--realtime", action="store_true", help="send audio at real-time pace (20 ms chunks)")
+    p.add_argument(
+        "--idle-sessions", type=int, default=1000, help="idle sessions for the RSS measure (0: skip)"
+    )
+    p.add_argument("--echo-messages-per-stream", type=int, default=2000, help="cap of the echo baseline")
+    p.add_argument(
+        "--reservations", type=int, default=2000, help="reserve+release pairs in the Redis baseline"
+    )
+    p.add_argument("--skip-baselines", action="store_true")
+    p.add_argument("--json", metavar="PATH", help="write the report as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    report = asyncio.run(run(args))
+    print_table(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(asdict(report), indent=2))
+        print(f"\nwrote {args.json}")
+    return 0
