@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help setup redis proto run test test-fast lint check clean
+.PHONY: help setup redis proto run test test-fast lint check bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,6 +45,10 @@ lint: setup ## ruff, mypy and buf lint
 	$(VENV)/bin/buf lint
 
 check: lint test ## lint, then test
+
+bench: setup ## Benchmarks with baselines (figures in README): throughput, then real-time overhead and idle RSS
+	$(VENV)/bin/lingua-bench --sessions 100 --utterances 20 --idle-sessions 0 --json bench-throughput.json
+	$(VENV)/bin/lingua-bench --realtime --sessions 100 --utterances 10 --idle-sessions 10000 --json bench-realtime.json
 
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -116,6 +116,7 @@ class Scheduler:
             scripts,
             s.job_ttl_ms,
             s.job_audio_ttl_ms,
+            self.metrics,
         )
         self.dispatcher = Dispatcher(
             store,

@@ -20,12 +20,14 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from tqdm import tqdm
 
@@ -136,13 +138,32 @@ async def run_session(
     return len(chunks)
 
 
+async def round_trips(metrics_url: str) -> float:
+    """Job round trips to Redis so far, from the scheduler's /metrics."""
+    if not metrics_url:
+        return 0.0
+    text = await asyncio.to_thread(lambda: urllib.request.urlopen(metrics_url, timeout=5).read().decode())
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "lingua_redis_round_trips_total"
+    )
+
+
 async def load_phase(
-    args: argparse.Namespace, address: str, scheduler: Proc | None, redis: Redis | None, report: Report
+    args: argparse.Namespace,
+    address: str,
+    scheduler: Proc | None,
+    redis: Redis | None,
+    report: Report,
+    metrics_url: str,
 ) -> None:
     sink: dict[str, list[float]] = {
         k: [] for k in ("dispatch_us", "delivery_us", "overhead_us", "total_ms", "skipped")
     }
     calls_before = await redis_calls(redis) if redis else {}
+    trips_before = await round_trips(metrics_url)
     cpu_before = scheduler.cpu_s() if scheduler else 0.0
     total = args.sessions * args.utterances
     async with LinguaClient(address) as client:
@@ -159,7 +180,6 @@ async def load_phase(
     cpu = (scheduler.cpu_s() - cpu_before) if scheduler else 0.0
     calls_after = await redis_calls(redis) if redis else {}
     commands = sum(calls_after.values()) - sum(calls_before.values())
-    per_command = {k: (calls_after.get(k, 0) - calls_before.get(k, 0)) / max(jobs, 1) for k in calls_after}
     report.load = {
         "sessions": args.sessions,
         "utterances_completed": jobs,
@@ -175,9 +195,9 @@ async def load_phase(
         "delivery_p99_ms": percentile(sink["delivery_us"], 99) / 1000,
         "end_to_end_p50_ms": percentile(sink["total_ms"], 50),
         "end_to_end_p99_ms": percentile(sink["total_ms"], 99),
-        # Round trips: script calls plus plain commands sent by clients; commandstats also counts the
-        # commands a script runs inside Redis, reported separately as redis_commands_per_job.
-        "redis_round_trips_per_job": per_command.get("evalsha", 0.0) + per_command.get("exec", 0.0),
+        # Round trips as the scheduler counts them per job operation (its metrics); commandstats also
+        # counts the commands scripts run inside Redis, and the registry's own polling: all commands.
+        "redis_round_trips_per_job": (await round_trips(metrics_url) - trips_before) / max(jobs, 1),
         "redis_commands_per_job": commands / max(jobs, 1),
         "scheduler_cpu_s_per_1000_jobs": cpu / max(jobs, 1) * 1000,
     }
@@ -286,6 +306,7 @@ async def run(args: argparse.Namespace) -> Report:
     procs: list[Proc] = []
     scheduler: Proc | None = None
     redis_url = args.redis_url
+    metrics_url = args.metrics_url
     try:
         address = args.scheduler
         if not address:
@@ -295,7 +316,7 @@ async def run(args: argparse.Namespace) -> Report:
                     "--listen",
                     "127.0.0.1:0",
                     "--metrics-port",
-                    "-1",
+                    "0",
                     "--log-level",
                     "WARNING",
                     "--session-queue-timeout-ms",
@@ -306,14 +327,14 @@ async def run(args: argparse.Namespace) -> Report:
                 "listening on",
             )
             procs.append(scheduler)
-            match = re.search(r"listening on (\S+) .*redis embedded (\S+)\)", line)
+            match = re.search(r"listening on (\S+) \(metrics (\S+), redis embedded (\S+)\)", line)
             assert match, line
-            address, redis_url = match[1], match[2]
+            address, metrics_url, redis_url = match[1], match[2], match[3]
             procs += [start_node(address, f"bench-{i}", args) for i in range(args.nodes)]
             await wait_for_nodes(address, args.nodes)
         redis = Redis.from_url(redis_url) if redis_url else None
         try:
-            await load_phase(args, address, scheduler, redis, report)
+            await load_phase(args, address, scheduler, redis, report, metrics_url)
             await idle_phase(args, address, scheduler, report)
             if not args.skip_baselines:
                 await echo_baseline(args, report)
@@ -381,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--redis-url", default="", help="its Redis, for command counts and the reservation baseline"
     )
+    p.add_argument("--metrics-url", default="", help="its /metrics URL, for Redis round trips per job")
     p.add_argument("--nodes", type=int, default=4, help="synthetic node agents to start (default 4)")
     p.add_argument("--node-concurrency", type=int, default=64, help="max concurrency per node (default 64)")
     p.add_argument("--node-latency-ms", type=int, default=0, help="synthetic latency per stage (default 0)")

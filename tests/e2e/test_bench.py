@@ -1,0 +1,59 @@
+"""`lingua-bench` at tiny size, so the benchmark keeps working (figures come from `make bench`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+BIN = Path(sys.executable).parent
+
+
+def test_bench_runs_and_reports_every_measure(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            str(BIN / "lingua-bench"),
+            "--sessions",
+            "2",
+            "--utterances",
+            "3",
+            "--nodes",
+            "1",
+            "--idle-sessions",
+            "10",
+            "--reservations",
+            "50",
+            "--echo-messages-per-stream",
+            "50",
+            "--quiet",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ingest_vs_echo" in proc.stdout
+    report = json.loads(out.read_text())
+    load = report["load"]
+    assert load["utterances_completed"] == 6
+    assert load["utterances_skipped"] == 0
+    assert load["redis_round_trips_per_job"] == 4, "reserve, start, accepted, complete+release"
+    for key in (
+        "overhead_p50_ms",
+        "overhead_p99_ms",
+        "end_to_end_p99_ms",
+        "chunks_per_s",
+        "scheduler_cpu_s_per_1000_jobs",
+    ):
+        assert key in load
+    assert report["idle"]["open_sessions"] == 10
+    assert set(report["baselines"]) == {"echo_messages_per_s", "reservations_per_s", "reservation_p50_ms"}
+    assert set(report["ratios"]) == {"ingest_vs_echo", "jobs_vs_reservation_loop"}
