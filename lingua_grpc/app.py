@@ -78,7 +78,10 @@ class Scheduler:
             self._embedded = EmbeddedRedis(s.redis_server_path)
             redis_url = await self._embedded.start()
         self._redis = await connect_redis(
-            redis_url, s.redis_socket_timeout_ms / 1000, s.redis_backoff_max_ms / 1000
+            redis_url,
+            s.redis_socket_timeout_ms / 1000,
+            s.redis_backoff_max_ms / 1000,
+            s.redis_max_connections,
         )
         await self._warn_on_eviction_policy(self._redis)
         keys = RegistryKeys(s.key_prefix)

@@ -66,7 +66,10 @@ class Settings:
     max_node_concurrency: int = _setting(1024, "largest max_concurrency a node may register with")
     pools_file: str = _setting("", "TOML file of configured pools that replace derived ones for their pairs")
     redis_backoff_max_ms: int = _setting(5000, "longest wait between Redis connection attempts")
-    redis_socket_timeout_ms: int = _setting(5000, "timeout of one Redis command")
+    redis_socket_timeout_ms: int = _setting(
+        5000, "timeout of one Redis command (and of waiting for a connection)"
+    )
+    redis_max_connections: int = _setting(64, "Redis connections per scheduler; more callers wait for one")
     redis_server_path: str = _setting("redis-server", "redis-server binary for the embedded Redis")
     session_pause_ms: int = _setting(600, "default pause that ends an utterance (client may set 100-10000)")
     session_hangover_ms: int = _setting(
@@ -152,6 +155,7 @@ class Settings:
             out.append(f"session defaults: {exc}")
         for name in (
             "session_inbox_chunks",
+            "redis_max_connections",
             "max_chunk_bytes",
             "accept_timeout_ms",
             "job_deadline_ms",

@@ -52,8 +52,8 @@ def utterance_pcm(i: int) -> bytes:
     return speech + bytes(2 * RATE * 900 // 1000)
 
 
-def chunked(pcm: bytes) -> list[bytes]:
-    step = 2 * RATE * CHUNK_MS // 1000
+def chunked(pcm: bytes, chunk_ms: int = CHUNK_MS) -> list[bytes]:
+    step = 2 * RATE * chunk_ms // 1000
     return [pcm[i : i + step] for i in range(0, len(pcm), step)]
 
 
@@ -85,8 +85,15 @@ class Proc:
                 self.popen.kill()
 
 
-def spawn(args: list[str], banner: str) -> tuple[Proc, str]:
-    popen = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+def _log_file(log_dir: str, name: str) -> Any:
+    if not log_dir:
+        return subprocess.DEVNULL
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    return (Path(log_dir) / f"{name}.log").open("w")
+
+
+def spawn(args: list[str], banner: str, log_dir: str = "", name: str = "") -> tuple[Proc, str]:
+    popen = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=_log_file(log_dir, name), text=True)
     assert popen.stdout is not None
     line = popen.stdout.readline()
     if banner not in line:
@@ -110,16 +117,21 @@ async def redis_calls(redis: Redis) -> dict[str, int]:
 
 
 async def run_session(
-    client: LinguaClient, utterances: int, realtime: bool, bar: tqdm, sink: dict[str, list[float]]
+    client: LinguaClient, args: argparse.Namespace, bar: tqdm, sink: dict[str, list[float]]
 ) -> int:
     session = await client.start_session("en", "es", RATE, session_pb2.SessionOptions(tts_enabled=False))
-    chunks = [c for i in range(utterances) for c in chunked(utterance_pcm(i))]
+    if args.whole_utterances:  # one message per utterance, marked final: measures jobs, not audio ingest
+        messages = [(utterance_pcm(i), True) for i in range(args.utterances)]
+    else:
+        messages = [
+            (c, False) for i in range(args.utterances) for c in chunked(utterance_pcm(i), args.chunk_ms)
+        ]
 
     async def send() -> None:
-        for chunk in chunks:
-            await session.send_audio(chunk)
-            if realtime:
-                await asyncio.sleep(CHUNK_MS / 1000)  # microphone pace
+        for chunk, final in messages:
+            await session.send_audio(chunk, is_final=final)
+            if args.realtime:
+                await asyncio.sleep(args.chunk_ms / 1000)  # microphone pace
         await session.end()
 
     sender = asyncio.create_task(send())
@@ -135,7 +147,7 @@ async def run_session(
             sink["skipped"].append(1)
             bar.update(1)
     await sender
-    return len(chunks)
+    return len(messages)
 
 
 async def round_trips(metrics_url: str) -> float:
@@ -169,12 +181,7 @@ async def load_phase(
     async with LinguaClient(address) as client:
         with tqdm(total=total, desc="utterances", unit="utt", disable=args.quiet) as bar:
             started = time.perf_counter()
-            sent = await asyncio.gather(
-                *(
-                    run_session(client, args.utterances, args.realtime, bar, sink)
-                    for _ in range(args.sessions)
-                )
-            )
+            sent = await asyncio.gather(*(run_session(client, args, bar, sink) for _ in range(args.sessions)))
             elapsed = time.perf_counter() - started
     jobs = len(sink["total_ms"])
     cpu = (scheduler.cpu_s() - cpu_before) if scheduler else 0.0
@@ -229,7 +236,9 @@ async def idle_phase(args: argparse.Namespace, address: str, scheduler: Proc | N
 async def echo_baseline(args: argparse.Namespace, report: Report) -> None:
     proc, line = spawn([sys.executable, "-m", "lingua_grpc.bench._echo"], "echo listening on")
     address = line.split()[-1]
-    message = session_pb2.StreamRequest(audio=session_pb2.AudioChunk(data=bytes(2 * RATE * CHUNK_MS // 1000)))
+    message = session_pb2.StreamRequest(
+        audio=session_pb2.AudioChunk(data=bytes(2 * RATE * args.chunk_ms // 1000))
+    )
     payload = message.SerializeToString()
     per_stream = max(
         1, int(report.load.get("chunks_per_s", 0) * report.load.get("elapsed_s", 1) / max(args.sessions, 1))
@@ -325,6 +334,8 @@ async def run(args: argparse.Namespace) -> Report:
                     "60000",
                 ],
                 "listening on",
+                args.log_dir,
+                "scheduler",
             )
             procs.append(scheduler)
             match = re.search(r"listening on (\S+) \(metrics (\S+), redis embedded (\S+)\)", line)
@@ -374,7 +385,7 @@ def start_node(address: str, node_id: str, args: argparse.Namespace) -> Proc:
             "WARNING",
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=_log_file(args.log_dir, node_id),
         text=True,
     )
     return Proc(popen)
@@ -408,7 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-latency-ms", type=int, default=0, help="synthetic latency per stage (default 0)")
     p.add_argument("--sessions", type=int, default=100, help="concurrent sessions (default 100)")
     p.add_argument("--utterances", type=int, default=10, help="utterances per session (default 10)")
-    p.add_argument("--realtime", action="store_true", help="send audio at real-time pace (20 ms chunks)")
+    p.add_argument("--realtime", action="store_true", help="send audio at real-time pace")
+    p.add_argument("--chunk-ms", type=int, default=CHUNK_MS, help=f"audio per message (default {CHUNK_MS})")
+    p.add_argument(
+        "--whole-utterances",
+        action="store_true",
+        help="send each utterance as one final message (job throughput, not audio ingest)",
+    )
     p.add_argument(
         "--idle-sessions", type=int, default=1000, help="idle sessions for the RSS measure (0: skip)"
     )
@@ -419,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-baselines", action="store_true")
     p.add_argument("--json", metavar="PATH", help="write the report as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--log-dir", default="", help="keep the scheduler's and nodes' logs (WARNING and up) here")
     return p
 
 

@@ -1,8 +1,9 @@
 """SessionActor: one asyncio task per session, the only writer of its state.
 
 The gRPC read loop turns client messages into events on the actor's inbox; job outcomes and timers arrive
-there too. Audio events hold a slot of a bounded semaphore until the actor has taken them, so a client
-that sends faster than the actor works is slowed by gRPC flow control, never buffered without bound.
+on a control queue that the actor empties first, so results never wait behind buffered audio. Audio events
+hold a slot of a bounded semaphore until the actor has taken them, so a client that sends faster than the
+actor works is slowed by gRPC flow control, never buffered without bound.
 Timers carry a generation (the segmenter's) or are re-armed from the sequencer's deadline, so a stale
 timer changes nothing.
 """
@@ -10,6 +11,7 @@ timer changes nothing.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from dataclasses import dataclass
 
@@ -156,7 +158,9 @@ class SessionActor:
             )
         )
         self._sequencer: ResultSequencer[_Done] = ResultSequencer(options.gap_timeout_ms / 1000)
-        self._inbox: asyncio.Queue[_Event] = asyncio.Queue()
+        self._inbox: collections.deque[_Event] = collections.deque()  # client events, in order
+        self._control: collections.deque[_Event] = collections.deque()  # job outcomes and timers: first
+        self._wake = asyncio.Event()
         self._audio_slots = asyncio.Semaphore(inbox_chunks)
         self.outbox: asyncio.Queue[Output] = asyncio.Queue()
         self._meta: dict[int, _Meta] = {}
@@ -170,35 +174,45 @@ class SessionActor:
     # Called by the gRPC read loop.
     async def audio(self, pcm: bytes, is_final: bool) -> None:
         await self._audio_slots.acquire()  # released when the actor takes the chunk: backpressure
-        self._inbox.put_nowait(_Audio(pcm, is_final))
+        self._post(_Audio(pcm, is_final))
 
     def playback(self, playing: bool) -> None:
-        self._inbox.put_nowait(_Playback(playing))
+        self._post(_Playback(playing))
 
     def finalize(self) -> None:
-        self._inbox.put_nowait(_Finalize(end_of_stream=False))
+        self._post(_Finalize(end_of_stream=False))
 
     def end_of_stream(self) -> None:
-        self._inbox.put_nowait(_Finalize(end_of_stream=True))
+        self._post(_Finalize(end_of_stream=True))
 
     def fail(self, error: LinguaError) -> None:
         """Ends the session with this error, after the events already in the inbox."""
-        self._inbox.put_nowait(_Fail(error))
+        self._post(_Fail(error))
 
     # Called by the dispatcher (JobSink).
     def job_progress(self, index: int, event: JobProgress) -> None:
-        self._inbox.put_nowait(_Progress(index, event))
+        self._post(_Progress(index, event), control=True)
 
     def job_done(self, index: int, output: JobOutput, node_id: str, overhead: Overhead) -> None:
-        self._inbox.put_nowait(_Done(index, output, node_id, overhead))
+        self._post(_Done(index, output, node_id, overhead), control=True)
 
     def job_skipped(self, index: int, reason: SkipReason, message: str) -> None:
-        self._inbox.put_nowait(_Skipped(index, reason, message))
+        self._post(_Skipped(index, reason, message), control=True)
+
+    def _post(self, event: _Event, control: bool = False) -> None:
+        (self._control if control else self._inbox).append(event)
+        self._wake.set()
+
+    async def _next_event(self) -> _Event:
+        while not (self._control or self._inbox):
+            self._wake.clear()
+            await self._wake.wait()
+        return self._control.popleft() if self._control else self._inbox.popleft()
 
     async def run(self) -> None:
         try:
             while not (self._ending and self._sequencer.all_answered):
-                event = await self._inbox.get()
+                event = await self._next_event()
                 if isinstance(event, _Fail):
                     self.outbox.put_nowait(Closed(event.error))
                     return
@@ -301,12 +315,12 @@ class SessionActor:
             self._segment_timer = None
             if deadline is not None:
                 self._segment_timer = loop.call_later(
-                    max(0.0, deadline.at - now), self._inbox.put_nowait, _SegmentTimer(deadline.generation)
+                    max(0.0, deadline.at - now), self._post, _SegmentTimer(deadline.generation), True
                 )
         if gap_at != self._armed[1]:
             if self._gap_timer is not None:
                 self._gap_timer.cancel()
             self._gap_timer = None
             if gap_at is not None:
-                self._gap_timer = loop.call_later(max(0.0, gap_at - now), self._inbox.put_nowait, _GapTimer())
+                self._gap_timer = loop.call_later(max(0.0, gap_at - now), self._post, _GapTimer(), True)
         self._armed = (generation, gap_at)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -17,10 +17,13 @@ log = logging.getLogger(__name__)
 TRANSIENT_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
 
 
-def redis_client(url: str, socket_timeout_s: float) -> Redis:
-    """A binary-safe client (audio is bytes) that retries a failed command a few times itself."""
-    return Redis.from_url(
+def redis_client(url: str, socket_timeout_s: float, max_connections: int = 64) -> Redis:
+    """A binary-safe client (audio is bytes) on a bounded pool: under a burst, a call waits for a free
+    connection (up to the socket timeout) instead of failing, and a failed command is retried a few times."""
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=socket_timeout_s,
         decode_responses=False,
         socket_timeout=socket_timeout_s,
         socket_connect_timeout=socket_timeout_s,
@@ -28,11 +31,14 @@ def redis_client(url: str, socket_timeout_s: float) -> Redis:
         retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries=3),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
+    return Redis(connection_pool=pool)
 
 
-async def connect_redis(url: str, socket_timeout_s: float, backoff_max_s: float) -> Redis:
+async def connect_redis(
+    url: str, socket_timeout_s: float, backoff_max_s: float, max_connections: int = 64
+) -> Redis:
     """Connects and PINGs, waiting with capped exponential backoff for as long as Redis is unreachable."""
-    client = redis_client(url, socket_timeout_s)
+    client = redis_client(url, socket_timeout_s, max_connections)
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(TRANSIENT_REDIS_ERRORS),
         wait=wait_exponential_jitter(multiplier=0.1, max=backoff_max_s),

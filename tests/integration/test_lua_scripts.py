@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from redis.asyncio import Redis
 
@@ -191,3 +193,14 @@ async def test_complete_and_release_after_script_flush_applies_each_once(
     record = await store.get(spec.job_id)
     assert record is not None and record.state is JobState.COMPLETED
     assert await store.complete_and_release(spec.job_id, 1, "gpu-1", LIVE_STATES) == (False, False), "once"
+
+
+async def test_a_burst_beyond_the_pool_waits_for_connections_instead_of_failing(redis_server: object) -> None:
+    from lingua_grpc.store import redis_client
+
+    client = redis_client(redis_server.url, socket_timeout_s=5, max_connections=2)  # type: ignore[attr-defined]
+    try:
+        replies = await asyncio.gather(*(client.blpop([f"burst:{i}"], timeout=0.05) for i in range(20)))
+        assert replies == [None] * 20
+    finally:
+        await client.aclose()
