@@ -46,8 +46,9 @@ lint: setup ## ruff, mypy and buf lint
 
 check: lint test ## lint, then test
 
-bench: setup ## Benchmarks with baselines (figures in README): throughput, then real-time overhead and idle RSS
-	$(VENV)/bin/lingua-bench --sessions 100 --utterances 20 --idle-sessions 0 --json bench-throughput.json
+bench: setup ## Benchmarks with baselines (figures in README): job throughput, audio ingest, real-time overhead + idle RSS
+	$(VENV)/bin/lingua-bench --sessions 100 --utterances 20 --whole-utterances --idle-sessions 0 --json bench-jobs.json
+	$(VENV)/bin/lingua-bench --sessions 100 --utterances 3 --idle-sessions 0 --json bench-ingest.json
 	$(VENV)/bin/lingua-bench --realtime --sessions 100 --utterances 10 --idle-sessions 10000 --json bench-realtime.json
 
 clean: ## Remove the virtualenv and caches

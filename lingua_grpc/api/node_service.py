@@ -53,8 +53,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             )
             while True:
                 outgoing = await link.next_outgoing()
-                await context.write(convert.outgoing_to_proto(outgoing))
-                self._hub.written(outgoing)
+                message = convert.outgoing_to_proto(outgoing)
+                self._hub.written(outgoing)  # handed to gRPC: the rest is the transport and the node
+                await context.write(message)
         except LinkClosed as closed:
             if closed.error is not None:
                 await context.abort(status_for(closed.error), str(closed.error))

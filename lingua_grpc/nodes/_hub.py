@@ -105,7 +105,7 @@ class NodeHub:
             link.send(CancelCommand(job_id, attempt, reason))
 
     def written(self, message: Outgoing) -> None:
-        """The node stream's writer wrote this message (for the dispatch overhead timings)."""
+        """The node stream's writer is handing this message to gRPC (for the dispatch overhead timings)."""
         if self._jobs is not None and isinstance(message, Assignment):
             self._jobs.assignment_written(message.spec.job_id, message.attempt)
 

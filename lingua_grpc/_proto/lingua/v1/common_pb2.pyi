@@ -322,7 +322,7 @@ class StageTimings(_message.Message):
     """From the end of the utterance (as the scheduler decided it) to the result being sent to the client."""
     scheduler_dispatch_us: _builtins.int
     """Scheduler's own time to dispatch, in microseconds: from the end of the utterance (as decided) to the
-    job being written to the node's stream, minus the time the job waited for a free slot (queue_ms).
+    job being handed to the node's stream, minus the time the job waited for a free slot (queue_ms).
     """
     scheduler_delivery_us: _builtins.int
     """Scheduler's own time to deliver, in microseconds: from the node's result arriving to the result being
