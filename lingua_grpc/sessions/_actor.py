@@ -166,7 +166,8 @@ class SessionActor:
         self._meta: dict[int, _Meta] = {}
         self._segment_timer: asyncio.TimerHandle | None = None
         self._gap_timer: asyncio.TimerHandle | None = None
-        self._armed: tuple[int | None, float | None] = (None, None)
+        self._segment_timer_at = 0.0
+        self._armed_gap: float | None = None
         self._ending = False
         self._preferred_node: str | None = None
         self.closed = False  # set when the stream ended; the dispatcher drops what it submits after that
@@ -306,21 +307,31 @@ class SessionActor:
     def _arm_timers(self) -> None:
         loop = asyncio.get_running_loop()
         now = self._clock.monotonic()
+        # The segment timer is not re-created on every chunk (each one moves the pause deadline): an armed
+        # timer that fires early re-arms itself for the deadline in force then.
         deadline = self._segmenter.deadline
-        generation = deadline.generation if deadline else None
-        gap_at = self._sequencer.deadline
-        if generation != self._armed[0]:
+        if deadline is not None and (self._segment_timer is None or self._segment_timer_at > deadline.at):
             if self._segment_timer is not None:
                 self._segment_timer.cancel()
-            self._segment_timer = None
-            if deadline is not None:
-                self._segment_timer = loop.call_later(
-                    max(0.0, deadline.at - now), self._post, _SegmentTimer(deadline.generation), True
-                )
-        if gap_at != self._armed[1]:
+            self._segment_timer_at = deadline.at
+            self._segment_timer = loop.call_later(max(0.0, deadline.at - now), self._segment_timer_fired)
+        gap_at = self._sequencer.deadline
+        if gap_at != self._armed_gap:
             if self._gap_timer is not None:
                 self._gap_timer.cancel()
             self._gap_timer = None
             if gap_at is not None:
                 self._gap_timer = loop.call_later(max(0.0, gap_at - now), self._post, _GapTimer(), True)
-        self._armed = (generation, gap_at)
+            self._armed_gap = gap_at
+
+    def _segment_timer_fired(self) -> None:
+        self._segment_timer = None
+        deadline = self._segmenter.deadline
+        if deadline is None:
+            return
+        wait = deadline.at - self._clock.monotonic()
+        if wait > 0.001:  # the deadline moved on since this timer was armed
+            self._segment_timer_at = deadline.at
+            self._segment_timer = asyncio.get_running_loop().call_later(wait, self._segment_timer_fired)
+        else:
+            self._post(_SegmentTimer(deadline.generation), control=True)

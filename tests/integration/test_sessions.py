@@ -378,3 +378,18 @@ async def test_nodes_slots_are_all_released_after_a_session(
         await wait_until(released, what="every slot released")
         reply = await stub.GetSnapshot(registry_pb2.GetSnapshotRequest())
         assert reply.snapshot.nodes[0].reserved_slots == 0
+
+
+async def test_voiced_only_client_is_cut_by_arrival_gaps(client: LinguaClient, fleet: Fleet) -> None:
+    await fleet.add("gpu-1")
+    session = await client.start_session(
+        "en", "es", options=session_pb2.SessionOptions(pause_ms=150, hangover_ms=50)
+    )
+    for utterance in range(3):
+        for chunk in chunks(tone(300, freq=300 + 100 * utterance), 50):
+            await session.send_audio(chunk)  # speech only: no silence is ever sent
+        await asyncio.sleep(0.4)  # the client's pause between utterances, longer than pause + hangover
+    await session.end()
+    messages = await collect(session)
+    assert answers(messages) == [(0, "result"), (1, "result"), (2, "result")]
+    assert all(m.result.audio_duration_ms == 300 for m in messages if m.HasField("result"))
