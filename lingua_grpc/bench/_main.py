@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import re
 import signal
 import statistics
@@ -128,10 +129,15 @@ async def run_session(
         ]
 
     async def send() -> None:
-        for chunk, final in messages:
-            await session.send_audio(chunk, is_final=final)
+        # Real time: each session keeps its own microphone clock from a random phase, as independent
+        # clients do (sessions sending in lockstep would measure a burst pattern no fleet of clients has).
+        loop = asyncio.get_running_loop()
+        period = args.chunk_ms / 1000
+        start = loop.time() + random.uniform(0, period)
+        for k, (chunk, final) in enumerate(messages):
             if args.realtime:
-                await asyncio.sleep(args.chunk_ms / 1000)  # microphone pace
+                await asyncio.sleep(max(0.0, start + k * period - loop.time()))
+            await session.send_audio(chunk, is_final=final)
         await session.end()
 
     sender = asyncio.create_task(send())
