@@ -8,7 +8,7 @@ import logging
 
 import grpc
 
-from lingua_grpc._grpc import read_message
+from lingua_grpc._grpc import read_first, read_message
 from lingua_grpc.api import _convert as convert
 from lingua_grpc.api._errors import domain_errors
 from lingua_grpc.errors import FailedPrecondition, status_for
@@ -28,13 +28,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self._instance_id = instance_id
 
     async def Connect(self, request_iterator: object, context: Context) -> None:  # type: ignore[override]
-        first: node_pb2.ConnectRequest | None = await read_message(context)
-        if first is None or first.WhichOneof("kind") != "register":
-            got = "end of stream" if first is None else f"`{first.WhichOneof('kind')}`"
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"the first message on NodeService.Connect must be `register`, got {got}",
-            )
+        first: node_pb2.ConnectRequest = await read_first(context, "register", "NodeService.Connect")
         async with domain_errors(context):
             attached = await self._hub.attach(convert.registration_from_proto(first.register))
         link = attached.link

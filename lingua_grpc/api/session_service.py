@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from lingua_grpc._grpc import read_message
+from lingua_grpc._grpc import read_first, read_message
 from lingua_grpc.api import _convert as convert
 from lingua_grpc.api._errors import domain_errors
 from lingua_grpc.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, status_for
@@ -24,13 +24,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         self._max_chunk_bytes = max_chunk_bytes
 
     async def Stream(self, request_iterator: Any, context: Context) -> None:  # type: ignore[override]
-        first: session_pb2.StreamRequest | None = await read_message(context)
-        if first is None or first.WhichOneof("kind") != "start":
-            got = "end of stream" if first is None else f"`{first.WhichOneof('kind')}`"
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"the first message on SessionService.Stream must be `start`, got {got}",
-            )
+        first: session_pb2.StreamRequest = await read_first(context, "start", "SessionService.Stream")
         async with domain_errors(context):
             actor = self._manager.open(convert.start_from_proto(first.start))
         runner = asyncio.create_task(actor.run(), name=f"session-{actor.session_id}")

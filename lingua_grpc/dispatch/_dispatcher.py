@@ -159,11 +159,8 @@ class Dispatcher:
                 await asyncio.wait_for(self._idle.wait(), min(0.05, deadline - loop.time()))
         return True
 
-    async def submit(self, ticket: JobSpec | Ticket, sink: JobSink | None = None, **kw: object) -> Ticket:
+    async def submit(self, ticket: Ticket) -> Ticket:
         """Places the job now if a slot is free, else queues it behind the pair's waiting jobs."""
-        if isinstance(ticket, JobSpec):
-            assert sink is not None
-            ticket = Ticket(ticket, sink, **kw)  # type: ignore[arg-type]
         if ticket.sink.closed:  # the session ended while this job was being created
             ticket.done = True
             await self._store.transition(

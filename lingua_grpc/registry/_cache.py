@@ -123,6 +123,7 @@ class SnapshotCache:
     async def _run(self) -> None:
         backoff = self._poll_s
         last_full = self._clock.monotonic()
+        failures = 0
         while True:
             raise_if_cancelling()
             await asyncio.sleep(backoff)
@@ -132,10 +133,16 @@ class SnapshotCache:
                     await self.refresh()
                     last_full = self._clock.monotonic()
                 self._set_reachable(True)
-                backoff = self._poll_s
+                failures, backoff = 0, self._poll_s
             except (RedisError, OSError) as exc:
                 raise_if_cancelling()
-                self._set_reachable(False)
+                failures += 1
                 self._metrics.redis_errors.labels("snapshot").inc()
+                if failures == 1:
+                    # One failure can be a pooled connection left over from before a Redis restart (it is
+                    # dropped on error): read again at once, on a fresh one, before calling Redis unreachable.
+                    backoff = 0.0
+                    continue
+                self._set_reachable(False)
+                backoff = min(max(backoff, self._poll_s) * 2, max(self._refresh_s, 1.0))
                 log.warning("registry read failed, retrying", extra={"error": repr(exc), "in_s": backoff})
-                backoff = min(backoff * 2, max(self._refresh_s, 1.0))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from redis.exceptions import RedisError
 
 from lingua_grpc.clock import Clock
-from lingua_grpc.dispatch import Dispatcher, Overhead
+from lingua_grpc.dispatch import Dispatcher, Overhead, Ticket
 from lingua_grpc.errors import LinguaError
 from lingua_grpc.jobs import JobOutput, JobProgress, JobSpec, JobStore, SkipReason, Stage
 from lingua_grpc.metrics import SchedulerMetrics
@@ -266,13 +266,14 @@ class SessionActor:
             self.session_id, u.index, self.pair, self.sample_rate_hz, self.options.tts_enabled, u.audio
         )
         try:
-            await self._dispatcher.submit(
+            ticket = Ticket(
                 spec,
                 self,
                 queue_timeout_s=self.options.queue_timeout_ms / 1000,
                 preferred_node=self._preferred_node,
                 ended_at=u.ended_at,
             )
+            await self._dispatcher.submit(ticket)
         except RedisError as exc:
             log.error("job not created", extra={"job_id": spec.job_id, "error": repr(exc)})
             self._send(
