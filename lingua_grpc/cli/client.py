@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -177,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return asyncio.run(_stream(args) if args.command == "stream" else _registry(args))
+    except BrokenPipeError:  # `lingua-client ... | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         return 130
 

@@ -144,8 +144,15 @@ class NodeHub:
         watchdog, self._watchdog = self._watchdog, None
         await cancel_and_wait(watchdog)
         self.close_all()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Node handlers may run their `finally` (detach) after the server stopped: wait until every link
+        # has left and every deregistration finished, within a bound.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 2.0
+        while (self._tasks or self._links) and loop.time() < deadline:
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            else:
+                await asyncio.sleep(0.01)  # a handler still has to run its finally
 
     async def attach(self, registration: Registration) -> Attached:
         registration.validate(self._settings.max_node_concurrency)
