@@ -46,7 +46,9 @@ log = logging.getLogger(__name__)
 class JobTransport(Protocol):
     """How an attempt reaches a node. Today: a node stream held by this instance."""
 
-    def deliver(self, node_id: str, assignment: Assignment) -> bool: ...
+    def deliver(self, node_id: str, assignment: Assignment) -> str | None:
+        """Sends the attempt; returns the id of the connection it went on, or None if it could not."""
+        ...
 
     def cancel(self, node_id: str, job_id: str, attempt: int, reason: str) -> None: ...
 
@@ -94,6 +96,7 @@ class Ticket:
     ended_at: float = 0.0  # monotonic time the utterance ended (as the session decided)
     submitted_at: float = 0.0
     written_at: float = 0.0  # monotonic time the current attempt was written to the node's stream
+    connection_id: str | None = None  # the node connection the current attempt went on
     queued_until: float = 0.0
     placed_at: float = 0.0
     deadline: asyncio.TimerHandle | None = None
@@ -237,9 +240,15 @@ class Dispatcher:
             else:
                 await self._give_up(ticket, f"failed on {node_id}: {event.message}")
 
-    def node_lost(self, node_id: str) -> None:
-        """The node's stream broke or its lease lapsed: its running attempts go elsewhere."""
-        for ticket in [t for t in self._live.values() if t.node_id == node_id]:
+    def node_lost(self, node_id: str, connection_id: str | None = None) -> None:
+        """A node connection ended (or, with no connection id, the node's lease lapsed): the attempts it
+        ran go elsewhere. Attempts on a newer connection of the same node keep running."""
+        lost = [
+            t
+            for t in self._live.values()
+            if t.node_id == node_id and (connection_id is None or t.connection_id == connection_id)
+        ]
+        for ticket in lost:
             log.warning("node lost with a job running; re-dispatching", extra=_ids(ticket))
             self._spawn(self._retry(ticket, f"node {node_id} lost"))
 
@@ -268,12 +277,13 @@ class Dispatcher:
                     ticket.attempt = started
                     continue
             deadline_ms = self._clock.now_ms() + self._settings.job_deadline_ms
-            if not self._transport.deliver(node_id, Assignment(spec, started, deadline_ms)):
+            connection_id = self._transport.deliver(node_id, Assignment(spec, started, deadline_ms))
+            if connection_id is None:
                 await self._store.release(node_id, spec.job_id, started)
                 ticket.attempt = started
                 ticket.excluded.add(node_id)
                 continue
-            ticket.attempt, ticket.node_id = started, node_id
+            ticket.attempt, ticket.node_id, ticket.connection_id = started, node_id, connection_id
             ticket.placed_at = self._clock.monotonic()
             self._live[spec.job_id] = ticket
             self._arm_deadline(ticket, self._settings.accept_timeout_ms)

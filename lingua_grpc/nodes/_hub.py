@@ -53,7 +53,7 @@ class JobListener(Protocol):
 
     async def on_event(self, node_id: str, event: JobEvent) -> None: ...
 
-    def node_lost(self, node_id: str) -> None: ...
+    def node_lost(self, node_id: str, connection_id: str | None = None) -> None: ...
 
     def slot_freed(self) -> None: ...
 
@@ -95,9 +95,9 @@ class NodeHub:
         self._jobs = listener
 
     # JobTransport: attempts reach nodes whose streams this instance holds.
-    def deliver(self, node_id: str, assignment: Assignment) -> bool:
+    def deliver(self, node_id: str, assignment: Assignment) -> str | None:
         link = self._links.get(node_id)
-        return link is not None and link.send(assignment)
+        return link.connection_id if link is not None and link.send(assignment) else None
 
     def cancel(self, node_id: str, job_id: str, attempt: int, reason: str) -> None:
         link = self._links.get(node_id)
@@ -240,7 +240,7 @@ class NodeHub:
         self._metrics.nodes_connected.set(len(self._links))
         reason = link.close_reason
         if self._jobs is not None:
-            self._jobs.node_lost(link.node_id)
+            self._jobs.node_lost(link.node_id, link.connection_id)
         if reason in (CloseReason.SUPERSEDED, CloseReason.REREGISTER):
             return
         task = asyncio.create_task(self._deregister(link, reason), name=f"deregister-{link.node_id}")

@@ -106,3 +106,28 @@ async def test_a_zombie_result_of_an_old_attempt_is_refused(scheduler: Scheduler
         zombie.cancel()
         healthy.cancel()
     assert scheduler.metrics.registry.get_sample_value("lingua_results_fenced_total") == 1
+
+
+async def test_losing_an_old_connection_of_a_node_leaves_jobs_on_its_new_one_alone(
+    scheduler: Scheduler,
+) -> None:
+    assert scheduler.endpoints is not None and scheduler.dispatcher is not None
+    async with (
+        grpc.aio.insecure_channel(scheduler.endpoints.grpc) as channel,
+        LinguaClient(scheduler.endpoints.grpc) as client,
+    ):
+        node, _ = await connect(channel, "gpu-1", max_concurrency=1)
+        beat = asyncio.create_task(heartbeat_forever(node))
+        session = await client.start_session("en", "es")
+        await session.send_audio(tone(300) + silence(100), is_final=True)
+        job = await next_assignment(node)
+        await node.write(
+            node_pb2.ConnectRequest(job_accepted=node_pb2.JobAccepted(job_id=job.job_id, attempt=1))
+        )
+        scheduler.dispatcher.node_lost("gpu-1", "an-older-connection-of-gpu-1")  # its detach comes late
+        await node.write(result_for(job, "kept"))
+        await session.end()
+        got = [m.result for m in [m async for m in session] if m.HasField("result")]
+        assert [(r.source_text, r.attempt) for r in got] == [("kept", 1)]
+        beat.cancel()
+        node.cancel()
