@@ -303,31 +303,11 @@ class NodeAgent:
             audio = Audio(a.audio, a.audio_format.sample_rate_hz, a.audio_format.channels or 1)
             source_text = await self.engine.transcribe(audio, pair.source_language)
             timings.asr_ms = _ms_since(loop, started)
-            conn.send(
-                node_pb2.ConnectRequest(
-                    job_progress=node_pb2.JobProgress(
-                        stage=stage,
-                        text=source_text,
-                        duration_ms=timings.asr_ms,
-                        job_id=a.job_id,
-                        attempt=a.attempt,
-                    )
-                )
-            )
+            _send_progress(conn, a, stage, source_text, timings.asr_ms)
             stage, started = common_pb2.STAGE_TRANSLATION, loop.time()
             translated = await self.engine.translate(source_text, pair.source_language, pair.target_language)
             timings.translation_ms = _ms_since(loop, started)
-            conn.send(
-                node_pb2.ConnectRequest(
-                    job_progress=node_pb2.JobProgress(
-                        stage=stage,
-                        text=translated,
-                        duration_ms=timings.translation_ms,
-                        job_id=a.job_id,
-                        attempt=a.attempt,
-                    )
-                )
-            )
+            _send_progress(conn, a, stage, translated, timings.translation_ms)
             result = node_pb2.JobResult(
                 source_text=source_text, translated_text=translated, job_id=a.job_id, attempt=a.attempt
             )
@@ -388,6 +368,19 @@ class NodeAgent:
 
 
 _DONE_WRITING = node_pb2.ConnectRequest()  # sentinel: half-close the stream (leave cleanly)
+
+
+def _send_progress(
+    conn: _Connection, a: node_pb2.AssignJob, stage: common_pb2.Stage.ValueType, text: str, duration_ms: int
+) -> None:
+    progress = node_pb2.JobProgress(
+        job_id=a.job_id,
+        attempt=a.attempt,
+        stage=stage,
+        text=text,
+        duration_ms=duration_ms,
+    )
+    conn.send(node_pb2.ConnectRequest(job_progress=progress))
 
 
 def _ms_since(loop: asyncio.AbstractEventLoop, started: float) -> int:

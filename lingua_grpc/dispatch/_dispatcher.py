@@ -166,13 +166,7 @@ class Dispatcher:
         """Places the job now if a slot is free, else queues it behind the pair's waiting jobs."""
         if ticket.sink.closed:  # the session ended while this job was being created
             ticket.done = True
-            await self._store.transition(
-                ticket.spec.job_id,
-                ticket.attempt,
-                (JobState.CREATED, *LIVE_STATES),
-                JobState.SKIPPED,
-                reason="session ended",
-            )
+            await self._record_end(ticket, JobState.SKIPPED, "session ended")
             return ticket
         now = self._clock.monotonic()
         ticket.submitted_at = ticket.submitted_at or now
@@ -200,15 +194,7 @@ class Dispatcher:
             abandoned.append(ticket)
         for ticket in abandoned:
             ticket.done = True
-            self._spawn(
-                self._store.transition(
-                    ticket.spec.job_id,
-                    ticket.attempt,
-                    (JobState.CREATED, *LIVE_STATES),
-                    JobState.SKIPPED,
-                    reason="session ended",
-                )
-            )
+            self._spawn(self._record_end(ticket, JobState.SKIPPED, "session ended"))
 
     def assignment_written(self, job_id: str, attempt: int) -> None:
         ticket = self._live.get(job_id)
@@ -346,11 +332,15 @@ class Dispatcher:
     async def _give_up(self, ticket: Ticket, why: str) -> None:
         self._end_attempt(ticket, why)
         ticket.done = True
-        await self._store.transition(
-            ticket.spec.job_id, ticket.attempt, (JobState.CREATED, *LIVE_STATES), JobState.FAILED, reason=why
-        )
+        await self._record_end(ticket, JobState.FAILED, why)
         self._metrics.skips.labels(SkipReason.FAILED.value).inc()
         ticket.sink.job_skipped(ticket.spec.index, SkipReason.FAILED, why)
+
+    async def _record_end(self, ticket: Ticket, state: JobState, reason: str) -> None:
+        """Records the job's final state (fenced by its attempt) with the reason."""
+        await self._store.transition(
+            ticket.spec.job_id, ticket.attempt, (JobState.CREATED, *LIVE_STATES), state, reason=reason
+        )
 
     def _forget(self, ticket: Ticket) -> str | None:
         """The attempt is over here: no longer live, no deadline. Returns the node it ran on."""
@@ -428,13 +418,7 @@ class Dispatcher:
         if reason is SkipReason.NO_NODE:
             why = f"no registered node serves {pair}"
         ticket.done = True
-        await self._store.transition(
-            ticket.spec.job_id,
-            ticket.attempt,
-            (JobState.CREATED, *LIVE_STATES),
-            JobState.SKIPPED,
-            reason=reason.value,
-        )
+        await self._record_end(ticket, JobState.SKIPPED, reason.value)
         self._metrics.skips.labels(reason.value).inc()
         ticket.sink.job_skipped(ticket.spec.index, reason, why)
 

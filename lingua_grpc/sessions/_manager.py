@@ -45,7 +45,6 @@ class SessionManager:
         self._store = store
         self._dispatcher = dispatcher
         self._metrics = metrics
-        self._clock = clock
         self.clock = clock
         self._inbox_chunks = inbox_chunks
         self._sessions: dict[str, SessionActor] = {}
@@ -90,7 +89,7 @@ class SessionManager:
             self._store,
             self._dispatcher,
             self._metrics,
-            self._clock,
+            self.clock,
             self._inbox_chunks,
         )
         self._sessions[session_id] = actor
