@@ -18,6 +18,7 @@ from lingua_grpc.clock import Clock, SystemClock
 from lingua_grpc.config import Settings
 from lingua_grpc.dispatch import Dispatcher, DispatchSettings
 from lingua_grpc.jobs import JobStore
+from lingua_grpc.looplag import watch_loop_lag
 from lingua_grpc.metrics import SchedulerMetrics
 from lingua_grpc.nodes import HubSettings, NodeHub
 from lingua_grpc.pb import (
@@ -31,6 +32,7 @@ from lingua_grpc.pb import (
 from lingua_grpc.registry import NodeRegistry, SnapshotCache, load_pools_file
 from lingua_grpc.sessions import SessionManager
 from lingua_grpc.store import EmbeddedRedis, JobKeys, RegistryKeys, ScriptBook, connect_redis
+from lingua_grpc.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ class Scheduler:
         self._stopped = asyncio.Event()
         self._stopping = False
         self._health_tasks: set[asyncio.Task[None]] = set()
+        self._lag_watch: asyncio.Task[None] | None = None
         self.cache: SnapshotCache | None = None
         self.hub: NodeHub | None = None
         self.dispatcher: Dispatcher | None = None
@@ -72,6 +75,9 @@ class Scheduler:
 
     async def start(self) -> Endpoints:
         s = self.settings
+        self._lag_watch = asyncio.create_task(
+            watch_loop_lag(self.metrics.loop_lag, s.loop_lag_interval_ms / 1000), name="loop-lag"
+        )
         pool_specs = load_pools_file(s.pools_file) if s.pools_file else ()
         redis_url = s.redis_url
         if s.embedded_redis:
@@ -217,6 +223,7 @@ class Scheduler:
             if self._embedded is not None:
                 await self._embedded.stop()
             self.metrics.stop_serving()
+            await cancel_and_wait(self._lag_watch)
         finally:
             self._stopped.set()
             log.info("scheduler stopped")

@@ -63,6 +63,9 @@ class Settings:
     snapshot_refresh_ms: int = _setting(
         1000, "longest a registry snapshot goes without a full re-read (to pick up node loads)"
     )
+    loop_lag_interval_ms: int = _setting(
+        100, "how often the event loop's lag is sampled (lingua_event_loop_lag_seconds)"
+    )
     max_node_concurrency: int = _setting(1024, "largest max_concurrency a node may register with")
     pools_file: str = _setting("", "TOML file of configured pools that replace derived ones for their pairs")
     redis_backoff_max_ms: int = _setting(5000, "longest wait between Redis connection attempts")
@@ -161,6 +164,7 @@ class Settings:
             "job_deadline_ms",
             "job_max_attempts",
             "queue_retry_ms",
+            "loop_lag_interval_ms",
         ):
             if getattr(self, name) < 1:
                 out.append(f"{name} must be at least 1")

@@ -72,6 +72,12 @@ class SchedulerMetrics:
             ["operation"],
             registry=r,
         )
+        self.loop_lag = Histogram(
+            "lingua_event_loop_lag_seconds",
+            "How late a timer callback ran on the scheduler's event loop (every await pays this when busy)",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
         self.results_sent = Counter(
             "lingua_results_sent_total", "Utterance results sent to clients", registry=r
         )

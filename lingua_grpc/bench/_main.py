@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import random
@@ -46,11 +47,15 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+SPEECH_MS, SILENCE_MS = 300, 900
+UTTERANCE_MS = SPEECH_MS + SILENCE_MS
+
+
 def utterance_pcm(i: int) -> bytes:
     """300 ms of tone (speech stand-in) then 900 ms of silence: one utterance per 1.2 s of audio."""
-    t = np.arange(RATE * 300 // 1000) / RATE
+    t = np.arange(RATE * SPEECH_MS // 1000) / RATE
     speech = (8000 * np.sin(2 * np.pi * (300 + 40 * (i % 7)) * t)).astype("<i2").tobytes()
-    return speech + bytes(2 * RATE * 900 // 1000)
+    return speech + bytes(2 * RATE * SILENCE_MS // 1000)
 
 
 def chunked(pcm: bytes, chunk_ms: int = CHUNK_MS) -> list[bytes]:
@@ -129,11 +134,14 @@ async def run_session(
         ]
 
     async def send() -> None:
-        # Real time: each session keeps its own microphone clock from a random phase, as independent
-        # clients do (sessions sending in lockstep would measure a burst pattern no fleet of clients has).
+        # Real time: each session keeps its own microphone clock and joins at a random moment of the
+        # utterance cycle, as independent speakers do. Sessions in lockstep would end their utterances
+        # within one chunk of each other: a burst of S jobs at once that no fleet of clients produces
+        # (`--lockstep` measures that burst on purpose).
         loop = asyncio.get_running_loop()
         period = args.chunk_ms / 1000
-        start = loop.time() + random.uniform(0, period)
+        phase = period if args.lockstep else UTTERANCE_MS / 1000
+        start = loop.time() + random.uniform(0, phase)
         for k, (chunk, final) in enumerate(messages):
             if args.realtime:
                 await asyncio.sleep(max(0.0, start + k * period - loop.time()))
@@ -156,17 +164,36 @@ async def run_session(
     return len(messages)
 
 
-async def round_trips(metrics_url: str) -> float:
-    """Job round trips to Redis so far, from the scheduler's /metrics."""
+async def scheduler_samples(metrics_url: str) -> dict[tuple[str, str], float]:
+    """The scheduler's /metrics samples this bench reads: job round trips and event-loop lag buckets."""
     if not metrics_url:
-        return 0.0
+        return {}
     text = await asyncio.to_thread(lambda: urllib.request.urlopen(metrics_url, timeout=5).read().decode())
-    return sum(
-        s.value
-        for f in text_string_to_metric_families(text)
-        for s in f.samples
-        if s.name == "lingua_redis_round_trips_total"
+    out: dict[tuple[str, str], float] = collections.defaultdict(float)
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "lingua_redis_round_trips_total":
+                out[(s.name, "")] += s.value
+            elif s.name == "lingua_event_loop_lag_seconds_bucket":
+                out[(s.name, s.labels["le"])] = s.value
+    return out
+
+
+def lag_quantile_ms(
+    before: dict[tuple[str, str], float], after: dict[tuple[str, str], float], q: float
+) -> float:
+    """Upper bound of the loop-lag bucket holding quantile q of the samples taken between two readings."""
+    buckets = sorted(
+        (float(le), after[(name, le)] - before.get((name, le), 0.0))
+        for name, le in after
+        if name == "lingua_event_loop_lag_seconds_bucket"
     )
+    if not buckets or buckets[-1][1] <= 0:
+        return float("nan")
+    for bound, count in buckets:
+        if count >= q * buckets[-1][1]:
+            return bound * 1000
+    return float("inf")
 
 
 async def load_phase(
@@ -181,7 +208,7 @@ async def load_phase(
         k: [] for k in ("dispatch_us", "delivery_us", "overhead_us", "total_ms", "skipped")
     }
     calls_before = await redis_calls(redis) if redis else {}
-    trips_before = await round_trips(metrics_url)
+    samples_before = await scheduler_samples(metrics_url)
     cpu_before = scheduler.cpu_s() if scheduler else 0.0
     total = args.sessions * args.utterances
     async with LinguaClient(address) as client:
@@ -192,6 +219,10 @@ async def load_phase(
     jobs = len(sink["total_ms"])
     cpu = (scheduler.cpu_s() - cpu_before) if scheduler else 0.0
     calls_after = await redis_calls(redis) if redis else {}
+    samples = await scheduler_samples(metrics_url)
+    trips = samples.get(("lingua_redis_round_trips_total", ""), 0.0) - samples_before.get(
+        ("lingua_redis_round_trips_total", ""), 0.0
+    )
     commands = sum(calls_after.values()) - sum(calls_before.values())
     report.load = {
         "sessions": args.sessions,
@@ -206,11 +237,14 @@ async def load_phase(
         "dispatch_p99_ms": percentile(sink["dispatch_us"], 99) / 1000,
         "delivery_p50_ms": percentile(sink["delivery_us"], 50) / 1000,
         "delivery_p99_ms": percentile(sink["delivery_us"], 99) / 1000,
+        # How late the scheduler's event loop ran a timer (bucket upper bound): the wait every await pays.
+        "loop_lag_p50_ms": lag_quantile_ms(samples_before, samples, 0.5),
+        "loop_lag_p99_ms": lag_quantile_ms(samples_before, samples, 0.99),
         "end_to_end_p50_ms": percentile(sink["total_ms"], 50),
         "end_to_end_p99_ms": percentile(sink["total_ms"], 99),
         # Round trips as the scheduler counts them per job operation (its metrics); commandstats also
         # counts the commands scripts run inside Redis, and the registry's own polling: all commands.
-        "redis_round_trips_per_job": (await round_trips(metrics_url) - trips_before) / max(jobs, 1),
+        "redis_round_trips_per_job": trips / max(jobs, 1),
         "redis_commands_per_job": commands / max(jobs, 1),
         "scheduler_cpu_s_per_1000_jobs": cpu / max(jobs, 1) * 1000,
     }
@@ -426,6 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sessions", type=int, default=100, help="concurrent sessions (default 100)")
     p.add_argument("--utterances", type=int, default=10, help="utterances per session (default 10)")
     p.add_argument("--realtime", action="store_true", help="send audio at real-time pace")
+    p.add_argument(
+        "--lockstep",
+        action="store_true",
+        help="real time: all sessions in phase, so their utterances end together (a burst test)",
+    )
     p.add_argument("--chunk-ms", type=int, default=CHUNK_MS, help=f"audio per message (default {CHUNK_MS})")
     p.add_argument(
         "--whole-utterances",
