@@ -90,7 +90,8 @@ class Ticket:
     sink: JobSink
     queue_timeout_s: float
     preferred_node: str | None = None
-    attempt: int = 0
+    attempt: int = 0  # the job's attempt number in Redis (a number may be spent without reaching a node)
+    tries: int = 0  # attempts that reached a node: at most DispatchSettings.max_attempts
     node_id: str | None = None
     excluded: set[str] = field(default_factory=set)
     ended_at: float = 0.0  # monotonic time the utterance ended (as the session decided)
@@ -172,7 +173,7 @@ class Dispatcher:
         ticket.submitted_at = ticket.submitted_at or now
         ticket.queued_until = ticket.queued_until or now + ticket.queue_timeout_s
         queue = self._queues.setdefault(ticket.spec.pair, collections.deque())
-        if queue or not await self._place(ticket):
+        if queue or not await self._place(ticket, optimistic=not ticket.recorded):
             if not ticket.recorded:  # waiting for a slot: the job is recorded CREATED meanwhile
                 await self._store.start(ticket.spec, 0)
                 ticket.recorded = True
@@ -209,7 +210,9 @@ class Dispatcher:
             return
         if isinstance(event, JobAccepted):
             self._arm_deadline(ticket, self._settings.job_deadline_ms)  # accepted: the job deadline runs now
-            await self._store.transition(event.job_id, event.attempt, (JobState.ASSIGNED,), JobState.ACCEPTED)
+            # Recorded off the node's read loop: its next message (often the result) need not wait for it.
+            # A result that overtakes it completes the job, and the late ACCEPTED is then refused.
+            self._spawn(self._record_accepted(ticket, event.attempt))
         elif isinstance(event, JobProgress):
             ticket.sink.job_progress(ticket.spec.index, event)
         elif isinstance(event, JobOutput):
@@ -241,17 +244,35 @@ class Dispatcher:
     def slot_freed(self) -> None:
         self._kick.set()
 
-    async def _place(self, ticket: Ticket) -> bool:
+    async def _place(self, ticket: Ticket, optimistic: bool = False) -> bool:
+        """Tries the ranked candidates until one takes the attempt; False when none has a free slot.
+
+        Optimistic (a fresh job, nothing queued for its pair): the first candidate's reservation and the
+        job's start go in one round trip. When that node turns out full, the attempt number is spent on
+        it; the next candidates are tried reservation first, and a job left without a node is recorded
+        CREATED again (it waits in the queue).
+        """
         snapshot = self._cache.current  # the one snapshot read for this placement
         spec = ticket.spec
         request = Request(spec.pair, spec.tts, ticket.preferred_node)
+        unplaced = False  # the record names a node that holds no slot for its attempt
         for node_id in rank_candidates(snapshot, request, ticket.excluded, self._rng):
             attempt = ticket.attempt + 1
-            outcome = await self._store.reserve(node_id, spec.job_id, attempt)
-            if not outcome.held:
-                continue  # full, draining, or gone (maybe registering again): the next candidate
-            _, started = await self._store.start(spec, ticket.attempt, node_id)
-            ticket.recorded = True
+            if optimistic:
+                optimistic = False
+                outcome, started = await self._store.reserve_and_start(node_id, spec, ticket.attempt)
+                ticket.recorded = True
+                if not outcome.held:
+                    if started is None:
+                        return True  # the job ended meanwhile
+                    ticket.attempt, unplaced = started, True
+                    continue
+            else:
+                outcome = await self._store.reserve(node_id, spec.job_id, attempt)
+                if not outcome.held:
+                    continue  # full, draining, or gone (maybe registering again): the next candidate
+                _, started = await self._store.start(spec, ticket.attempt, node_id)
+                ticket.recorded = True
             if started is None:  # the job ended meanwhile (or another instance started this attempt)
                 await self._store.release(node_id, spec.job_id, attempt)
                 return True
@@ -260,22 +281,27 @@ class Dispatcher:
                 log.warning("job record was lost; recorded it again", extra=_ids(ticket, attempt=started))
                 await self._store.release(node_id, spec.job_id, attempt)
                 if not (await self._store.reserve(node_id, spec.job_id, started)).held:
-                    ticket.attempt = started
+                    ticket.attempt, unplaced = started, True
                     continue
             deadline_ms = self._clock.now_ms() + self._settings.job_deadline_ms
             connection_id = self._transport.deliver(node_id, Assignment(spec, started, deadline_ms))
             if connection_id is None:
                 await self._store.release(node_id, spec.job_id, started)
-                ticket.attempt = started
+                ticket.attempt, unplaced = started, True
                 ticket.excluded.add(node_id)
                 continue
             ticket.attempt, ticket.node_id, ticket.connection_id = started, node_id, connection_id
+            ticket.tries += 1
             ticket.placed_at = self._clock.monotonic()
             self._live[spec.job_id] = ticket
             self._arm_deadline(ticket, self._settings.accept_timeout_ms)
             self._metrics.jobs_dispatched.inc()
             log.debug("job dispatched", extra=_ids(ticket))
             return True
+        if unplaced:
+            await self._store.transition(
+                spec.job_id, ticket.attempt, (JobState.ASSIGNED,), JobState.CREATED, node_id=""
+            )
         return False
 
     def _arm_deadline(self, ticket: Ticket, ms: int) -> None:
@@ -322,8 +348,8 @@ class Dispatcher:
         self._end_attempt(ticket, why)
         if failed_node is not None:
             ticket.excluded.add(failed_node)
-        if ticket.attempt >= self._settings.max_attempts:
-            await self._give_up(ticket, f"{ticket.attempt} attempts failed; last: {why}")
+        if ticket.tries >= self._settings.max_attempts:
+            await self._give_up(ticket, f"{ticket.tries} attempts failed; last: {why}")
             return
         self._metrics.redispatches.inc()
         ticket.queued_until = self._clock.monotonic() + ticket.queue_timeout_s
@@ -335,6 +361,12 @@ class Dispatcher:
         await self._record_end(ticket, JobState.FAILED, why)
         self._metrics.skips.labels(SkipReason.FAILED.value).inc()
         ticket.sink.job_skipped(ticket.spec.index, SkipReason.FAILED, why)
+
+    async def _record_accepted(self, ticket: Ticket, attempt: int) -> None:
+        try:
+            await self._store.transition(ticket.spec.job_id, attempt, (JobState.ASSIGNED,), JobState.ACCEPTED)
+        except RedisError as exc:
+            log.warning("job acceptance not recorded", extra=_ids(ticket, error=repr(exc)))
 
     async def _record_end(self, ticket: Ticket, state: JobState, reason: str) -> None:
         """Records the job's final state (fenced by its attempt) with the reason."""

@@ -68,23 +68,63 @@ class JobStore:
         """
         self._round_trip("start")
         created, attempt = await self._scripts.start_job(
-            keys=[self._jobs.job(spec.session_id, spec.index), self._jobs.audio(spec.session_id, spec.index)],
-            args=[
-                spec.job_id,
-                spec.session_id,
-                spec.index,
-                spec.pair.source,
-                spec.pair.target,
-                spec.sample_rate_hz,
-                int(spec.tts),
-                spec.audio,
-                self._job_ttl_ms,
-                self._audio_ttl_ms,
-                current_attempt,
-                node_id,
-            ],
+            keys=self._start_keys(spec), args=self._start_args(spec, current_attempt, node_id)
         )
-        return bool(created), (int(attempt) if int(attempt) >= 0 else None)
+        return _started(created, attempt)
+
+    async def reserve_and_start(
+        self, node_id: str, spec: JobSpec, current_attempt: int
+    ) -> tuple[Reservation, int | None]:
+        """Reserves a slot of the node for attempt current+1 and starts that attempt there, pipelined in one
+        round trip (the happy path of a dispatch).
+
+        The slot and the job live in different hash slots, so these are two scripts, and the second runs
+        even when the first finds the node full: the attempt number is then spent on a node that holds no
+        slot for it, and the caller moves on with the next attempt (see `Dispatcher._place`).
+        Returns the reservation and the attempt started (as `start`).
+        """
+        self._round_trip("reserve_start")
+        reserve, start = self._scripts.reserve_slot, self._scripts.start_job
+        member = slot_member(spec.job_id, current_attempt + 1)
+        slot_keys = self._slot_keys(node_id)
+        job_keys, job_args = self._start_keys(spec), self._start_args(spec, current_attempt, node_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.evalsha(reserve.sha, len(slot_keys), *slot_keys, member)
+            pipe.evalsha(start.sha, len(job_keys), *job_keys, *job_args)
+            reserved, started = await pipe.execute(raise_on_error=False)
+        # After a Redis restart or SCRIPT FLUSH a script may be missing: run just that one again through
+        # `Script`, which loads it (the other already ran; both are idempotent for the same attempt).
+        if isinstance(reserved, NoScriptError):
+            reserved = await reserve(keys=slot_keys, args=[member])
+        if isinstance(started, NoScriptError):
+            started = await start(keys=job_keys, args=job_args)
+        for reply in (reserved, started):
+            if isinstance(reply, Exception):
+                raise reply
+        return Reservation(int(reserved)), _started(*started)[1]
+
+    def _start_keys(self, spec: JobSpec) -> list[str]:
+        return [self._jobs.job(spec.session_id, spec.index), self._jobs.audio(spec.session_id, spec.index)]
+
+    def _start_args(self, spec: JobSpec, current_attempt: int, node_id: str) -> list[str | int | bytes]:
+        return [
+            spec.job_id,
+            spec.session_id,
+            spec.index,
+            spec.pair.source,
+            spec.pair.target,
+            spec.sample_rate_hz,
+            int(spec.tts),
+            spec.audio,
+            self._job_ttl_ms,
+            self._audio_ttl_ms,
+            current_attempt,
+            node_id,
+        ]
+
+    def _slot_keys(self, node_id: str) -> list[str]:
+        k = self._nodes
+        return [k.node(node_id), k.lease(node_id), k.slots(node_id)]
 
     async def complete_and_release(
         self,
@@ -157,9 +197,8 @@ class JobStore:
 
     async def reserve(self, node_id: str, job_id: str, attempt: int) -> Reservation:
         self._round_trip("reserve")
-        k = self._nodes
         result = await self._scripts.reserve_slot(
-            keys=[k.node(node_id), k.lease(node_id), k.slots(node_id)], args=[slot_member(job_id, attempt)]
+            keys=self._slot_keys(node_id), args=[slot_member(job_id, attempt)]
         )
         return Reservation(int(result))
 
@@ -171,6 +210,10 @@ class JobStore:
                 keys=[k.node(node_id), k.slots(node_id)], args=[slot_member(job_id, attempt)]
             )
         )
+
+
+def _started(created: int, attempt: int) -> tuple[bool, int | None]:
+    return bool(created), (int(attempt) if int(attempt) >= 0 else None)
 
 
 def _text(value: bytes | str) -> str:

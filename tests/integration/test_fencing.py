@@ -12,12 +12,12 @@ from redis.asyncio import Redis
 from lingua_grpc._grpc import read_message
 from lingua_grpc.app import Scheduler
 from lingua_grpc.client import LinguaClient
-from lingua_grpc.jobs import JobStore, Reservation
+from lingua_grpc.jobs import JobState, JobStore, Reservation
 from lingua_grpc.pb import node_pb2
 from lingua_grpc.registry import NodeRegistry
 from lingua_grpc.store import JobKeys, RegistryKeys, ScriptBook
 from tests.audio import silence, tone
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, wait_until
 from tests.integration.test_lua_scripts import LEASE_MS, registration
 from tests.integration.test_scheduler_grpc import Call, connect, fast_settings
 
@@ -129,5 +129,48 @@ async def test_losing_an_old_connection_of_a_node_leaves_jobs_on_its_new_one_alo
         await session.end()
         got = [m.result for m in [m async for m in session] if m.HasField("result")]
         assert [(r.source_text, r.attempt) for r in got] == [("kept", 1)]
+        beat.cancel()
+        node.cancel()
+
+
+async def test_a_job_that_finds_its_node_full_waits_recorded_created_then_runs_on_the_next_attempt(
+    scheduler: Scheduler, redis: Redis, keys: RegistryKeys, key_prefix: str
+) -> None:
+    """The first try reserves and starts in one round trip; when the node turns out full (a slot taken
+    behind the snapshot's back), that attempt number is spent, the job waits recorded CREATED with no node,
+    and runs under the next attempt once the slot frees."""
+    assert scheduler.endpoints is not None
+    store = JobStore(
+        redis, JobKeys(key_prefix), keys, ScriptBook(redis), job_ttl_ms=60_000, audio_ttl_ms=60_000
+    )
+    async with (
+        grpc.aio.insecure_channel(scheduler.endpoints.grpc) as channel,
+        LinguaClient(scheduler.endpoints.grpc) as client,
+    ):
+        node, _ = await connect(channel, "gpu-1", max_concurrency=1)
+        beat = asyncio.create_task(heartbeat_forever(node))
+        assert await store.reserve("gpu-1", "elsewhere:0", 1) is Reservation.RESERVED
+        session = await client.start_session("en", "es")
+        await session.send_audio(tone(300) + silence(100), is_final=True)
+        job_id = f"{session.session_id}:0"
+
+        async def waiting_without_a_node() -> bool:
+            record = await store.get(job_id)
+            return record is not None and (record.state, record.attempt, record.node_id) == (
+                JobState.CREATED,
+                1,
+                "",
+            )
+
+        await wait_until(waiting_without_a_node, what="job recorded CREATED after its node was full")
+        assert await store.release("gpu-1", "elsewhere:0", 1)
+        job = await next_assignment(node)
+        assert (job.job_id, job.attempt) == (job_id, 2)
+        await node.write(result_for(job, "after the wait"))
+        await session.end()
+        got = [m.result for m in [m async for m in session] if m.HasField("result")]
+        assert [(r.source_text, r.attempt) for r in got] == [("after the wait", 2)]
+        record = await store.get(job_id)
+        assert record is not None and (record.state, record.attempt) == (JobState.COMPLETED, 2)
         beat.cancel()
         node.cancel()

@@ -195,6 +195,34 @@ async def test_complete_and_release_after_script_flush_applies_each_once(
     assert await store.complete_and_release(spec.job_id, 1, "gpu-1", LIVE_STATES) == (False, False), "once"
 
 
+async def test_reserve_and_start_in_one_round_trip_after_script_flush_and_on_a_full_node(
+    redis: Redis, keys: RegistryKeys, key_prefix: str
+) -> None:
+    from lingua_grpc.jobs import JobSpec, JobState, JobStore, Reservation
+    from lingua_grpc.store import JobKeys
+
+    scripts = ScriptBook(redis)
+    await NodeRegistry(redis, keys, scripts).register(
+        registration("gpu-1", max_concurrency=1), "i", "c", LEASE_MS
+    )
+    store = JobStore(redis, JobKeys(key_prefix), keys, scripts, job_ttl_ms=60_000, audio_ttl_ms=60_000)
+    first = JobSpec("sess", 0, LanguagePair("en", "es"), 16000, False, b"\0\0")
+    await redis.script_flush()
+    assert await store.reserve_and_start("gpu-1", first, 0) == (Reservation.RESERVED, 1)
+    record = await store.get(first.job_id)
+    assert record is not None and (record.state, record.attempt, record.node_id) == (
+        JobState.ASSIGNED,
+        1,
+        "gpu-1",
+    )
+    # The node is full: the slot is refused, the attempt is started all the same (the caller spends it).
+    second = JobSpec("sess", 1, LanguagePair("en", "es"), 16000, False, b"\0\0")
+    assert await store.reserve_and_start("gpu-1", second, 0) == (Reservation.FULL, 1)
+    assert int(await redis.hget(keys.node("gpu-1"), "reserved") or -1) == 1
+    # Retried for the same attempt (a lost reply): the slot is already held, the attempt moved on.
+    assert await store.reserve_and_start("gpu-1", first, 0) == (Reservation.ALREADY_HELD, None)
+
+
 async def test_a_burst_beyond_the_pool_waits_for_connections_instead_of_failing(redis_server: object) -> None:
     from lingua_grpc.store import redis_client
 
