@@ -311,6 +311,40 @@ async def echo_baseline(args: argparse.Namespace, report: Report) -> None:
     report.baselines["echo_messages_per_s"] = sum(echoed) / elapsed
 
 
+async def echo_idle_baseline(args: argparse.Namespace, report: Report) -> None:
+    """RSS of the bare echo server per open idle stream (one message each way, as a started session)."""
+    if not args.idle_sessions:
+        return
+    proc, line = spawn([sys.executable, "-m", "lingua_grpc.bench._echo"], "echo listening on")
+    try:
+        async with grpc.aio.insecure_channel(line.split()[-1]) as channel:
+            method = channel.stream_stream("/bench.Echo/Stream", _raw, _raw)
+            payload = session_pb2.StreamRequest(
+                start=session_pb2.SessionStart(client_name="lingua-bench")
+            ).SerializeToString()
+
+            async def open_stream() -> Any:
+                call = method()  # type: ignore[call-arg]
+                await call.write(payload)
+                await read_message(call)
+                return call
+
+            await open_stream()  # the server's first stream allocates what every later one shares
+            await asyncio.sleep(0.5)
+            before = proc.rss_bytes()
+            calls = []
+            for start in range(0, args.idle_sessions, 200):
+                batch = range(start, min(start + 200, args.idle_sessions))
+                calls += await asyncio.gather(*(open_stream() for _ in batch))
+            await asyncio.sleep(1.0)  # as for the scheduler's idle sessions
+            after = proc.rss_bytes()
+            for call in calls:
+                call.cancel()
+    finally:
+        proc.stop()
+    report.baselines["echo_idle_stream_kib"] = (after - before) / len(calls) / 1024
+
+
 async def reservation_baseline(args: argparse.Namespace, redis: Redis | None, report: Report) -> None:
     if redis is None:
         return
@@ -389,6 +423,7 @@ async def run(args: argparse.Namespace) -> Report:
             await idle_phase(args, address, scheduler, report)
             if not args.skip_baselines:
                 await echo_baseline(args, report)
+                await echo_idle_baseline(args, report)
                 await reservation_baseline(args, redis, report)
         finally:
             if redis is not None:
@@ -399,6 +434,10 @@ async def run(args: argparse.Namespace) -> Report:
     if "echo_messages_per_s" in report.baselines:
         report.ratios["ingest_vs_echo"] = (
             report.load["chunks_per_s"] / report.baselines["echo_messages_per_s"]
+        )
+    if "echo_idle_stream_kib" in report.baselines and report.idle:
+        report.ratios["idle_session_rss_vs_echo_stream"] = (
+            report.idle["rss_per_session_kib"] / report.baselines["echo_idle_stream_kib"]
         )
     if "reservations_per_s" in report.baselines:
         report.ratios["jobs_vs_reservation_loop"] = (

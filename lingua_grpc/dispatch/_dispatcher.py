@@ -126,6 +126,7 @@ class Dispatcher:
         self._queues: dict[LanguagePair, collections.deque[Ticket]] = {}
         self._live: dict[str, Ticket] = {}  # job id -> ticket whose attempt runs on a node
         self._kick = asyncio.Event()
+        self._freed: collections.Counter[str] = collections.Counter()  # slots freed per node, not yet retried
         self._idle = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[object]] = set()
@@ -241,22 +242,33 @@ class Dispatcher:
             log.warning("node lost with a job running; re-dispatching", extra=_ids(ticket))
             self._spawn(self._retry(ticket, f"node {node_id} lost"))
 
-    def slot_freed(self) -> None:
+    def slot_freed(self, node_id: str | None = None) -> None:
+        """A slot may be free (of this node, when known): queued jobs try it first."""
+        if node_id is not None:
+            self._freed[node_id] += 1
         self._kick.set()
 
-    async def _place(self, ticket: Ticket, optimistic: bool = False) -> bool:
-        """Tries the ranked candidates until one takes the attempt; False when none has a free slot.
+    async def _place(self, ticket: Ticket, optimistic: bool = False, first: str | None = None) -> bool:
+        """Tries the ranked candidates (`first` ahead, when it is one) until one takes the attempt; False
+        when none has a free slot.
 
-        Optimistic (a fresh job, nothing queued for its pair): the first candidate's reservation and the
-        job's start go in one round trip. When that node turns out full, the attempt number is spent on
-        it; the next candidates are tried reservation first, and a job left without a node is recorded
-        CREATED again (it waits in the queue).
+        Optimistic (a fresh job with nothing queued for its pair, or a queued one given a node whose slot
+        just freed): the first candidate's reservation and the job's start go in one round trip. When that
+        node turns out full, the attempt number is spent on it; the next candidates are tried reservation
+        first, and a job left without a node is recorded CREATED again (it waits in the queue).
         """
         snapshot = self._cache.current  # the one snapshot read for this placement
         spec = ticket.spec
         request = Request(spec.pair, spec.tts, ticket.preferred_node)
+        candidates = rank_candidates(snapshot, request, ticket.excluded, self._rng)
+        if first is not None:
+            if first in candidates:
+                candidates.remove(first)
+                candidates.insert(0, first)
+            else:
+                optimistic = False  # that node cannot take this job: no reason to expect a free slot
         unplaced = False  # the record names a node that holds no slot for its attempt
-        for node_id in rank_candidates(snapshot, request, ticket.excluded, self._rng):
+        for node_id in candidates:
             attempt = ticket.attempt + 1
             if optimistic:
                 optimistic = False
@@ -318,21 +330,32 @@ class Dispatcher:
 
     async def _complete(self, ticket: Ticket, node_id: str, output: JobOutput, received_at: float) -> None:
         self._forget(ticket)
-        applied, released = await self._store.complete_and_release(
-            output.job_id,
-            output.attempt,
-            node_id,
-            LIVE_STATES,
-            source_text=output.source_text,
-            translated_text=output.translated_text,
-            asr_ms=output.asr_ms,
-            translation_ms=output.translation_ms,
-            tts_ms=output.tts_ms,
-        )
+        try:
+            applied, released = await self._store.complete_and_release(
+                output.job_id,
+                output.attempt,
+                node_id,
+                LIVE_STATES,
+                source_text=output.source_text,
+                translated_text=output.translated_text,
+                asr_ms=output.asr_ms,
+                translation_ms=output.translation_ms,
+                tts_ms=output.tts_ms,
+            )
+        except RedisError as exc:
+            # The result could not be recorded: the job must not be lost with it. It runs again once
+            # Redis answers (the queue retries), and the slot is released then or with the node's lease.
+            self._spawn(self._release(node_id, output.job_id, output.attempt))
+            self._requeue(ticket, f"result not recorded: {exc!r}")
+            return
         if released:
-            self._kick.set()
+            self.slot_freed(node_id)
         if not applied:
+            # Redis refused the result of the attempt this instance runs: the job's record was lost
+            # (Redis restarted without its data) or moved on. Run it again rather than lose it; the new
+            # attempt records the job anew.
             self._metrics.results_fenced.inc()
+            self._requeue(ticket, "result refused by Redis (job record lost or moved on)")
             return
         ticket.done = True
         queued = ticket.placed_at - ticket.submitted_at
@@ -340,6 +363,20 @@ class Dispatcher:
         ticket.preferred_node = node_id
         overhead = Overhead(int(queued * 1000), int(dispatch * 1_000_000), received_at)
         ticket.sink.job_done(ticket.spec.index, output, node_id, overhead)
+
+    def _requeue(self, ticket: Ticket, why: str) -> None:
+        """Puts a job whose attempt ended without an outcome at the head of its pair's queue, without
+        touching Redis (which may be what failed): the queue places it once Redis answers."""
+        log.warning("job runs again", extra=_ids(ticket, reason=why))
+        if ticket.tries >= self._settings.max_attempts:
+            ticket.done = True
+            self._spawn(self._give_up(ticket, f"{ticket.tries} attempts ended without a result; last: {why}"))
+            return
+        self._metrics.redispatches.inc()
+        ticket.queued_until = self._clock.monotonic() + ticket.queue_timeout_s
+        self._queues.setdefault(ticket.spec.pair, collections.deque()).appendleft(ticket)
+        self._metrics.jobs_queued.set(self.queued)
+        self._kick.set()
 
     async def _retry(self, ticket: Ticket, why: str) -> None:
         if self._live.get(ticket.spec.job_id) is not ticket:
@@ -358,7 +395,10 @@ class Dispatcher:
     async def _give_up(self, ticket: Ticket, why: str) -> None:
         self._end_attempt(ticket, why)
         ticket.done = True
-        await self._record_end(ticket, JobState.FAILED, why)
+        try:
+            await self._record_end(ticket, JobState.FAILED, why)
+        except RedisError as exc:  # the client hears of it all the same; the record expires with its TTL
+            log.warning("job failure not recorded", extra=_ids(ticket, error=repr(exc)))
         self._metrics.skips.labels(SkipReason.FAILED.value).inc()
         ticket.sink.job_skipped(ticket.spec.index, SkipReason.FAILED, why)
 
@@ -398,7 +438,7 @@ class Dispatcher:
     async def _release(self, node_id: str, job_id: str, attempt: int) -> None:
         try:
             if await self._store.release(node_id, job_id, attempt):
-                self._kick.set()
+                self.slot_freed(node_id)
         except RedisError as exc:
             log.warning(
                 "slot not released",
@@ -429,20 +469,35 @@ class Dispatcher:
                 log.warning("queued jobs not placed", extra={"error": repr(exc)})
 
     async def _drain_queues(self) -> None:
+        """Places queued heads, first on the nodes whose slots were freed since the last turn (one round
+        trip each); without such a node (a periodic retry) every candidate is tried, reservation first."""
         now = self._clock.monotonic()
-        for pair, queue in self._queues.items():
+        for queue in self._queues.values():
             while queue:
                 ticket = queue[0]
                 if ticket.done:
                     queue.popleft()
                 elif now >= ticket.queued_until:
                     queue.popleft()
-                    await self._queue_timeout(ticket, pair)
-                elif await self._place(ticket):
+                    await self._queue_timeout(ticket, ticket.spec.pair)
+                elif await self._place(ticket, *self._freed_slot(ticket)):
                     queue.popleft()
                 else:
                     break
         self._metrics.jobs_queued.set(self.queued)
+        self._freed.clear()  # every queue got its turn; what is left freed no waiting job could use
+
+    def _freed_slot(self, ticket: Ticket) -> tuple[bool, str | None]:
+        """A node with a freed slot that can take this job (consumed), as `_place`'s optimistic first."""
+        freed = self._freed
+        serving = {n.node_id for n in self._cache.current.nodes_for(ticket.spec.pair)}
+        for node_id in freed:
+            if node_id in serving and node_id not in ticket.excluded:
+                freed[node_id] -= 1
+                if freed[node_id] <= 0:
+                    del freed[node_id]
+                return True, node_id
+        return False, None
 
     async def _queue_timeout(self, ticket: Ticket, pair: LanguagePair) -> None:
         reason = SkipReason.NO_CAPACITY if self._cache.current.serves(pair) else SkipReason.NO_NODE

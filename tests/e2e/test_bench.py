@@ -55,5 +55,14 @@ def test_bench_runs_and_reports_every_measure(tmp_path: Path) -> None:
     ):
         assert key in load
     assert report["idle"]["open_sessions"] == 10
-    assert set(report["baselines"]) == {"echo_messages_per_s", "reservations_per_s", "reservation_p50_ms"}
-    assert set(report["ratios"]) == {"ingest_vs_echo", "jobs_vs_reservation_loop"}
+    assert set(report["baselines"]) == {
+        "echo_messages_per_s",
+        "echo_idle_stream_kib",
+        "reservations_per_s",
+        "reservation_p50_ms",
+    }
+    assert set(report["ratios"]) == {
+        "ingest_vs_echo",
+        "idle_session_rss_vs_echo_stream",
+        "jobs_vs_reservation_loop",
+    }

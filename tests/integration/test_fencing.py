@@ -174,3 +174,30 @@ async def test_a_job_that_finds_its_node_full_waits_recorded_created_then_runs_o
         assert record is not None and (record.state, record.attempt) == (JobState.COMPLETED, 2)
         beat.cancel()
         node.cancel()
+
+
+async def test_a_result_whose_job_record_was_lost_runs_the_job_again_instead_of_losing_it(
+    scheduler: Scheduler, redis: Redis, key_prefix: str
+) -> None:
+    """Redis lost the job's record (restart without data) while the node ran it: the result cannot be
+    recorded, so the job runs again (recorded anew) and the client still gets exactly one answer."""
+    assert scheduler.endpoints is not None
+    async with (
+        grpc.aio.insecure_channel(scheduler.endpoints.grpc) as channel,
+        LinguaClient(scheduler.endpoints.grpc) as client,
+    ):
+        node, _ = await connect(channel, "gpu-1", max_concurrency=2)
+        beat = asyncio.create_task(heartbeat_forever(node))
+        session = await client.start_session("en", "es")
+        await session.send_audio(tone(300) + silence(100), is_final=True)
+        first = await next_assignment(node)
+        assert await redis.delete(JobKeys(key_prefix).job(session.session_id, 0)) == 1
+        await node.write(result_for(first, "unrecorded"))
+        again = await next_assignment(node)
+        assert again.job_id == first.job_id
+        await node.write(result_for(again, "recorded"))
+        await session.end()
+        got = [m.result for m in [m async for m in session] if m.HasField("result")]
+        assert [r.source_text for r in got] == ["recorded"]
+        beat.cancel()
+        node.cancel()
