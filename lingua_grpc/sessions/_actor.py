@@ -11,7 +11,6 @@ timer changes nothing.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ from lingua_grpc.errors import LinguaError
 from lingua_grpc.jobs import JobOutput, JobProgress, JobSpec, JobStore, SkipReason, Stage
 from lingua_grpc.metrics import SchedulerMetrics
 from lingua_grpc.registry import LanguagePair
+from lingua_grpc.sessions._mailbox import Mailbox
 from lingua_grpc.sessions._options import SessionOptions
 from lingua_grpc.sessions._ordering import Answer, ResultSequencer
 from lingua_grpc.sessions._segmentation import EndReason, Segmenter, SegmenterConfig, Utterance
@@ -158,11 +158,10 @@ class SessionActor:
             )
         )
         self._sequencer: ResultSequencer[_Done] = ResultSequencer(options.gap_timeout_ms / 1000)
-        self._inbox: collections.deque[_Event] = collections.deque()  # client events, in order
-        self._control: collections.deque[_Event] = collections.deque()  # job outcomes and timers: first
-        self._wake = asyncio.Event()
+        self._inbox: Mailbox[_Event] = Mailbox()  # client events, in order
+        self._control: Mailbox[_Event] = Mailbox()  # job outcomes and timers: taken first
         self._audio_slots = asyncio.Semaphore(inbox_chunks)
-        self.outbox: asyncio.Queue[Output] = asyncio.Queue()
+        self.outbox: Mailbox[Output] = Mailbox()
         self._meta: dict[int, _Meta] = {}
         self._segment_timer: asyncio.TimerHandle | None = None
         self._gap_timer: asyncio.TimerHandle | None = None
@@ -201,30 +200,29 @@ class SessionActor:
         self._post(_Skipped(index, reason, message), control=True)
 
     def _post(self, event: _Event, control: bool = False) -> None:
-        (self._control if control else self._inbox).append(event)
-        self._wake.set()
+        (self._control if control else self._inbox).put(event)
+        self._inbox.wake()  # the actor waits on the inbox for both
 
     async def _next_event(self) -> _Event:
         while not (self._control or self._inbox):
-            self._wake.clear()
-            await self._wake.wait()
-        return self._control.popleft() if self._control else self._inbox.popleft()
+            await self._inbox.wait()
+        return self._control.take() if self._control else self._inbox.take()
 
     async def run(self) -> None:
         try:
             while not (self._ending and self._sequencer.all_answered):
                 event = await self._next_event()
                 if isinstance(event, _Fail):
-                    self.outbox.put_nowait(Closed(event.error))
+                    self.outbox.put(Closed(event.error))
                     return
                 await self._handle(event)
                 self._arm_timers()
-            self.outbox.put_nowait(Closed())
+            self.outbox.put(Closed())
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("session failed", extra={"session_id": self.session_id})
-            self.outbox.put_nowait(Closed(LinguaError("internal error in the session; see scheduler logs")))
+            self.outbox.put(Closed(LinguaError("internal error in the session; see scheduler logs")))
         finally:
             for timer in (self._segment_timer, self._gap_timer):
                 if timer is not None:
@@ -249,7 +247,7 @@ class SessionActor:
             self._send(self._sequencer.on_tick(now))
         elif isinstance(event, _Progress):
             if self._sequencer.unanswered(event.index):
-                self.outbox.put_nowait(ProgressOut(event.index, event.event.stage, event.event.text))
+                self.outbox.put(ProgressOut(event.index, event.event.stage, event.event.text))
         elif isinstance(event, _Done):
             self._preferred_node = event.node_id
             self._send(self._sequencer.complete(event.index, event, now))
@@ -289,7 +287,7 @@ class SessionActor:
             if answer.result is not None:
                 done = answer.result
                 self._metrics.results_sent.inc()
-                self.outbox.put_nowait(
+                self.outbox.put(
                     ResultOut(
                         answer.index,
                         done.output,
@@ -303,7 +301,7 @@ class SessionActor:
                 reason = answer.skip_reason or SkipReason.FAILED
                 if reason is SkipReason.GAP_TIMEOUT:
                     self._metrics.skips.labels(reason.value).inc()
-                self.outbox.put_nowait(SkippedOut(answer.index, reason, answer.message))
+                self.outbox.put(SkippedOut(answer.index, reason, answer.message))
 
     def _arm_timers(self) -> None:
         loop = asyncio.get_running_loop()
