@@ -72,7 +72,7 @@ class Segmenter:
         self.config = config
         self._frame = config.sample_rate_hz * FRAME_MS // 1000
         # A frame is speech when its RMS reaches the threshold (dBFS = 20 log10(rms / 32768)); compared as a
-        # sum of squares over the frame, in integers, to keep the per-chunk path cheap.
+        # sum of squares over the frame, to keep the per-chunk path cheap (no square root, no log).
         rms_threshold = 32768 * 10 ** (config.silence_threshold_dbfs / 20)
         self._energy_threshold = int(rms_threshold * rms_threshold * self._frame)
         self._pause_samples = config.sample_rate_hz * config.pause_ms // 1000
@@ -152,20 +152,21 @@ class Segmenter:
         if pcm:
             buf.chunks.append(pcm)
             buf.samples += len(pcm) // 2
-        data = buf.pending + pcm
+        data = buf.pending + pcm if buf.pending else pcm  # most chunks are whole frames: no copy
         whole = len(data) // (2 * self._frame) * (2 * self._frame)
         buf.pending = data[whole:]
         if not whole:
             return False
-        frames = np.frombuffer(data[:whole], dtype="<i2").astype(np.int64).reshape(-1, self._frame)
-        loud = np.einsum("ij,ij->i", frames, frames) >= self._energy_threshold
-        if not loud.any():
-            buf.trailing_silence_samples += whole // 2
-            return False
-        last_loud = int(np.flatnonzero(loud)[-1])
-        buf.trailing_silence_samples = (len(loud) - 1 - last_loud) * self._frame
-        buf.has_speech = True
-        return True
+        # Energy per frame as float64 (exact: at most 2^30 per sample times a few thousand samples).
+        samples = np.frombuffer(data, dtype="<i2", count=whole // 2).astype(np.float64)
+        loud = ((samples * samples).reshape(-1, self._frame).sum(axis=1) >= self._energy_threshold).tolist()
+        for last_loud in range(len(loud) - 1, -1, -1):
+            if loud[last_loud]:
+                buf.trailing_silence_samples = (len(loud) - 1 - last_loud) * self._frame
+                buf.has_speech = True
+                return True
+        buf.trailing_silence_samples += whole // 2
+        return False
 
     def _emit(self, reason: EndReason, now: float, out: list[Utterance]) -> None:
         buf, self._buf = self._buf, _Buffer()
