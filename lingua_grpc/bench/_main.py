@@ -422,9 +422,13 @@ async def run(args: argparse.Namespace) -> Report:
             await load_phase(args, address, scheduler, redis, report, metrics_url)
             await idle_phase(args, address, scheduler, report)
             if not args.skip_baselines:
-                await echo_baseline(args, report)
+                # Each baseline where its ratio means something: the echo beside chunk ingest as fast as
+                # possible, its idle streams beside idle sessions, the reservation loop beside job throughput.
+                if not (args.realtime or args.whole_utterances):
+                    await echo_baseline(args, report)
                 await echo_idle_baseline(args, report)
-                await reservation_baseline(args, redis, report)
+                if args.whole_utterances:
+                    await reservation_baseline(args, redis, report)
         finally:
             if redis is not None:
                 await redis.aclose()
