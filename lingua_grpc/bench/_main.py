@@ -79,6 +79,16 @@ class Proc:
         fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / TICKS
 
+    def runqueue_wait_s(self) -> float:
+        """Time the process's threads spent ready to run but waiting for a CPU (Linux schedstat)."""
+        total = 0
+        for path in Path(f"/proc/{self.popen.pid}/task").glob("*/schedstat"):
+            try:
+                total += int(path.read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # a thread that ended meanwhile
+        return total / 1e9
+
     def rss_bytes(self) -> int:
         return int(Path(f"/proc/{self.popen.pid}/statm").read_text().split()[1]) * PAGE
 
@@ -210,6 +220,7 @@ async def load_phase(
     calls_before = await redis_calls(redis) if redis else {}
     samples_before = await scheduler_samples(metrics_url)
     cpu_before = scheduler.cpu_s() if scheduler else 0.0
+    waited_before = scheduler.runqueue_wait_s() if scheduler else 0.0
     total = args.sessions * args.utterances
     async with LinguaClient(address) as client:
         with tqdm(total=total, desc="utterances", unit="utt", disable=args.quiet) as bar:
@@ -218,6 +229,7 @@ async def load_phase(
             elapsed = time.perf_counter() - started
     jobs = len(sink["total_ms"])
     cpu = (scheduler.cpu_s() - cpu_before) if scheduler else 0.0
+    waited = (scheduler.runqueue_wait_s() - waited_before) if scheduler else 0.0
     calls_after = await redis_calls(redis) if redis else {}
     samples = await scheduler_samples(metrics_url)
     trips = samples.get(("lingua_redis_round_trips_total", ""), 0.0) - samples_before.get(
@@ -247,6 +259,9 @@ async def load_phase(
         "redis_round_trips_per_job": trips / max(jobs, 1),
         "redis_commands_per_job": commands / max(jobs, 1),
         "scheduler_cpu_s_per_1000_jobs": cpu / max(jobs, 1) * 1000,
+        # Waiting for a CPU (ready, not running) per second of load: > 0 means the machine, not the
+        # scheduler, is the bottleneck of the moment; every such millisecond lands in the latencies above.
+        "scheduler_cpu_wait_ms_per_s": waited / elapsed * 1000,
     }
 
 

@@ -60,6 +60,7 @@ def test_ingest_run_reports_every_measure_beside_the_echo_baselines(tmp_path: Pa
         "chunks_per_s",
         "redis_commands_per_job",
         "scheduler_cpu_s_per_1000_jobs",
+        "scheduler_cpu_wait_ms_per_s",
     ):
         assert key in load
     assert report["idle"]["open_sessions"] == 10
