@@ -118,13 +118,23 @@ class Drill:
         client = self.redis_client()
         try:
 
-            async def no_slots_held() -> bool:
-                nodes = [k for k in client.scan_iter("*{registry}:node:*")]
-                held = [int(client.hget(k, "reserved") or 0) for k in nodes]
-                slot_sets = [k for k in client.scan_iter("*{registry}:slots:*") if client.scard(k)]
-                return sum(held) == 0 and not slot_sets
+            def held() -> dict[str, object]:
+                counters = {k: client.hget(k, "reserved") for k in client.scan_iter("*{registry}:node:*")}
+                members = {k: client.smembers(k) for k in client.scan_iter("*{registry}:slots:*")}
+                return {
+                    **{k: v for k, v in counters.items() if int(v or 0)},
+                    **{k: v for k, v in members.items() if v},
+                }
 
-            await wait_until(no_slots_held, what="every node slot released")
+            async def no_slots_held() -> bool:
+                return not held()
+
+            try:
+                await wait_until(no_slots_held, what="every node slot released")
+            except BaseException:
+                jobs = {k: client.hgetall(k) for k in client.scan_iter("*:job:*")}
+                print(f"slots still held: {held()}; jobs: {jobs}")  # shown with the failure
+                raise
             states = {client.hget(k, "job_id"): client.hget(k, "state") for k in client.scan_iter("*:job:*")}
             assert set(states.values()) <= FINAL_STATES, f"jobs not final: {states}"
             return states  # type: ignore[return-value]

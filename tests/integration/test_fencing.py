@@ -201,3 +201,46 @@ async def test_a_result_whose_job_record_was_lost_runs_the_job_again_instead_of_
         assert [r.source_text for r in got] == ["recorded"]
         beat.cancel()
         node.cancel()
+
+
+async def test_a_session_closing_while_its_job_is_being_placed_leaves_no_slot_held(
+    redis_server: RedisServer, redis: Redis, keys: RegistryKeys, key_prefix: str
+) -> None:
+    """The client leaves while the scheduler waits on Redis to reserve a slot for its job (Redis is held
+    with CLIENT PAUSE): the reservation still happens, and the placement that made it ends the job,
+    cancels it on the node and frees the slot (it was held for good before)."""
+    scheduler = Scheduler(fast_settings(redis_server.url, key_prefix, heartbeat_interval_ms=2000))
+    await scheduler.start()
+    assert scheduler.endpoints is not None
+    store = JobStore(
+        redis, JobKeys(key_prefix), keys, ScriptBook(redis), job_ttl_ms=60_000, audio_ttl_ms=60_000
+    )
+    try:
+        async with (
+            grpc.aio.insecure_channel(scheduler.endpoints.grpc) as channel,
+            LinguaClient(scheduler.endpoints.grpc) as client,
+        ):
+            node, _ = await connect(channel, "gpu-1", max_concurrency=1)
+            session = await client.start_session("en", "es")
+            trips = scheduler.metrics.registry.get_sample_value
+            before = trips("lingua_redis_round_trips_total", {"operation": "reserve_start"}) or 0.0
+            await redis.client_pause(400, all=False)  # write commands (scripts too) wait 400 ms
+            await session.send_audio(tone(300) + silence(100), is_final=True)
+
+            async def placing() -> bool:
+                now = trips("lingua_redis_round_trips_total", {"operation": "reserve_start"}) or 0.0
+                return now > before
+
+            await wait_until(placing, what="the job's reservation sent while Redis is paused")
+            session.cancel()  # the client leaves mid-placement
+
+            async def settled() -> bool:
+                record = await store.get(f"{session.session_id}:0")
+                reserved = int(await redis.hget(keys.node("gpu-1"), "reserved") or 0)
+                return record is not None and record.state is JobState.SKIPPED and reserved == 0
+
+            await wait_until(settled, what="job SKIPPED and its slot free")
+            assert await redis.scard(keys.slots("gpu-1")) == 0
+            node.cancel()
+    finally:
+        await scheduler.stop(grace_s=0.5)
