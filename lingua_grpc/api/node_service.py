@@ -14,6 +14,7 @@ from lingua_grpc.api._errors import domain_errors
 from lingua_grpc.errors import FailedPrecondition, status_for
 from lingua_grpc.nodes import CloseReason, LinkClosed, NodeHub, NodeLink
 from lingua_grpc.pb import node_pb2, node_pb2_grpc
+from lingua_grpc.tasks import StopBetweenSteps
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,8 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         async with domain_errors(context):
             attached = await self._hub.attach(convert.registration_from_proto(first.register))
         link = attached.link
-        reader = asyncio.create_task(self._read(context, link), name=f"node-reader-{link.node_id}")
+        steps = StopBetweenSteps()
+        reader = asyncio.create_task(self._read(context, link, steps), name=f"node-reader-{link.node_id}")
         try:
             await context.write(
                 node_pb2.ConnectResponse(
@@ -56,34 +58,40 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             if closed.reason is CloseReason.SHUTDOWN:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "the scheduler is shutting down: reconnect")
         finally:
-            reader.cancel()
+            steps.stop()  # between messages: a result being recorded is recorded and handed on first
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
             self._hub.detach(link)
 
-    async def _read(self, context: Context, link: NodeLink) -> None:
+    async def _read(self, context: Context, link: NodeLink, steps: StopBetweenSteps) -> None:
+        steps.bind()
         try:
             while True:
                 message: node_pb2.ConnectRequest | None = await read_message(context)
                 if message is None:
                     link.close(CloseReason.LEFT)
                     return
-                kind = message.WhichOneof("kind")
-                if kind == "heartbeat":
-                    await self._hub.heartbeat(link, convert.load_from_proto(message.heartbeat.load))
-                elif kind == "draining":
-                    await self._hub.node_draining(link, message.draining.reason)
-                elif kind == "register":
-                    link.close(
-                        CloseReason.PROTOCOL, FailedPrecondition("`register` was already sent on this stream")
-                    )
-                    return
-                elif (event := convert.job_event_from_proto(message)) is not None:
-                    await self._hub.job_event(link, event)
-                else:
-                    log.warning("unknown node message", extra={"node_id": link.node_id, "kind": kind})
+                with steps:
+                    if not await self._handle(link, message):
+                        return
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the stream broke under the reader: the node is gone
             log.info("node stream broken", extra={"node_id": link.node_id, "error": repr(exc)})
             link.close(CloseReason.STREAM_BROKEN)
+
+    async def _handle(self, link: NodeLink, message: node_pb2.ConnectRequest) -> bool:
+        """Applies one node message; False when the stream must not be read further."""
+        kind = message.WhichOneof("kind")
+        if kind == "heartbeat":
+            await self._hub.heartbeat(link, convert.load_from_proto(message.heartbeat.load))
+        elif kind == "draining":
+            await self._hub.node_draining(link, message.draining.reason)
+        elif kind == "register":
+            link.close(CloseReason.PROTOCOL, FailedPrecondition("`register` was already sent on this stream"))
+            return False
+        elif (event := convert.job_event_from_proto(message)) is not None:
+            await self._hub.job_event(link, event)
+        else:
+            log.warning("unknown node message", extra={"node_id": link.node_id, "kind": kind})
+        return True

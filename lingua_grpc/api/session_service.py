@@ -43,7 +43,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         finally:
             # Close first, synchronously: the handler may be cancelled again while it waits below.
             reader.cancel()
-            runner.cancel()
+            actor.stop()  # between events: a job it is placing is placed, then ended (the session closed)
             self._manager.close(actor)
             for task in (reader, runner):
                 with contextlib.suppress(asyncio.CancelledError):

@@ -16,7 +16,7 @@ import logging
 import random
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Protocol
 
 from redis.exceptions import RedisError
 
@@ -41,7 +41,6 @@ from lingua_grpc.registry import LanguagePair, SnapshotCache
 from lingua_grpc.tasks import cancel_and_wait, raise_if_cancelling
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class JobTransport(Protocol):
@@ -168,13 +167,9 @@ class Dispatcher:
     async def submit(self, ticket: Ticket) -> Ticket:
         """Places the job now if a slot is free, else queues it behind the pair's waiting jobs.
 
-        The placement runs to its end even when the caller is cancelled meanwhile (a session closing while
-        its job is being placed): its Redis writes may already have happened, and a slot reserved for an
-        attempt nobody follows would stay held. A job whose session closed meanwhile is then ended here.
+        Callers must not cancel it midway (its Redis writes belong together: see StopBetweenSteps). A job
+        whose session closed while it was being placed is ended here, its slot freed.
         """
-        return await self._guarded(self._submit(ticket))
-
-    async def _submit(self, ticket: Ticket) -> Ticket:
         if ticket.sink.closed:  # the session ended while this job was being created
             ticket.done = True
             await self._record_end(ticket, JobState.SKIPPED, "session ended")
@@ -214,19 +209,6 @@ class Dispatcher:
         ticket.done = True
         self._spawn(self._record_end(ticket, JobState.SKIPPED, "session ended"))
 
-    async def _guarded(self, coro: Coroutine[object, object, T]) -> T:
-        """Runs `coro` in a task of the dispatcher's own, so cancelling the caller does not cut it short
-        between a Redis write and what must follow it; the caller still gets its result or error."""
-        task: asyncio.Task[T] = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._guarded_done)
-        return await asyncio.shield(task)
-
-    def _guarded_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved: the caller got it, or the caller is gone with its session
-
     def assignment_written(self, job_id: str, attempt: int) -> None:
         ticket = self._live.get(job_id)
         if ticket is not None and ticket.attempt == attempt:
@@ -246,19 +228,18 @@ class Dispatcher:
         elif isinstance(event, JobProgress):
             ticket.sink.job_progress(ticket.spec.index, event)
         elif isinstance(event, JobOutput):
-            # Guarded: the node's stream may break right after its result; the result must still land.
-            await self._guarded(self._complete(ticket, node_id, event, received_at))
+            await self._complete(ticket, node_id, event, received_at)
         elif isinstance(event, JobRejected):
             log.info("job rejected", extra=_ids(ticket, reason=event.reason, message=event.message))
-            await self._guarded(self._retry(ticket, f"rejected by {node_id}: {event.reason}"))
+            await self._retry(ticket, f"rejected by {node_id}: {event.reason}")
         elif isinstance(event, JobFailed):
             log.warning(
                 "job failed on node", extra=_ids(ticket, message=event.message, retryable=event.retryable)
             )
             if event.retryable:
-                await self._guarded(self._retry(ticket, f"failed on {node_id}: {event.message}"))
+                await self._retry(ticket, f"failed on {node_id}: {event.message}")
             else:
-                await self._guarded(self._give_up(ticket, f"failed on {node_id}: {event.message}"))
+                await self._give_up(ticket, f"failed on {node_id}: {event.message}")
 
     def node_lost(self, node_id: str, connection_id: str | None = None) -> None:
         """A node connection ended (or, with no connection id, the node's lease lapsed): the attempts it
@@ -420,7 +401,7 @@ class Dispatcher:
             return
         self._metrics.redispatches.inc()
         ticket.queued_until = self._clock.monotonic() + ticket.queue_timeout_s
-        await self._submit(ticket)
+        await self.submit(ticket)
 
     async def _give_up(self, ticket: Ticket, why: str) -> None:
         self._end_attempt(ticket, why)

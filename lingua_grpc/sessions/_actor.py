@@ -26,6 +26,7 @@ from lingua_grpc.sessions._mailbox import Mailbox
 from lingua_grpc.sessions._options import SessionOptions
 from lingua_grpc.sessions._ordering import Answer, ResultSequencer
 from lingua_grpc.sessions._segmentation import EndReason, Segmenter, SegmenterConfig, Utterance
+from lingua_grpc.tasks import StopBetweenSteps
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,7 @@ class SessionActor:
         self._ending = False
         self._preferred_node: str | None = None
         self.closed = False  # set when the stream ended; the dispatcher drops what it submits after that
+        self._steps = StopBetweenSteps()
 
     # Called by the gRPC read loop.
     async def audio(self, pcm: bytes, is_final: bool) -> None:
@@ -208,15 +210,22 @@ class SessionActor:
             await self._inbox.wait()
         return self._control.take() if self._control else self._inbox.take()
 
+    def stop(self) -> None:
+        """Ends `run`: at once while it waits for events, else after the event in hand (a job being placed
+        is then ended by the dispatcher, which sees the session closed)."""
+        self._steps.stop()
+
     async def run(self) -> None:
+        self._steps.bind()
         try:
             while not (self._ending and self._sequencer.all_answered):
                 event = await self._next_event()
                 if isinstance(event, _Fail):
                     self.outbox.put(Closed(event.error))
                     return
-                await self._handle(event)
-                self._arm_timers()
+                with self._steps:
+                    await self._handle(event)
+                    self._arm_timers()
             self.outbox.put(Closed())
         except asyncio.CancelledError:
             raise
