@@ -126,7 +126,8 @@ class Dispatcher:
         self._queues: dict[LanguagePair, collections.deque[Ticket]] = {}
         self._live: dict[str, Ticket] = {}  # job id -> ticket whose attempt runs on a node
         self._kick = asyncio.Event()
-        self._freed: collections.Counter[str] = collections.Counter()  # slots freed per node, not yet retried
+        self._freed: collections.Counter[str] = collections.Counter()
+        self._placing = 0  # submissions between their first Redis write and their outcome  # slots freed per node, not yet retried
         self._idle = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[object]] = set()
@@ -156,7 +157,7 @@ class Dispatcher:
         """Waits until no job runs or waits for a slot (for a graceful stop); False on timeout."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while self._live or self.queued:
+        while self._live or self.queued or self._placing:
             if loop.time() >= deadline:
                 return False
             self._idle.clear()
@@ -178,13 +179,19 @@ class Dispatcher:
         ticket.submitted_at = ticket.submitted_at or now
         ticket.queued_until = ticket.queued_until or now + ticket.queue_timeout_s
         queue = self._queues.setdefault(ticket.spec.pair, collections.deque())
-        if queue or not await self._place(ticket, optimistic=not ticket.recorded):
-            if not ticket.recorded:  # waiting for a slot: the job is recorded CREATED meanwhile
-                await self._store.start(ticket.spec, 0)
-                ticket.recorded = True
-            queue.append(ticket)
-            self._metrics.jobs_queued.set(self.queued)
-            self._kick.set()
+        self._placing += 1
+        try:
+            if queue or not await self._place(ticket, optimistic=not ticket.recorded):
+                if not ticket.recorded:  # waiting for a slot: the job is recorded CREATED meanwhile
+                    await self._store.start(ticket.spec, 0)
+                    ticket.recorded = True
+                queue.append(ticket)
+                self._metrics.jobs_queued.set(self.queued)
+                self._kick.set()
+        finally:
+            self._placing -= 1
+            if not (self._live or self._placing):
+                self._idle.set()
         if ticket.sink.closed and not ticket.done:  # the session closed while this job was being placed
             self._abandon(ticket)
         return ticket
