@@ -131,7 +131,13 @@ class Scheduler:
             store,
             self.cache,
             self.hub,
-            DispatchSettings(s.job_max_attempts, s.accept_timeout_ms, s.job_deadline_ms, s.queue_retry_ms),
+            DispatchSettings(
+                s.job_max_attempts,
+                s.accept_timeout_ms,
+                s.job_deadline_ms,
+                s.queue_retry_ms,
+                s.slot_release_retry_ms,
+            ),
             self.metrics,
             self.clock,
         )

@@ -102,6 +102,10 @@ class Settings:
     job_ttl_ms: int = _setting(3600000, "how long a job's record stays in Redis")
     job_audio_ttl_ms: int = _setting(600000, "how long a job's audio stays in Redis for re-dispatch")
     queue_retry_ms: int = _setting(100, "how often queued jobs retry when no slot was announced free")
+    slot_release_retry_ms: int = _setting(
+        60000,
+        "how long freeing a node slot is retried while Redis is unreachable (a held slot is lost capacity)",
+    )
     shutdown_grace_ms: int = _setting(5000, "time in-flight work gets to finish on SIGTERM")
     log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR")
     log_format: str = _setting("json", "json (one object per line) or text")
@@ -164,6 +168,7 @@ class Settings:
             "job_deadline_ms",
             "job_max_attempts",
             "queue_retry_ms",
+            "slot_release_retry_ms",
             "loop_lag_interval_ms",
         ):
             if getattr(self, name) < 1:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from redis.exceptions import RedisError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from lingua_grpc.clock import Clock
 from lingua_grpc.dispatch._selection import Request, rank_candidates
@@ -80,6 +81,7 @@ class DispatchSettings:
     accept_timeout_ms: int
     job_deadline_ms: int
     queue_retry_ms: int
+    slot_release_retry_ms: int
 
 
 @dataclass(eq=False)
@@ -126,8 +128,8 @@ class Dispatcher:
         self._queues: dict[LanguagePair, collections.deque[Ticket]] = {}
         self._live: dict[str, Ticket] = {}  # job id -> ticket whose attempt runs on a node
         self._kick = asyncio.Event()
-        self._freed: collections.Counter[str] = collections.Counter()
-        self._placing = 0  # submissions between their first Redis write and their outcome  # slots freed per node, not yet retried
+        self._freed: collections.Counter[str] = collections.Counter()  # slots freed per node, not yet retried
+        self._placing = 0  # submissions between their first Redis write and their outcome
         self._idle = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[object]] = set()
@@ -454,14 +456,27 @@ class Dispatcher:
         self._spawn(self._release(node_id, ticket.spec.job_id, ticket.attempt))
 
     async def _release(self, node_id: str, job_id: str, attempt: int) -> None:
+        """Frees the attempt's slot. While Redis is unreachable this keeps trying, with backoff, for
+        `slot_release_retry_ms`: a slot left held is capacity lost until the node registers again."""
         try:
-            if await self._store.release(node_id, job_id, attempt):
-                self.slot_freed(node_id)
+            async for attempt_ in AsyncRetrying(
+                retry=retry_if_exception_type(RedisError),
+                wait=wait_exponential_jitter(multiplier=0.05, max=2.0),
+                stop=stop_after_delay(self._settings.slot_release_retry_ms / 1000),
+                before_sleep=lambda _: self._metrics.redis_errors.labels("release").inc(),
+                reraise=True,
+            ):
+                with attempt_:
+                    released = await self._store.release(node_id, job_id, attempt)
         except RedisError as exc:
+            self._metrics.redis_errors.labels("release").inc()
             log.warning(
                 "slot not released",
                 extra={"job_id": job_id, "attempt": attempt, "node_id": node_id, "error": repr(exc)},
             )
+            return
+        if released:
+            self.slot_freed(node_id)
 
     async def _stale(self, node_id: str, event: JobEvent) -> None:
         """A message about an attempt that is not current here: refused (fenced), its slot freed."""
@@ -472,7 +487,7 @@ class Dispatcher:
                 extra={"job_id": event.job_id, "attempt": event.attempt, "node_id": node_id},
             )
         if isinstance(event, JobOutput | JobFailed | JobRejected):
-            await self._release(node_id, event.job_id, event.attempt)
+            self._spawn(self._release(node_id, event.job_id, event.attempt))
 
     async def _run_queues(self) -> None:
         while True:

@@ -244,3 +244,53 @@ async def test_a_session_closing_while_its_job_is_being_placed_leaves_no_slot_he
             node.cancel()
     finally:
         await scheduler.stop(grace_s=0.5)
+
+
+async def test_a_result_that_cannot_be_recorded_runs_again_and_its_slot_is_freed_once_redis_answers(
+    redis_server: RedisServer, redis: Redis, keys: RegistryKeys, key_prefix: str
+) -> None:
+    """Redis refuses the scheduler's scripts while a node's result comes in (an ACL change stands in for an
+    outage): the job is not lost, it runs again once Redis answers, and the slot of the unrecorded attempt
+    is freed by the release that kept retrying."""
+    scheduler = Scheduler(fast_settings(redis_server.url, key_prefix, heartbeat_interval_ms=2000))
+    await scheduler.start()
+    assert scheduler.endpoints is not None
+    try:
+        async with (
+            grpc.aio.insecure_channel(scheduler.endpoints.grpc) as channel,
+            LinguaClient(scheduler.endpoints.grpc) as client,
+        ):
+            node, _ = await connect(channel, "gpu-1", max_concurrency=2)
+            beat = asyncio.create_task(heartbeat_forever(node))  # the node stays: its slots are not reset
+            session = await client.start_session("en", "es")
+            await session.send_audio(tone(300) + silence(100), is_final=True)
+            first = await next_assignment(node)
+            await redis.acl_setuser("default", enabled=True, nopass=True, commands=["-evalsha"])
+            try:
+                await node.write(result_for(first, "unrecorded"))
+                sample = scheduler.metrics.registry.get_sample_value
+
+                async def release_refused() -> bool:
+                    sent_back = sample("lingua_job_redispatches_total") or 0
+                    refused = sample("lingua_redis_errors_total", {"operation": "release"}) or 0
+                    return sent_back >= 1 and refused >= 1
+
+                await wait_until(release_refused, what="the job sent back, its slot's release refused")
+            finally:
+                await redis.acl_setuser("default", enabled=True, nopass=True, commands=["+@all"])
+            again = await next_assignment(node)
+            assert again.job_id == first.job_id
+            await node.write(result_for(again, "recorded"))
+            await session.end()
+            got = [m.result for m in [m async for m in session] if m.HasField("result")]
+            assert [r.source_text for r in got] == ["recorded"]
+
+            async def slots_free() -> bool:
+                return await redis.scard(keys.slots("gpu-1")) == 0
+
+            await wait_until(slots_free, what="both attempts' slots freed")
+            assert int(await redis.hget(keys.node("gpu-1"), "reserved") or -1) == 0, "node still registered"
+            beat.cancel()
+            node.cancel()
+    finally:
+        await scheduler.stop(grace_s=0.5)
