@@ -8,7 +8,9 @@
 -- ARGV[11] the job's current attempt as the caller knows it (ignored when the job is new)
 -- ARGV[12] node id, or '' to only record the job (it waits for a slot)
 -- Returns {1 when created else 0, new attempt}; the attempt is 0 when no node was given, -1 when the
--- attempt moved on (another assignment won), -2 when the job is already final.
+-- attempt moved on (another assignment won), -2 when the job is already final. Running the same start
+-- again (same attempt seen, same node) returns the same attempt, so a retried call is not mistaken for a
+-- lost race.
 local t = redis.call('TIME')
 local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
 local created = 0
@@ -29,6 +31,10 @@ end
 local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt')
 if cur[1] == 'COMPLETED' or cur[1] == 'FAILED' or cur[1] == 'SKIPPED' then
   return {created, -2}
+end
+if tonumber(cur[2]) == expected + 1 and cur[1] == 'ASSIGNED'
+    and redis.call('HGET', KEYS[1], 'node_id') == ARGV[12] then
+  return {created, expected + 1}  -- this very start, run again (a retry after a lost reply): idempotent
 end
 if tonumber(cur[2]) ~= expected then
   return {created, -1}

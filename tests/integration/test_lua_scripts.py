@@ -219,8 +219,11 @@ async def test_reserve_and_start_in_one_round_trip_after_script_flush_and_on_a_f
     second = JobSpec("sess", 1, LanguagePair("en", "es"), 16000, False, b"\0\0")
     assert await store.reserve_and_start("gpu-1", second, 0) == (Reservation.FULL, 1)
     assert int(await redis.hget(keys.node("gpu-1"), "reserved") or -1) == 1
-    # Retried for the same attempt (a lost reply): the slot is already held, the attempt moved on.
-    assert await store.reserve_and_start("gpu-1", first, 0) == (Reservation.ALREADY_HELD, None)
+    # The same call again (a retry after a lost reply): the slot is already held, the same attempt started.
+    assert await store.reserve_and_start("gpu-1", first, 0) == (Reservation.ALREADY_HELD, 1)
+    # Another node, or another attempt seen, is a start that lost the race: refused.
+    assert await store.start(first, 0, "gpu-2") == (False, None)
+    assert await store.start(first, 1, "gpu-1") == (False, 2), "the next attempt starts normally"
 
 
 async def test_a_burst_beyond_the_pool_waits_for_connections_instead_of_failing(redis_server: object) -> None:
