@@ -227,7 +227,7 @@ class Dispatcher:
         received_at = self._clock.monotonic()
         ticket = self._live.get(event.job_id)
         if ticket is None or ticket.attempt != event.attempt or ticket.node_id != node_id:
-            await self._stale(node_id, event)
+            self._stale(node_id, event)
             return
         if isinstance(event, JobAccepted):
             self._arm_deadline(ticket, self._settings.job_deadline_ms)  # accepted: the job deadline runs now
@@ -478,7 +478,7 @@ class Dispatcher:
         if released:
             self.slot_freed(node_id)
 
-    async def _stale(self, node_id: str, event: JobEvent) -> None:
+    def _stale(self, node_id: str, event: JobEvent) -> None:
         """A message about an attempt that is not current here: refused (fenced), its slot freed."""
         if isinstance(event, JobOutput):
             self._metrics.results_fenced.inc()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 from lingua_grpc.jobs._model import JobSpec, JobState, parse_job_id
@@ -84,23 +86,18 @@ class JobStore:
         Returns the reservation and the attempt started (as `start`).
         """
         self._round_trip("reserve_start")
-        reserve, start = self._scripts.reserve_slot, self._scripts.start_job
-        member = slot_member(spec.job_id, current_attempt + 1)
-        slot_keys = self._slot_keys(node_id)
-        job_keys, job_args = self._start_keys(spec), self._start_args(spec, current_attempt, node_id)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.evalsha(reserve.sha, len(slot_keys), *slot_keys, member)
-            pipe.evalsha(start.sha, len(job_keys), *job_keys, *job_args)
-            reserved, started = await pipe.execute(raise_on_error=False)
-        # After a Redis restart or SCRIPT FLUSH a script may be missing: run just that one again through
-        # `Script`, which loads it (the other already ran; both are idempotent for the same attempt).
-        if isinstance(reserved, NoScriptError):
-            reserved = await reserve(keys=slot_keys, args=[member])
-        if isinstance(started, NoScriptError):
-            started = await start(keys=job_keys, args=job_args)
-        for reply in (reserved, started):
-            if isinstance(reply, Exception):
-                raise reply
+        reserved, started = await self._pipelined(
+            (
+                self._scripts.reserve_slot,
+                self._slot_keys(node_id),
+                [slot_member(spec.job_id, current_attempt + 1)],
+            ),
+            (
+                self._scripts.start_job,
+                self._start_keys(spec),
+                self._start_args(spec, current_attempt, node_id),
+            ),
+        )
         return Reservation(int(reserved)), _started(*started)[1]
 
     def _start_keys(self, spec: JobSpec) -> list[str]:
@@ -140,25 +137,37 @@ class JobStore:
         scripts, not one; on a single Redis they still share the round trip.
         """
         self._round_trip("complete")
-        transition, release = self._scripts.transition_job, self._scripts.release_slot
-        job_args = self._transition_args(attempt, allowed, JobState.COMPLETED, fields)
-        slot_keys = [self._nodes.node(node_id), self._nodes.slots(node_id)]
-        job_keys = [self._job_key(job_id)]
-        member = slot_member(job_id, attempt)
+        applied, released = await self._pipelined(
+            (
+                self._scripts.transition_job,
+                [self._job_key(job_id)],
+                self._transition_args(attempt, allowed, JobState.COMPLETED, fields),
+            ),
+            (
+                self._scripts.release_slot,
+                [self._nodes.node(node_id), self._nodes.slots(node_id)],
+                [slot_member(job_id, attempt)],
+            ),
+        )
+        return bool(applied), bool(released)
+
+    async def _pipelined(self, *calls: tuple[AsyncScript, list[str], list[Any]]) -> list[Any]:
+        """Runs scripts of different hash slots in one round trip (a pipeline, not a transaction).
+
+        After a Redis restart or SCRIPT FLUSH a script may be missing: only that one is run again, through
+        `Script`, which loads it. The others already ran, and running them twice would be fenced or a no-op.
+        """
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.evalsha(transition.sha, 1, *job_keys, *job_args)
-            pipe.evalsha(release.sha, 2, *slot_keys, member)
-            applied, released = await pipe.execute(raise_on_error=False)
-        # After a Redis restart or SCRIPT FLUSH a script may be missing: run just that one again through
-        # `Script`, which loads it. The other already ran; running it twice would be fenced or a no-op.
-        if isinstance(applied, NoScriptError):
-            applied = await transition(keys=job_keys, args=job_args)
-        if isinstance(released, NoScriptError):
-            released = await release(keys=slot_keys, args=[member])
-        for reply in (applied, released):
+            for script, keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        for i, (script, keys, args) in enumerate(calls):
+            if isinstance(replies[i], NoScriptError):
+                replies[i] = await script(keys=keys, args=args)
+        for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-        return bool(applied), bool(released)
+        return replies
 
     def _round_trip(self, operation: str) -> None:
         if self._metrics is not None:
