@@ -19,11 +19,8 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) redis ## Create .venv, install the package with dev tools, install redis-server if missing
 
-redis: ## Install redis-server from Debian's packages when it is not on PATH
-	@command -v redis-server >/dev/null || { \
-	  echo "redis-server not found: installing Debian's package"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+redis: ## Install redis-server from Debian's packages when it is not on PATH (as root, or through sudo)
+	@scripts/apt-ensure.sh redis-server=redis-server
 	@redis-server --version
 
 proto: $(STAMP) ## Regenerate Python code from proto/ (commit the result)

@@ -1,22 +1,24 @@
-"""The Lua scripts of lua/, each registered once and called by SHA through redis-py's `Script`.
+"""The Lua scripts of the package's lua/ folder, each registered once and called by SHA through `Script`.
 
 `Script` sends EVALSHA and falls back to loading the script on NOSCRIPT (after a Redis restart or SCRIPT
-FLUSH), so callers never deal with script caching.
+FLUSH), so callers never deal with script caching. The scripts are package data, read through
+`importlib.resources`, so an installed wheel finds them wherever it runs from.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-LUA_DIR = Path(__file__).resolve().parents[2] / "lua"
+LUA_DIR: Traversable = files(__package__) / "lua"
 
 
 class ScriptBook:
-    """One `AsyncScript` per file of lua/, as attributes named after the file."""
+    """One `AsyncScript` per `.lua` file of the package's lua/ folder, as attributes named after the file."""
 
     register_node: AsyncScript
     heartbeat_node: AsyncScript
@@ -28,10 +30,11 @@ class ScriptBook:
     reserve_slot: AsyncScript
     release_slot: AsyncScript
 
-    def __init__(self, redis: Redis, lua_dir: Path = LUA_DIR) -> None:
+    def __init__(self, redis: Redis, lua_dir: Traversable = LUA_DIR) -> None:
         self._scripts: dict[str, AsyncScript] = {}
-        for path in sorted(lua_dir.glob("*.lua")):
-            self._scripts[path.stem] = redis.register_script(path.read_text())
+        for entry in sorted(lua_dir.iterdir(), key=lambda e: e.name):
+            if entry.name.endswith(".lua"):
+                self._scripts[entry.name.removesuffix(".lua")] = redis.register_script(entry.read_text())
         missing = [name for name in self.__annotations__ if name not in self._scripts]
         if missing:
             raise FileNotFoundError(f"Lua scripts missing from {lua_dir}: {', '.join(missing)}")

@@ -165,7 +165,9 @@ async def test_scripts_take_ttls_from_arguments_never_literals() -> None:
 
     from lingua_grpc.store._scripts import LUA_DIR
 
-    for script in LUA_DIR.glob("*.lua"):
+    scripts = [entry for entry in LUA_DIR.iterdir() if entry.name.endswith(".lua")]
+    assert scripts
+    for script in scripts:
         code = "\n".join(
             line for line in script.read_text().splitlines() if not line.lstrip().startswith("--")
         )
