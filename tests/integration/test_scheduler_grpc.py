@@ -177,20 +177,33 @@ async def test_silent_node_is_dropped_when_its_lease_expires(channel: grpc.aio.C
 
 async def test_heartbeating_node_stays_past_its_lease(channel: grpc.aio.Channel) -> None:
     call, _ = await connect(channel)
-    for _ in range(8):  # 8 x 100 ms: well past the 300 ms lease
-        await call.write(
-            node_pb2.ConnectRequest(heartbeat=node_pb2.Heartbeat(load=common_pb2.NodeLoad(running_jobs=1)))
-        )
-        await asyncio.sleep(0.1)  # the heartbeat interval the scheduler asked for
-    # Loads are not registry changes (no new version): read them with GetSnapshot.
     stub = registry_pb2_grpc.RegistryServiceStub(channel)
+
+    async def heartbeat(beats: int | None) -> None:
+        n = 0
+        while beats is None or n < beats:
+            n += 1
+            await call.write(
+                node_pb2.ConnectRequest(
+                    heartbeat=node_pb2.Heartbeat(load=common_pb2.NodeLoad(running_jobs=1))
+                )
+            )
+            await asyncio.sleep(0.1)  # the heartbeat interval the scheduler asked for
+
+    await heartbeat(8)  # 8 x 100 ms: well past the 300 ms lease
+    # Loads are not registry changes (no new version): read them with GetSnapshot. The node goes on
+    # heartbeating meanwhile, as a live node does (the snapshot's full re-read may be a lease away).
+    beating = asyncio.create_task(heartbeat(None))
 
     async def load_shown() -> bool:
         snap = (await stub.GetSnapshot(registry_pb2.GetSnapshotRequest())).snapshot
         return bool(snap.nodes) and snap.nodes[0].load.running_jobs == 1
 
-    await wait_until(load_shown, what="the heartbeat's load in the snapshot")
-    assert node_ids((await stub.GetSnapshot(registry_pb2.GetSnapshotRequest())).snapshot) == {"gpu-1"}
+    try:
+        await wait_until(load_shown, what="the heartbeat's load in the snapshot")
+        assert node_ids((await stub.GetSnapshot(registry_pb2.GetSnapshotRequest())).snapshot) == {"gpu-1"}
+    finally:
+        beating.cancel()
     call.cancel()
 
 
