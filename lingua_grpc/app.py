@@ -112,7 +112,7 @@ class Scheduler:
                 heartbeat_interval_ms=s.heartbeat_interval_ms,
                 lease_ms=s.node_lease_ms,
                 lease_check_interval_ms=s.lease_check_interval_ms,
-                max_node_concurrency=s.max_node_concurrency,
+                registration_limits=s.registration_limits,
             ),
             self.metrics,
             self.clock,

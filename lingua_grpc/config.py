@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from lingua_grpc.errors import LinguaError
+from lingua_grpc.registry._model import RegistrationLimits
 from lingua_grpc.sessions._options import SessionOptions
 
 ENV_PREFIX = "LINGUA_"
@@ -67,6 +68,13 @@ class Settings:
         100, "how often the event loop's lag is sampled (lingua_event_loop_lag_seconds)"
     )
     max_node_concurrency: int = _setting(1024, "largest max_concurrency a node may register with")
+    node_max_pairs: int = _setting(1024, "most translation pairs one node may register")
+    node_max_languages: int = _setting(256, "most ASR (and, apart, TTS) languages one node may register")
+    node_max_labels: int = _setting(32, "most labels one node may register")
+    node_max_gpus: int = _setting(64, "most GPUs one node may register")
+    node_max_field_bytes: int = _setting(
+        256, "longest label key or value, agent version, GPU name or uuid in a registration (bytes)"
+    )
     pools_file: str = _setting("", "TOML file of configured pools that replace derived ones for their pairs")
     redis_backoff_max_ms: int = _setting(5000, "longest wait between Redis connection attempts")
     redis_socket_timeout_ms: int = _setting(
@@ -113,6 +121,17 @@ class Settings:
     @property
     def node_lease_ms(self) -> int:
         return self.heartbeat_interval_ms * self.node_lease_heartbeats
+
+    @property
+    def registration_limits(self) -> RegistrationLimits:
+        return RegistrationLimits(
+            max_concurrency=self.max_node_concurrency,
+            max_pairs=self.node_max_pairs,
+            max_languages=self.node_max_languages,
+            max_labels=self.node_max_labels,
+            max_gpus=self.node_max_gpus,
+            max_field_bytes=self.node_max_field_bytes,
+        )
 
     @property
     def session_defaults(self) -> SessionOptions:
@@ -170,6 +189,12 @@ class Settings:
             "queue_retry_ms",
             "slot_release_retry_ms",
             "loop_lag_interval_ms",
+            "max_node_concurrency",
+            "node_max_pairs",
+            "node_max_languages",
+            "node_max_labels",
+            "node_max_gpus",
+            "node_max_field_bytes",
         ):
             if getattr(self, name) < 1:
                 out.append(f"{name} must be at least 1")

@@ -25,6 +25,7 @@ from lingua_grpc.registry import (
     Pool,
     Registration,
     RegistrySnapshot,
+    canonical_language,
 )
 from lingua_grpc.sessions import (
     BOUNDS,
@@ -56,7 +57,7 @@ _STATE = {NodeState.UP: common_pb2.NODE_STATE_UP, NodeState.DRAINING: common_pb2
 
 
 def pair_from_proto(p: common_pb2.LanguagePair) -> LanguagePair:
-    return LanguagePair(p.source_language.strip(), p.target_language.strip())
+    return LanguagePair.of(p.source_language, p.target_language)
 
 
 def pair_to_proto(p: LanguagePair) -> common_pb2.LanguagePair:
@@ -65,9 +66,9 @@ def pair_to_proto(p: LanguagePair) -> common_pb2.LanguagePair:
 
 def capabilities_from_proto(c: common_pb2.NodeCapabilities) -> NodeCapabilities:
     return NodeCapabilities(
-        asr_languages=tuple(c.asr_languages),
+        asr_languages=tuple(canonical_language(t) for t in c.asr_languages),
         translation_pairs=tuple(pair_from_proto(p) for p in c.translation_pairs),
-        tts_languages=tuple(c.tts_languages),
+        tts_languages=tuple(canonical_language(t) for t in c.tts_languages),
         gpus=tuple(Gpu(g.index, g.name, g.uuid, g.memory_total_bytes) for g in c.gpus),
         max_concurrency=c.max_concurrency,
         agent_version=c.agent_version,

@@ -63,6 +63,8 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
                 actor.fail(FailedPrecondition("`start` was already sent on this stream"))
                 return
             if ended:
+                if kind == "end_of_stream":  # said twice: changes nothing, loses nothing
+                    continue
                 actor.fail(FailedPrecondition(f"`{kind}` after `end_of_stream`"))
                 return
             if kind == "audio":

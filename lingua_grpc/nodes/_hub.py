@@ -31,6 +31,7 @@ from lingua_grpc.registry import (
     NodeRegistry,
     NodeState,
     Registration,
+    RegistrationLimits,
     RegistrySnapshot,
     SnapshotCache,
 )
@@ -45,7 +46,7 @@ class HubSettings:
     heartbeat_interval_ms: int
     lease_ms: int
     lease_check_interval_ms: int
-    max_node_concurrency: int
+    registration_limits: RegistrationLimits
 
 
 class JobListener(Protocol):
@@ -155,7 +156,7 @@ class NodeHub:
                 await asyncio.sleep(0.01)  # a handler still has to run its finally
 
     async def attach(self, registration: Registration) -> Attached:
-        registration.validate(self._settings.max_node_concurrency)
+        registration.validate(self._settings.registration_limits)
         link = NodeLink(
             registration.node_id, uuid.uuid4().hex, registration.capabilities, self._clock.monotonic()
         )

@@ -9,6 +9,8 @@ from lingua_grpc.registry._model import (
     NodeRecord,
     NodeState,
     Registration,
+    RegistrationLimits,
+    canonical_language,
 )
 from lingua_grpc.registry._pools import Pool, PoolSpec, derive_pools, load_pools_file
 from lingua_grpc.registry._snapshot import EMPTY_SNAPSHOT, RegistrySnapshot, build_snapshot
@@ -29,10 +31,12 @@ __all__ = [
     "PoolSpec",
     "Registered",
     "Registration",
+    "RegistrationLimits",
     "RegistrySnapshot",
     "SnapshotCache",
     "SnapshotListener",
     "build_snapshot",
+    "canonical_language",
     "derive_pools",
     "load_pools_file",
 ]

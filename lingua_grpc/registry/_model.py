@@ -18,6 +18,27 @@ def valid_language(tag: str) -> bool:
     return bool(_LANGUAGE_TAG.match(tag))
 
 
+def canonical_language(tag: str) -> str:
+    """BCP-47 tags are case-insensitive: the canonical case is `en`, `zh-Hant`, `pt-BR`, `es-419`.
+
+    Applied wherever a tag enters (client start, node capabilities, pools file), so "EN-es" and "en-ES"
+    name the same pair. A tag that is not well-formed is returned as it is, for `validate` to refuse.
+    """
+    tag = tag.strip()
+    if not _LANGUAGE_TAG.match(tag):
+        return tag
+    first, *rest = tag.split("-")
+    parts = [first.lower()]
+    for sub in rest:
+        if len(sub) == 4 and sub.isalpha():
+            parts.append(sub.title())  # script
+        elif (len(sub) == 2 and sub.isalpha()) or (len(sub) == 3 and sub.isdigit()):
+            parts.append(sub.upper())  # region
+        else:
+            parts.append(sub.lower())
+    return "-".join(parts)
+
+
 @dataclass(frozen=True, slots=True, order=True)
 class LanguagePair:
     source: str
@@ -27,6 +48,11 @@ class LanguagePair:
         # "en-es"; tags that carry a region or script use '>' so the name stays unambiguous ("pt-BR>en").
         sep = ">" if "-" in self.source or "-" in self.target else "-"
         return f"{self.source}{sep}{self.target}"
+
+    @classmethod
+    def of(cls, source: str, target: str) -> LanguagePair:
+        """The pair with both tags in canonical case (not validated)."""
+        return cls(canonical_language(source), canonical_language(target))
 
     @classmethod
     def parse(cls, text: str) -> LanguagePair:
@@ -42,16 +68,31 @@ class LanguagePair:
                     " ('pt-BR>en')"
                 )
             source, target = parts
-        pair = cls(source.strip(), target.strip())
+        pair = cls.of(source, target)
         pair.validate()
         return pair
 
     def validate(self) -> None:
         for role, tag in (("source", self.source), ("target", self.target)):
             if not valid_language(tag):
-                raise InvalidArgument(f"{role} language {tag!r} is not a BCP-47 tag such as 'en' or 'pt-BR'")
+                raise InvalidArgument(
+                    f"{role} language {tag[:40]!r} is not a BCP-47 tag such as 'en' or 'pt-BR'"
+                )
         if self.source == self.target:
             raise InvalidArgument(f"source and target language are both {self.source!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationLimits:
+    """Bounds on what one registration may claim (settings `node_max_*`), so no node can make the
+    registry, its snapshots or Redis arbitrarily large."""
+
+    max_concurrency: int = 1024
+    max_pairs: int = 1024
+    max_languages: int = 256
+    max_labels: int = 32
+    max_gpus: int = 64
+    max_field_bytes: int = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,14 +153,34 @@ class NodeCapabilities:
             labels=tuple(sorted(d["labels"].items())),
         )
 
-    def validate(self, max_concurrency_limit: int) -> None:
-        if not 1 <= self.max_concurrency <= max_concurrency_limit:
+    def validate(self, limits: RegistrationLimits) -> None:
+        if not 1 <= self.max_concurrency <= limits.max_concurrency:
             raise InvalidArgument(
-                f"capabilities.max_concurrency must be 1 to {max_concurrency_limit}, got {self.max_concurrency}"
+                f"capabilities.max_concurrency must be 1 to {limits.max_concurrency}, got {self.max_concurrency}"
             )
+        # Counts first, before any per-entry work: a huge registration costs its sender, not the registry.
+        for name, count, limit in (
+            ("translation_pairs", len(self.translation_pairs), limits.max_pairs),
+            ("asr_languages", len(self.asr_languages), limits.max_languages),
+            ("tts_languages", len(self.tts_languages), limits.max_languages),
+            ("labels", len(self.labels), limits.max_labels),
+            ("gpus", len(self.gpus), limits.max_gpus),
+        ):
+            if count > limit:
+                raise InvalidArgument(
+                    f"capabilities.{name} has {count} entries; at most {limit} are accepted"
+                )
+        texts = [("agent_version", self.agent_version)]
+        texts += [(f"labels key {k[:40]!r}", k) for k, _ in self.labels]
+        texts += [(f"labels[{k[:40]!r}]", v) for k, v in self.labels]
+        texts += [(f"gpus[{g.index}] name", g.name) for g in self.gpus]
+        texts += [(f"gpus[{g.index}] uuid", g.uuid) for g in self.gpus]
+        for what, text in texts:
+            if len(text.encode()) > limits.max_field_bytes:
+                raise InvalidArgument(f"capabilities.{what} is longer than {limits.max_field_bytes} bytes")
         for tag in (*self.asr_languages, *self.tts_languages):
             if not valid_language(tag):
-                raise InvalidArgument(f"language {tag!r} is not a BCP-47 tag such as 'en' or 'pt-BR'")
+                raise InvalidArgument(f"language {tag[:40]!r} is not a BCP-47 tag such as 'en' or 'pt-BR'")
         for pair in self.translation_pairs:
             pair.validate()
         if not self.pairs_served():
@@ -160,12 +221,12 @@ class Registration:
     node_id: str
     capabilities: NodeCapabilities
 
-    def validate(self, max_concurrency_limit: int) -> None:
+    def validate(self, limits: RegistrationLimits) -> None:
         if not NODE_ID.match(self.node_id):
             raise InvalidArgument(
-                f"register.node_id {self.node_id!r} must be 1 to 128 letters, digits, '.', '_' or '-'"
+                f"register.node_id {self.node_id[:140]!r} must be 1 to 128 letters, digits, '.', '_' or '-'"
             )
-        self.capabilities.validate(max_concurrency_limit)
+        self.capabilities.validate(limits)
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,12 +41,11 @@ def build_snapshot(
     nodes = {r.node_id: r for r in sorted(records, key=lambda r: r.node_id)}
     pools = derive_pools(nodes.values(), specs)
     by_pair: dict[LanguagePair, list[Pool]] = {}
-    by_node: dict[str, list[str]] = {}
+    by_node: dict[str, dict[str, None]] = {}  # an ordered set: linear in the pools' total size
     for pool in pools:
         by_pair.setdefault(pool.pair, []).append(pool)
         for node_id in pool.node_ids:
-            if pool.name not in by_node.setdefault(node_id, []):
-                by_node[node_id].append(pool.name)
+            by_node.setdefault(node_id, {})[pool.name] = None
     return RegistrySnapshot(
         version=version,
         nodes=MappingProxyType(nodes),

@@ -11,7 +11,9 @@ from lingua_grpc.registry import (
     NodeState,
     PoolSpec,
     Registration,
+    RegistrationLimits,
     build_snapshot,
+    canonical_language,
     load_pools_file,
 )
 
@@ -44,7 +46,21 @@ def test_pair_parsing_accepts_both_spellings() -> None:
     assert str(EN_ES) == "en-es"
 
 
-@pytest.mark.parametrize("text", ["en", "en-es-fr", "e-s", "en>en", "12-34"])
+@pytest.mark.parametrize(
+    ("tag", "canonical"),
+    [("EN", "en"), ("pt-br", "pt-BR"), ("ZH-hant-tw", "zh-Hant-TW"), ("es-419", "es-419"), (" en ", "en")],
+)
+def test_language_tags_are_case_insensitive(tag: str, canonical: str) -> None:
+    assert canonical_language(tag) == canonical
+
+
+def test_pairs_written_in_any_case_are_the_same_pair() -> None:
+    assert LanguagePair.parse("EN-ES") == EN_ES
+    assert LanguagePair.parse("PT-br>EN") == LanguagePair("pt-BR", "en")
+    assert LanguagePair.of("En", "eS") == EN_ES
+
+
+@pytest.mark.parametrize("text", ["en", "en-es-fr", "e-s", "en>en", "12-34", "EN>en"])
 def test_bad_pairs_say_how_to_write_one(text: str) -> None:
     with pytest.raises(InvalidArgument):
         LanguagePair.parse(text)
@@ -72,7 +88,41 @@ def test_a_pair_needs_asr_of_its_source_to_be_served() -> None:
 )
 def test_bad_registrations_name_the_field(registration: Registration, fragment: str) -> None:
     with pytest.raises(InvalidArgument, match=fragment):
-        registration.validate(max_concurrency_limit=64)
+        registration.validate(RegistrationLimits(max_concurrency=64))
+
+
+LIMITS = RegistrationLimits(max_pairs=3, max_languages=2, max_labels=1, max_gpus=1, max_field_bytes=8)
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "fragment"),
+    [
+        (caps(*(LanguagePair("en", t) for t in ("es", "zh", "fr", "de"))), "translation_pairs has 4"),
+        (caps(EN_ES, asr=("en", "fr", "de")), "asr_languages has 3"),
+        (caps(EN_ES, labels={"a": "1", "b": "2"}), "labels has 2"),
+        (caps(EN_ES, labels={"tier": "x" * 9}), "longer than 8 bytes"),
+        (caps(EN_ES, labels={"k" * 9: "x"}), "longer than 8 bytes"),
+    ],
+)
+def test_registrations_over_a_limit_are_refused_naming_it(
+    capabilities: NodeCapabilities, fragment: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=fragment):
+        Registration("n1", capabilities).validate(LIMITS)
+
+
+def test_limits_are_checked_before_the_entries_themselves() -> None:
+    # 100,000 malformed pairs: the count refuses them without a look at each.
+    pairs = tuple(LanguagePair("en", "!!") for _ in range(100_000))
+    with pytest.raises(InvalidArgument, match="translation_pairs has 100000 entries; at most 1024"):
+        Registration("n1", caps(*pairs)).validate(RegistrationLimits())
+
+
+def test_snapshot_of_a_node_with_many_pairs_names_each_pool_once() -> None:
+    targets = [f"{a}{b}" for a in "abcdefghijklmnopqrstuvwxyz" for b in "abcdefghijklmnopqrstuvwxyz"]
+    many = tuple(LanguagePair("en", t) for t in targets if t != "en")
+    snap = build_snapshot(1, [record("a", caps(*many))], (), 0)
+    assert len(snap.pools_by_node["a"]) == len(many) == len(set(snap.pools_by_node["a"]))
 
 
 def test_snapshot_indexes_pools_by_pair_and_node() -> None:
