@@ -30,6 +30,7 @@ from lingua_grpc.pb import (
     session_pb2_grpc,
 )
 from lingua_grpc.registry import NodeRegistry, SnapshotCache, load_pools_file
+from lingua_grpc.security import AccessGate, AuthInterceptor, CredentialBook, is_loopback
 from lingua_grpc.sessions import SessionManager
 from lingua_grpc.store import EmbeddedRedis, JobKeys, RegistryKeys, ScriptBook, connect_redis
 from lingua_grpc.tasks import cancel_and_wait
@@ -67,6 +68,10 @@ class Scheduler:
         self._stopping = False
         self._health_tasks: set[asyncio.Task[None]] = set()
         self._lag_watch: asyncio.Task[None] | None = None
+        # Read at construction, so a bad auth file stops the start before anything else runs.
+        self.gate = AccessGate(
+            CredentialBook.load(settings.auth_file) if settings.auth_file else None, self.metrics
+        )
         self.cache: SnapshotCache | None = None
         self.hub: NodeHub | None = None
         self.dispatcher: Dispatcher | None = None
@@ -154,13 +159,14 @@ class Scheduler:
         )
 
         server = grpc.aio.server(
+            interceptors=[AuthInterceptor(self.gate)],
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
-            ]
+            ],
         )
         node_pb2_grpc.add_NodeServiceServicer_to_server(
-            NodeServicer(self.hub, s.heartbeat_interval_ms, s.node_lease_ms, s.instance_id), server
+            NodeServicer(self.hub, self.gate, s.heartbeat_interval_ms, s.node_lease_ms, s.instance_id), server
         )
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(self.cache, self.hub), server
@@ -173,7 +179,12 @@ class Scheduler:
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         host, _, _ = s.listen.rpartition(":")
-        port = server.add_insecure_port(s.listen)
+        tls = s.server_tls
+        port = (
+            server.add_secure_port(s.listen, tls.credentials())
+            if tls is not None
+            else server.add_insecure_port(s.listen)
+        )
         if port == 0:
             raise OSError(f"cannot listen on {s.listen}")
         await server.start()
@@ -186,6 +197,21 @@ class Scheduler:
             metrics_port = self.metrics.serve(s.metrics_host, s.metrics_port)
             metrics_addr = f"http://{s.metrics_host}:{metrics_port}/metrics"
         self.endpoints = Endpoints(f"{host}:{port}", metrics_addr, redis_url, self._embedded is not None)
+        open_outside = not is_loopback(host) and (self.gate.book is None or tls is None)
+        self.metrics.security.labels(
+            "on" if self.gate.book is not None else "off",
+            ("mtls" if s.tls_client_ca else "on") if tls is not None else "off",
+            "true" if open_outside else "false",
+        ).set(1)
+        if open_outside:
+            log.warning(
+                "INSECURE: serving outside loopback without %s: any process that reaches %s can act as a"
+                " client, a node (and receive users' audio) or an operator",
+                " and ".join(
+                    w for w, off in (("credentials", self.gate.book is None), ("TLS", tls is None)) if off
+                ),
+                self.endpoints.grpc,
+            )
         log.info(
             "scheduler serving",
             extra={
@@ -236,6 +262,13 @@ class Scheduler:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+    def reload_credentials(self) -> int:
+        """Re-reads the auth file (SIGHUP); open calls of revoked or changed credentials end with
+        UNAUTHENTICATED. Returns how many ended. A bad file keeps the credentials in force (ValueError)."""
+        if not self.settings.auth_file:
+            raise ValueError("no --auth-file: there are no credentials to reload")
+        return self.gate.reload(CredentialBook.load(self.settings.auth_file))
 
     def _redis_state_changed(self, reachable: bool) -> None:
         status = (

@@ -19,6 +19,7 @@ from typing import Any, cast
 
 from lingua_grpc.errors import LinguaError
 from lingua_grpc.registry._model import RegistrationLimits
+from lingua_grpc.security._tls import ServerTls, is_loopback
 from lingua_grpc.sessions._options import SessionOptions
 
 ENV_PREFIX = "LINGUA_"
@@ -49,7 +50,20 @@ def _default_instance_id() -> str:
 class Settings:
     """Typed, validated scheduler settings."""
 
-    listen: str = _setting("127.0.0.1:50051", "gRPC address to serve (HOST:PORT; port 0 picks a free one)")
+    listen: str = _setting(
+        "127.0.0.1:50051",
+        "gRPC address to serve (HOST:PORT; port 0 picks a free one); outside loopback it needs --auth-file"
+        " and --tls-cert/--tls-key, or --insecure",
+    )
+    auth_file: str = _setting(
+        "", "TOML file of credentials (token SHA-256s, roles, node ids); empty: no credentials asked"
+    )
+    tls_cert: str = _setting("", "PEM certificate (chain) the gRPC listener serves TLS with")
+    tls_key: str = _setting("", "PEM private key of --tls-cert")
+    tls_client_ca: str = _setting("", "PEM CA bundle: callers must present a certificate it signed (mTLS)")
+    insecure: bool = _setting(
+        False, "serve outside loopback without credentials or TLS (warned at start and in metrics)"
+    )
     redis_url: str = _setting(
         "", "Redis to use (redis://HOST:PORT/DB); empty starts a private embedded redis-server"
     )
@@ -123,6 +137,10 @@ class Settings:
         return self.heartbeat_interval_ms * self.node_lease_heartbeats
 
     @property
+    def server_tls(self) -> ServerTls | None:
+        return ServerTls(self.tls_cert, self.tls_key, self.tls_client_ca) if self.tls_cert else None
+
+    @property
     def registration_limits(self) -> RegistrationLimits:
         return RegistrationLimits(
             max_concurrency=self.max_node_concurrency,
@@ -161,6 +179,20 @@ class Settings:
         host, sep, port = self.listen.rpartition(":")
         if not sep or not host or not port.isdigit():
             out.append(f"listen must be HOST:PORT, got {self.listen!r}")
+        elif not is_loopback(host) and not self.insecure and not (self.auth_file and self.tls_cert):
+            missing = [
+                what
+                for what, have in (("--auth-file", self.auth_file), ("--tls-cert/--tls-key", self.tls_cert))
+                if not have
+            ]
+            out.append(
+                f"listen {self.listen} is reachable from other machines: pass {' and '.join(missing)}"
+                " (credentials and TLS), or --insecure to serve it open (not for production)"
+            )
+        if bool(self.tls_cert) != bool(self.tls_key):
+            out.append("tls_cert and tls_key go together (the listener's certificate and its key)")
+        if self.tls_client_ca and not self.tls_cert:
+            out.append("tls_client_ca needs tls_cert/tls_key: client certificates are checked over TLS")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             out.append(f"redis_url must start with redis://, rediss:// or unix://, got {self.redis_url!r}")
         if not self.key_prefix or any(c in self.key_prefix for c in "{} "):
@@ -214,12 +246,15 @@ class Settings:
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """Adds one flag per setting; a flag left out falls back to the environment, then the default."""
         for f in dataclasses.fields(cls):
+            flag = isinstance(f.default, bool)  # `--insecure` alone means true; `--insecure false` too
             parser.add_argument(
                 "--" + f.name.replace("_", "-"),
                 dest=f.name,
                 type=_parser(f.default),
                 default=None,
-                metavar=f.name.upper(),
+                nargs="?" if flag else None,
+                const=True if flag else None,
+                metavar="BOOL" if flag else f.name.upper(),
                 help=f"{f.metadata['help']} (env {cls.env_name(f.name)}, default {f.default!r})",
             )
 

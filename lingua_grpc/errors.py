@@ -29,6 +29,18 @@ class ResourceExhausted(LinguaError):
     """A limit was exceeded."""
 
 
+class Unauthenticated(LinguaError):
+    """No credential, or one the scheduler does not know."""
+
+
+class PermissionDenied(LinguaError):
+    """A known credential asked for something its role or node ids do not grant."""
+
+
+class IdleTimeout(LinguaError):
+    """A session sent nothing for longer than its idle timeout."""
+
+
 class LeaseExpired(LinguaError):
     """A node went a whole lease without a heartbeat."""
 
@@ -39,6 +51,9 @@ STATUS_BY_ERROR: dict[type[LinguaError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    IdleTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     LeaseExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 

@@ -81,6 +81,30 @@ class SchedulerMetrics:
         self.results_sent = Counter(
             "lingua_results_sent_total", "Utterance results sent to clients", registry=r
         )
+        self.auth_refusals = Counter(
+            "lingua_auth_refusals_total",
+            "Calls refused for credentials, by the role the call needed and why"
+            " (missing, unknown_token, wrong_role, node_id, node_id_held)",
+            ["role", "reason"],
+            registry=r,
+        )
+        self.auth_revoked_calls = Counter(
+            "lingua_auth_revoked_calls_total",
+            "Open calls ended because their credential was revoked or changed by a reload",
+            registry=r,
+        )
+        self.security = Gauge(
+            "lingua_security",
+            "How this instance is exposed: 1 for the mode in force (insecure=true: open outside loopback)",
+            ["credentials", "tls", "insecure"],
+            registry=r,
+        )
+        self.sessions_refused = Counter(
+            "lingua_sessions_refused_total",
+            "Sessions refused at start for a limit (instance, credential, overload)",
+            ["reason"],
+            registry=r,
+        )
 
     def serve(self, host: str, port: int) -> int:
         """Starts the HTTP endpoint in a daemon thread; returns the port it listens on."""

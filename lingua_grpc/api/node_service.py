@@ -14,6 +14,7 @@ from lingua_grpc.api._errors import domain_errors
 from lingua_grpc.errors import FailedPrecondition, status_for
 from lingua_grpc.nodes import CloseReason, LinkClosed, NodeHub, NodeLink
 from lingua_grpc.pb import node_pb2, node_pb2_grpc
+from lingua_grpc.security import AccessGate, current_principal
 from lingua_grpc.tasks import StopBetweenSteps
 
 log = logging.getLogger(__name__)
@@ -22,16 +23,24 @@ Context = grpc.aio.ServicerContext[node_pb2.ConnectRequest, node_pb2.ConnectResp
 
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
-    def __init__(self, hub: NodeHub, heartbeat_interval_ms: int, lease_ms: int, instance_id: str) -> None:
+    def __init__(
+        self, hub: NodeHub, gate: AccessGate, heartbeat_interval_ms: int, lease_ms: int, instance_id: str
+    ) -> None:
         self._hub = hub
+        self._gate = gate
         self._heartbeat_interval_ms = heartbeat_interval_ms
         self._lease_ms = lease_ms
         self._instance_id = instance_id
 
     async def Connect(self, request_iterator: object, context: Context) -> None:  # type: ignore[override]
         first: node_pb2.ConnectRequest = await read_first(context, "register", "NodeService.Connect")
+        principal = current_principal()
         async with domain_errors(context):
-            attached = await self._hub.attach(convert.registration_from_proto(first.register))
+            if not principal.may_register(first.register.node_id):
+                raise self._gate.refuse_node_id(principal, first.register.node_id)
+            attached = await self._hub.attach(
+                convert.registration_from_proto(first.register), holder=principal.name
+            )
         link = attached.link
         steps = StopBetweenSteps()
         reader = asyncio.create_task(self._read(context, link, steps), name=f"node-reader-{link.node_id}")

@@ -27,12 +27,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _reload_credentials(scheduler: Scheduler) -> None:
+    try:
+        ended = scheduler.reload_credentials()
+    except ValueError as exc:  # a broken file keeps the credentials in force
+        log.error("credentials not reloaded: %s", exc)
+        return
+    log.info("SIGHUP: credentials reloaded", extra={"calls_ended": ended})
+
+
 async def serve(settings: Settings) -> int:
-    scheduler = Scheduler(settings)
+    try:
+        scheduler = Scheduler(settings)
+    except ValueError as exc:
+        print(f"lingua-scheduler: {exc}", file=sys.stderr)
+        return 2
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if settings.auth_file:
+        loop.add_signal_handler(signal.SIGHUP, _reload_credentials, scheduler)
     start = asyncio.create_task(scheduler.start())
     stop_wait = asyncio.create_task(stop.wait())
     try:
@@ -65,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     try:
         return asyncio.run(serve(settings))
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # a port in use, an unreadable TLS file...
         log.error("cannot start: %s", exc)
         return 1
 

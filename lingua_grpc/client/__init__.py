@@ -1,6 +1,6 @@
 """Async Python client for Lingua sessions.
 
-    async with LinguaClient("127.0.0.1:50051") as client:
+    async with LinguaClient("127.0.0.1:50051", token="...", tls_ca="ca.pem") as client:
         session = await client.start_session("en", "es", sample_rate_hz=16000)
         await session.send_audio(pcm_bytes)
         await session.end()
@@ -8,7 +8,9 @@
             if message.HasField("result"):
                 print(message.result.translated_text)
 
-Errors arrive as grpc.aio.AioRpcError with the scheduler's status code and message.
+`token` travels as `authorization: Bearer <token>` metadata; `tls_ca` (the CA that signed the scheduler's
+certificate) turns TLS on, `tls_cert`/`tls_key` add a client certificate (mTLS). Errors arrive as
+grpc.aio.AioRpcError with the scheduler's status code and message.
 """
 
 from __future__ import annotations
@@ -17,14 +19,11 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
 
-import grpc
-
 from lingua_grpc._grpc import read_message
+from lingua_grpc.client._channel import MAX_MESSAGE_BYTES, ChannelSecurity, open_channel
 from lingua_grpc.pb import common_pb2, session_pb2, session_pb2_grpc
 
-__all__ = ["LinguaClient", "Session"]
-
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+__all__ = ["MAX_MESSAGE_BYTES", "ChannelSecurity", "LinguaClient", "Session", "open_channel"]
 
 
 class Session:
@@ -66,14 +65,10 @@ class Session:
 
 
 class LinguaClient:
-    def __init__(self, address: str) -> None:
-        self._channel = grpc.aio.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+    def __init__(
+        self, address: str, token: str = "", tls_ca: str = "", tls_cert: str = "", tls_key: str = ""
+    ) -> None:
+        self._channel = open_channel(address, ChannelSecurity(token, tls_ca, tls_cert, tls_key))
         self._stub = session_pb2_grpc.SessionServiceStub(self._channel)
 
     async def __aenter__(self) -> LinguaClient:

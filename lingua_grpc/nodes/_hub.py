@@ -12,7 +12,7 @@ from typing import Protocol
 from redis.exceptions import RedisError
 
 from lingua_grpc.clock import Clock
-from lingua_grpc.errors import FailedPrecondition, LeaseExpired, NotFound
+from lingua_grpc.errors import FailedPrecondition, LeaseExpired, NotFound, PermissionDenied
 from lingua_grpc.jobs import Assignment, JobEvent
 from lingua_grpc.metrics import SchedulerMetrics
 from lingua_grpc.nodes._link import (
@@ -155,14 +155,24 @@ class NodeHub:
             else:
                 await asyncio.sleep(0.01)  # a handler still has to run its finally
 
-    async def attach(self, registration: Registration) -> Attached:
+    async def attach(self, registration: Registration, holder: str) -> Attached:
+        """Registers a node stream for `holder` (the credential's name). A node id whose live registration
+        belongs to another credential is refused; the same credential's newer stream takes over."""
         registration.validate(self._settings.registration_limits)
         link = NodeLink(
             registration.node_id, uuid.uuid4().hex, registration.capabilities, self._clock.monotonic()
         )
         result = await self._registry.register(
-            registration, self._settings.instance_id, link.connection_id, self._settings.lease_ms
+            registration, self._settings.instance_id, link.connection_id, self._settings.lease_ms, holder
         )
+        if result.held_by_another:
+            self._metrics.auth_refusals.labels("node", "node_id_held").inc()
+            log.warning(
+                "node id held by another credential", extra={"node_id": link.node_id, "credential": holder}
+            )
+            raise PermissionDenied(
+                f"node id {link.node_id!r} is held by a live registration of another credential"
+            )
         previous = self._links.get(link.node_id)
         if previous is not None:
             previous.close(

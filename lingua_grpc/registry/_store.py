@@ -28,6 +28,7 @@ class DrainOutcome(enum.Enum):
 class Registered:
     version: int
     changed: bool
+    held_by_another: bool = False  # a live registration of the id belongs to another credential: refused
 
 
 class NodeRegistry:
@@ -41,7 +42,12 @@ class NodeRegistry:
         return [k.node(node_id), k.lease(node_id), k.nodes, k.version, k.slots(node_id)]
 
     async def register(
-        self, registration: Registration, instance_id: str, connection_id: str, lease_ms: int
+        self,
+        registration: Registration,
+        instance_id: str,
+        connection_id: str,
+        lease_ms: int,
+        holder: str = "anonymous",  # the credential's name; "anonymous" is every caller when they are off
     ) -> Registered:
         caps = registration.capabilities
         version, changed = await self._scripts.register_node(
@@ -53,8 +59,11 @@ class NodeRegistry:
                 instance_id,
                 connection_id,
                 lease_ms,
+                holder,
             ],
         )
+        if int(changed) < 0:
+            return Registered(int(version), False, held_by_another=True)
         return Registered(int(version), bool(changed))
 
     async def heartbeat(

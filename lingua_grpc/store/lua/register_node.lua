@@ -3,14 +3,19 @@
 -- KEYS[5] node slots (unused here; passed so every node script names the same keys)
 -- ARGV[1] node id        ARGV[2] capabilities, canonical JSON                  ARGV[3] max concurrency
 -- ARGV[4] scheduler instance id holding the stream                             ARGV[5] connection id
--- ARGV[6] lease in ms
--- Returns {registry version, 1 when the version was bumped (new node, new capabilities, was draining) else 0}.
--- The newest connection wins: heartbeats and deregistration of an older connection are refused afterwards.
+-- ARGV[6] lease in ms      ARGV[7] name of the credential registering ('anonymous' without credentials)
+-- Returns {registry version, 1 when the version was bumped (new node, new capabilities, was draining) else 0,
+--          or -1 when a live registration of the node id is held under another credential (nothing changed)}.
+-- The newest connection of the same credential wins: heartbeats and deregistration of an older connection
+-- are refused afterwards.
 local t = redis.call('TIME')
 local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
 local changed = 1
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  local cur = redis.call('HMGET', KEYS[1], 'capabilities', 'max_concurrency', 'state')
+  local cur = redis.call('HMGET', KEYS[1], 'capabilities', 'max_concurrency', 'state', 'credential')
+  if cur[4] and cur[4] ~= ARGV[7] and redis.call('EXISTS', KEYS[2]) == 1 then
+    return {tonumber(redis.call('GET', KEYS[4]) or '0'), -1}
+  end
   if cur[1] == ARGV[2] and cur[2] == ARGV[3] and cur[3] == 'up' then
     changed = 0
   end
@@ -19,7 +24,7 @@ else
 end
 redis.call('HSET', KEYS[1],
   'node_id', ARGV[1], 'capabilities', ARGV[2], 'max_concurrency', ARGV[3], 'state', 'up',
-  'instance', ARGV[4], 'connection', ARGV[5], 'last_heartbeat_ms', now_ms)
+  'instance', ARGV[4], 'connection', ARGV[5], 'last_heartbeat_ms', now_ms, 'credential', ARGV[7])
 redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[6])
 redis.call('SADD', KEYS[3], ARGV[1])
 local version

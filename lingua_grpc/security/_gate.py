@@ -1,0 +1,206 @@
+"""The one place that decides who may call what: a server interceptor in front of every service.
+
+Each service needs one role (SessionService: client, NodeService: node, RegistryService: operator); health
+and reflection stay open. The interceptor wraps the service's handler so that, inside the call's own task,
+it checks the `authorization: Bearer <token>` metadata, makes the caller's `Principal` available to the
+servicer (`current_principal()`, never the token), and keeps the call on a list so that a credential
+revoked by a reload (SIGHUP) ends its open streams with UNAUTHENTICATED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from lingua_grpc.errors import LinguaError, PermissionDenied, Unauthenticated, status_for
+from lingua_grpc.metrics import SchedulerMetrics
+from lingua_grpc.security._credentials import ANONYMOUS, CredentialBook, Principal, Role
+
+log = logging.getLogger(__name__)
+
+_PRINCIPAL: contextvars.ContextVar[Principal] = contextvars.ContextVar("lingua_principal", default=ANONYMOUS)
+
+ROLE_BY_SERVICE = {
+    "lingua.v1.SessionService": Role.CLIENT,
+    "lingua.v1.NodeService": Role.NODE,
+    "lingua.v1.RegistryService": Role.OPERATOR,
+}
+
+
+def current_principal() -> Principal:
+    """The caller of the RPC running in this task (ANONYMOUS when credentials are off)."""
+    return _PRINCIPAL.get()
+
+
+@dataclass(eq=False)
+class _OpenCall:
+    principal: Principal
+    task: asyncio.Task[Any] | None
+    revoked: bool = False
+
+
+@dataclass
+class AccessGate:
+    """Checks callers against the credentials in force (None: credentials off, everyone is ANONYMOUS)."""
+
+    book: CredentialBook | None
+    metrics: SchedulerMetrics
+    _calls: set[_OpenCall] = field(default_factory=set)
+
+    def admit(self, metadata: Iterable[tuple[str, str | bytes]] | None, role: Role, method: str) -> Principal:
+        if self.book is None:
+            return ANONYMOUS
+        token = _bearer(metadata)
+        if token is None:
+            self._refused(role, "missing", None, method)
+            raise Unauthenticated(
+                "this scheduler requires credentials: send metadata `authorization: Bearer <token>`"
+            )
+        principal = self.book.authenticate(token)
+        if principal is None:
+            self._refused(role, "unknown_token", None, method)
+            raise Unauthenticated("unknown token")
+        if not principal.may_act_as(role):
+            self._refused(role, "wrong_role", principal, method)
+            raise PermissionDenied(
+                f"credential {principal.name!r} has role {principal.role.value if principal.role else '?'};"
+                f" {method} needs role {role.value}"
+            )
+        return principal
+
+    def refuse_node_id(self, principal: Principal, node_id: str) -> PermissionDenied:
+        self._refused(Role.NODE, "node_id", principal, "NodeService.Connect")
+        return PermissionDenied(f"credential {principal.name!r} may not register node id {node_id[:140]!r}")
+
+    def reload(self, book: CredentialBook) -> int:
+        """Puts new credentials in force; open calls of credentials that are gone or changed are ended.
+        Returns how many were ended."""
+        if self.book is None:
+            raise ValueError("credentials are off (no --auth-file): nothing to reload")
+        self.book = book
+        granted = book.principals
+        ended = 0
+        for call in list(self._calls):
+            if granted.get(call.principal.name) != call.principal and not call.revoked:
+                call.revoked = True
+                ended += 1
+                if call.task is not None:
+                    call.task.cancel()
+        if ended:
+            self.metrics.auth_revoked_calls.inc(ended)
+        log.info("credentials reloaded", extra={"credentials": len(book), "calls_ended": ended})
+        return ended
+
+    @contextlib.asynccontextmanager
+    async def calling(
+        self, context: grpc.aio.ServicerContext[Any, Any], role: Role, method: str
+    ) -> AsyncIterator[None]:
+        try:
+            principal = self.admit(context.invocation_metadata(), role, method)
+        except LinguaError as exc:
+            await context.abort(status_for(exc), str(exc))
+        call = _OpenCall(principal, asyncio.current_task())
+        self._calls.add(call)
+        token = _PRINCIPAL.set(principal)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if not call.revoked:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "credential revoked")
+        finally:
+            _PRINCIPAL.reset(token)
+            self._calls.discard(call)
+
+    def _refused(self, role: Role, reason: str, principal: Principal | None, method: str) -> None:
+        self.metrics.auth_refusals.labels(role.value, reason).inc()
+        log.warning(
+            "call refused",
+            extra={
+                "role": role.value,
+                "reason": reason,
+                "credential": principal.name if principal else None,
+                "method": method,
+            },
+        )
+
+
+def _bearer(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    for key, value in metadata or ():
+        if key.lower() == "authorization":
+            text = value.decode(errors="replace") if isinstance(value, bytes) else value
+            scheme, _, token = text.strip().partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    return None
+
+
+if TYPE_CHECKING:
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    Handler = grpc.RpcMethodHandler
+    _Interceptor = grpc.aio.ServerInterceptor
+
+
+class AuthInterceptor(_Interceptor):
+    def __init__(self, gate: AccessGate) -> None:
+        self._gate = gate
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(details)
+        method = str(details.method).lstrip("/")
+        role = ROLE_BY_SERVICE.get(method.partition("/")[0])
+        if handler is None or role is None:
+            return handler  # health, reflection, and unknown methods (UNIMPLEMENTED) stay open
+        return _guarded(handler, self._gate, role, method)
+
+
+def _guarded(handler: Any, gate: AccessGate, role: Role, method: str) -> Handler:
+    """The same handler, its behaviour run inside `gate.calling`."""
+    kind = (
+        "stream_stream"
+        if handler.request_streaming and handler.response_streaming
+        else "stream_unary"
+        if handler.request_streaming
+        else "unary_stream"
+        if handler.response_streaming
+        else "unary_unary"
+    )
+    inner = getattr(handler, kind)
+    behaviour: Any
+    if inspect.isasyncgenfunction(inner):
+
+        async def behaviour(request: Any, context: Any) -> AsyncIterator[Any]:
+            async with gate.calling(context, role, method):
+                async for response in inner(request, context):
+                    yield response
+
+    else:
+
+        async def behaviour(request: Any, context: Any) -> Any:
+            async with gate.calling(context, role, method):
+                return await inner(request, context)
+
+    make: Any = getattr(grpc, f"{kind}_rpc_method_handler")
+    guarded: Handler = make(
+        behaviour,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+    return guarded
