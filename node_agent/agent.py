@@ -20,6 +20,7 @@ from functools import partial
 import grpc
 
 from lingua_grpc._grpc import read_message
+from lingua_grpc.client import ChannelSecurity, open_channel
 from lingua_grpc.pb import common_pb2, node_pb2, node_pb2_grpc
 from node_agent.engines import Audio, Engine
 from node_agent.gpu import GpuProbe, cpu_utilization
@@ -43,6 +44,7 @@ class AgentConfig:
     scheduler: str
     node_id: str
     capabilities: common_pb2.NodeCapabilities
+    security: ChannelSecurity = field(default_factory=ChannelSecurity)  # token and TLS
     reconnect_initial_s: float = 0.2
     reconnect_max_s: float = 10.0
     drain_timeout_s: float = 60.0
@@ -138,7 +140,7 @@ class NodeAgent:
     async def _connect_once(self) -> bool:
         """One stream, from registration to its end. Returns whether registration succeeded."""
         registered = False
-        async with grpc.aio.insecure_channel(self.config.scheduler) as channel:
+        async with open_channel(self.config.scheduler, self.config.security) as channel:
             call = node_pb2_grpc.NodeServiceStub(channel).Connect()  # type: ignore[call-arg]
             conn = _Connection(call)
             writer: asyncio.Task[None] | None = None

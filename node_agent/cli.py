@@ -8,8 +8,10 @@ import os
 import signal
 import socket
 import sys
+from pathlib import Path
 
 from lingua_grpc import __version__
+from lingua_grpc.client import ChannelSecurity
 from lingua_grpc.errors import InvalidArgument
 from lingua_grpc.logs import configure_logging
 from lingua_grpc.pb import common_pb2
@@ -33,6 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--scheduler", default=_env("SCHEDULER", "127.0.0.1:50051"), help="scheduler HOST:PORT")
     p.add_argument("--node-id", default=_env("NODE_ID", socket.gethostname()), help="unique node name")
+    p.add_argument(
+        "--token",
+        default=_env("TOKEN", ""),
+        help="node credential, sent as `authorization: Bearer` (LINGUA_NODE_TOKEN; prefer --token-file:"
+        " a flag shows in the process list)",
+    )
+    p.add_argument("--token-file", default=_env("TOKEN_FILE", ""), help="file holding the node credential")
+    p.add_argument(
+        "--tls-ca", default=_env("TLS_CA", ""), help="PEM CA of the scheduler's certificate: TLS on"
+    )
+    p.add_argument("--tls-cert", default=_env("TLS_CERT", ""), help="PEM client certificate (mTLS)")
+    p.add_argument("--tls-key", default=_env("TLS_KEY", ""), help="PEM key of --tls-cert")
     p.add_argument(
         "--pairs",
         default=_env("PAIRS", ""),
@@ -142,8 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     except (InvalidArgument, ValueError) as exc:
         print(f"lingua-node: {exc}", file=sys.stderr)
         return 2
+    try:
+        token = args.token or (Path(args.token_file).read_text().strip() if args.token_file else "")
+        security = ChannelSecurity(token, args.tls_ca, args.tls_cert, args.tls_key)
+        security.check()
+    except (OSError, ValueError) as exc:
+        print(f"lingua-node: {exc}", file=sys.stderr)
+        return 2
     config = AgentConfig(
         scheduler=args.scheduler,
+        security=security,
         node_id=args.node_id,
         capabilities=capabilities,
         reconnect_max_s=args.reconnect_max_ms / 1000,

@@ -14,7 +14,7 @@ from google.protobuf.message import Message
 
 from lingua_grpc import __version__
 from lingua_grpc.cli._wav import WavError, demo_pcm, read_pcm16_mono, write_pcm16_mono
-from lingua_grpc.client import LinguaClient
+from lingua_grpc.client import ChannelSecurity, LinguaClient, open_channel
 from lingua_grpc.pb import registry_pb2, registry_pb2_grpc, session_pb2
 
 
@@ -26,6 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--scheduler", default="127.0.0.1:50051", help="scheduler HOST:PORT")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("LINGUA_TOKEN", ""),
+        help="credential sent as `authorization: Bearer` (env LINGUA_TOKEN, which keeps it out of the"
+        " process list); a client token for stream, an operator token for the registry commands",
+    )
+    p.add_argument("--tls-ca", default="", help="PEM CA of the scheduler's certificate: connect with TLS")
+    p.add_argument("--tls-cert", default="", help="PEM client certificate (mTLS)")
+    p.add_argument("--tls-key", default="", help="PEM key of --tls-cert")
     sub = p.add_subparsers(dest="command", required=True)
     stream = sub.add_parser(
         "stream", help="stream a 16-bit mono WAV file and print each translated utterance"
@@ -65,8 +74,12 @@ def _print(message: Message) -> None:
     print(_json(message), flush=True)
 
 
+def _security(args: argparse.Namespace) -> ChannelSecurity:
+    return ChannelSecurity(args.token, args.tls_ca, args.tls_cert, args.tls_key)
+
+
 async def _registry(args: argparse.Namespace) -> int:
-    async with grpc.aio.insecure_channel(args.scheduler) as channel:
+    async with open_channel(args.scheduler, _security(args)) as channel:
         stub = registry_pb2_grpc.RegistryServiceStub(channel)
         try:
             if args.command == "snapshot":
@@ -101,7 +114,7 @@ async def _stream(args: argparse.Namespace) -> int:
     if tts_dir is not None:
         tts_dir.mkdir(parents=True, exist_ok=True)
     step = 2 * rate * args.chunk_ms // 1000
-    async with LinguaClient(args.scheduler) as client:
+    async with LinguaClient(args.scheduler, args.token, args.tls_ca, args.tls_cert, args.tls_key) as client:
         try:
             session = await client.start_session(
                 args.src, args.tgt, rate, options, client_name="lingua-client"
@@ -176,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
         write_pcm16_mono(args.file, demo_pcm(), 16000)
         print(f"wrote {args.file}: three tones standing in for speech, 16 kHz mono")
         return 0
+    try:
+        _security(args).check()
+    except ValueError as exc:
+        print(f"lingua-client: {exc}", file=sys.stderr)
+        return 2
     try:
         return asyncio.run(_stream(args) if args.command == "stream" else _registry(args))
     except BrokenPipeError:  # `lingua-client ... | head`: the reader left; not an error

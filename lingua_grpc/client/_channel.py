@@ -46,7 +46,7 @@ def open_channel(
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         *options,
     ]
-    interceptors: Any = [_BearerToken(security.token)] if security.token else None
+    interceptors: Any = _token_interceptors(security.token) if security.token else None
     if security.tls:
         credentials = grpc.ssl_channel_credentials(
             root_certificates=Path(security.tls_ca).read_bytes() if security.tls_ca else None,
@@ -57,12 +57,7 @@ def open_channel(
     return grpc.aio.insecure_channel(target, options=opts, interceptors=interceptors)
 
 
-class _BearerToken(
-    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
-    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
-    grpc.aio.StreamUnaryClientInterceptor,  # type: ignore[type-arg]
-    grpc.aio.StreamStreamClientInterceptor,  # type: ignore[type-arg]
-):
+class _BearerToken:
     def __init__(self, token: str) -> None:
         self._metadata = ("authorization", f"Bearer {token}")
 
@@ -72,14 +67,30 @@ class _BearerToken(
             details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
         )
 
+
+# grpc.aio files each interceptor under one kind of call only (the first base it matches), so each kind
+# gets an object of its own.
+class _UnaryUnaryToken(_BearerToken, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._with_token(details), request)
 
+
+class _UnaryStreamToken(_BearerToken, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._with_token(details), request)
 
+
+class _StreamUnaryToken(_BearerToken, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[type-arg]
     async def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
         return await continuation(self._with_token(details), request_iterator)
 
+
+class _StreamStreamToken(_BearerToken, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
     async def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
         return await continuation(self._with_token(details), request_iterator)
+
+
+def _token_interceptors(token: str) -> list[_BearerToken]:
+    return [
+        kind(token) for kind in (_UnaryUnaryToken, _UnaryStreamToken, _StreamUnaryToken, _StreamStreamToken)
+    ]

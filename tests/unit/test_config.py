@@ -59,3 +59,26 @@ def test_readme_documents_every_setting() -> None:
     assert Settings.markdown_table() in readme, (
         "README settings table is stale: paste Settings.markdown_table()"
     )
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:50051", "10.0.0.5:50051", "[::]:50051", "scheduler.internal:1"])
+def test_outside_loopback_needs_credentials_and_tls_or_insecure(listen: str) -> None:
+    with pytest.raises(ValueError, match="pass --auth-file and --tls-cert/--tls-key"):
+        Settings(listen=listen)
+    with pytest.raises(ValueError, match="pass --tls-cert/--tls-key"):
+        Settings(listen=listen, auth_file="auth.toml")
+    assert Settings(listen=listen, insecure=True).listen == listen
+    assert Settings(listen=listen, auth_file="a.toml", tls_cert="c.pem", tls_key="k.pem").listen == listen
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:0", "localhost:50051", "[::1]:50051", "127.8.9.1:1"])
+def test_loopback_needs_nothing(listen: str) -> None:
+    assert Settings(listen=listen).listen == listen
+
+
+def test_insecure_is_a_bare_flag() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    Settings.add_arguments(parser)
+    assert Settings.from_sources(parser.parse_args(["--listen", "0.0.0.0:1", "--insecure"]), {}).insecure
