@@ -31,7 +31,7 @@ from lingua_grpc.pb import (
 )
 from lingua_grpc.registry import NodeRegistry, SnapshotCache, load_pools_file
 from lingua_grpc.security import AccessGate, AuthInterceptor, CredentialBook, is_loopback
-from lingua_grpc.sessions import SessionManager
+from lingua_grpc.sessions import SessionLimits, SessionManager
 from lingua_grpc.store import EmbeddedRedis, JobKeys, RegistryKeys, ScriptBook, connect_redis
 from lingua_grpc.tasks import cancel_and_wait
 
@@ -142,6 +142,7 @@ class Scheduler:
                 s.job_deadline_ms,
                 s.queue_retry_ms,
                 s.slot_release_retry_ms,
+                s.pair_queue_max_jobs,
             ),
             self.metrics,
             self.clock,
@@ -155,7 +156,8 @@ class Scheduler:
             self.dispatcher,
             self.metrics,
             self.clock,
-            s.session_inbox_chunks,
+            SessionLimits(s.session_inbox_chunks, s.session_max_outstanding, s.session_outbox_max_bytes),
+            s.max_sessions,
         )
 
         server = grpc.aio.server(
@@ -172,7 +174,7 @@ class Scheduler:
             RegistryServicer(self.cache, self.hub), server
         )
         session_pb2_grpc.add_SessionServiceServicer_to_server(
-            SessionServicer(self.sessions, s.max_chunk_bytes), server
+            SessionServicer(self.sessions, s.max_chunk_bytes, s.session_idle_timeout_ms), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

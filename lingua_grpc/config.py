@@ -114,6 +114,23 @@ class Settings:
     session_inbox_chunks: int = _setting(
         64, "audio chunks a session buffers before the client is slowed down"
     )
+    session_max_outstanding: int = _setting(
+        32,
+        "utterances of one session waiting or running at once; more are skipped at once (SESSION_BACKLOG)",
+    )
+    session_idle_timeout_ms: int = _setting(
+        120000, "a session that sends nothing this long before end_of_stream ends (DEADLINE_EXCEEDED)"
+    )
+    session_outbox_max_bytes: int = _setting(
+        16777216,
+        "unread output one session may hold; a client that stops reading is ended (RESOURCE_EXHAUSTED)",
+    )
+    max_sessions: int = _setting(
+        5000, "open sessions on this instance; more are refused (RESOURCE_EXHAUSTED)"
+    )
+    pair_queue_max_jobs: int = _setting(
+        1000, "jobs waiting for a slot per language pair; more are skipped at once (NO_CAPACITY)"
+    )
     max_chunk_bytes: int = _setting(262144, "largest audio chunk accepted (bytes)")
     max_message_bytes: int = _setting(8388608, "largest gRPC message accepted or sent (bytes)")
     accept_timeout_ms: int = _setting(
@@ -213,6 +230,11 @@ class Settings:
             out.append(f"session defaults: {exc}")
         for name in (
             "session_inbox_chunks",
+            "session_max_outstanding",
+            "session_idle_timeout_ms",
+            "session_outbox_max_bytes",
+            "max_sessions",
+            "pair_queue_max_jobs",
             "redis_max_connections",
             "max_chunk_bytes",
             "accept_timeout_ms",

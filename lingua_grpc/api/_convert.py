@@ -50,6 +50,8 @@ _SKIP = {
     SkipReason.FAILED: session_pb2.SKIP_REASON_FAILED,
     SkipReason.NO_NODE: session_pb2.SKIP_REASON_NO_NODE,
     SkipReason.SHUTDOWN: session_pb2.SKIP_REASON_SHUTDOWN,
+    SkipReason.SESSION_BACKLOG: session_pb2.SKIP_REASON_SESSION_BACKLOG,
+    SkipReason.STORAGE_FULL: session_pb2.SKIP_REASON_STORAGE_FULL,
 }
 _OPTION_FIELDS = (*BOUNDS, "tts_enabled")
 

@@ -11,22 +11,42 @@ import grpc
 from lingua_grpc._grpc import read_first, read_message
 from lingua_grpc.api import _convert as convert
 from lingua_grpc.api._errors import domain_errors
-from lingua_grpc.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, status_for
+from lingua_grpc.errors import (
+    FailedPrecondition,
+    IdleTimeout,
+    InvalidArgument,
+    ResourceExhausted,
+    status_for,
+)
 from lingua_grpc.pb import session_pb2, session_pb2_grpc
-from lingua_grpc.sessions import Closed, ResultOut, SessionActor, SessionManager
+from lingua_grpc.security import current_principal
+from lingua_grpc.sessions import Closed, ResultOut, SessionActor, SessionManager, output_bytes
 
 Context = grpc.aio.ServicerContext[session_pb2.StreamRequest, session_pb2.StreamResponse]
 
 
 class SessionServicer(session_pb2_grpc.SessionServiceServicer):
-    def __init__(self, manager: SessionManager, max_chunk_bytes: int) -> None:
+    def __init__(self, manager: SessionManager, max_chunk_bytes: int, idle_timeout_ms: int) -> None:
         self._manager = manager
         self._max_chunk_bytes = max_chunk_bytes
+        self._idle_timeout_s = idle_timeout_ms / 1000
 
     async def Stream(self, request_iterator: Any, context: Context) -> None:  # type: ignore[override]
         first: session_pb2.StreamRequest = await read_first(context, "start", "SessionService.Stream")
+        principal = current_principal()
+        handler = asyncio.current_task()
+        overflowed = False
+
+        def overflow() -> None:  # the client stopped reading: end the stream now, wherever it waits
+            nonlocal overflowed
+            overflowed = True
+            if handler is not None:
+                handler.cancel()
+
         async with domain_errors(context):
-            actor = self._manager.open(convert.start_from_proto(first.start))
+            actor = self._manager.open(
+                convert.start_from_proto(first.start), principal.name, principal.max_sessions, overflow
+            )
         runner = asyncio.create_task(actor.run(), name=f"session-{actor.session_id}")
         reader = asyncio.create_task(self._read(context, actor), name=f"session-reader-{actor.session_id}")
         try:
@@ -38,8 +58,21 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
                     delivery_s = clock.monotonic() - out.overhead.received_at
                     response.result.timings.scheduler_delivery_us = int(delivery_s * 1_000_000)
                 await context.write(response)
+                actor.outbox_bytes -= output_bytes(out)
             if out.error is not None:
                 await context.abort(status_for(out.error), str(out.error))
+        except asyncio.CancelledError:
+            if not overflowed or handler is None:
+                raise
+            # The status is set, not sent with `abort`: a write the client never reads blocks the stream,
+            # and the status can only follow it. The session is freed now; gRPC sends the status when the
+            # client reads again, or drops the call when the client goes.
+            handler.uncancel()
+            context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+            context.set_details(
+                f"the client did not read its results (over {self._manager.limits.outbox_max_bytes} bytes"
+                " unread): the session was ended"
+            )
         finally:
             # Close first, synchronously: the handler may be cancelled again while it waits below.
             reader.cancel()
@@ -50,10 +83,25 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
                     await task
 
     async def _read(self, context: Context, actor: SessionActor) -> None:
+        try:
+            async with asyncio.timeout(self._idle_timeout_s) as idle:
+                await self._read_messages(context, actor, idle)
+        except TimeoutError:
+            actor.fail(
+                IdleTimeout(
+                    f"no message for {self._idle_timeout_s * 1000:.0f} ms: the session was closed (send"
+                    " audio, or end the stream when done)"
+                )
+            )
+
+    async def _read_messages(self, context: Context, actor: SessionActor, idle: asyncio.Timeout) -> None:
+        loop = asyncio.get_running_loop()
         ended = False
         chunks = 0
         while True:
             message: session_pb2.StreamRequest | None = await read_message(context)
+            # Each message re-arms the idle deadline; after end_of_stream the client only reads.
+            idle.reschedule(None if ended else loop.time() + self._idle_timeout_s)
             if message is None:
                 if not ended:  # a half-close without end_of_stream ends the stream the same way
                     actor.end_of_stream()
@@ -91,4 +139,5 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
                 actor.finalize()
             elif kind == "end_of_stream":
                 ended = True
+                idle.reschedule(None)
                 actor.end_of_stream()

@@ -82,6 +82,7 @@ class DispatchSettings:
     job_deadline_ms: int
     queue_retry_ms: int
     slot_release_retry_ms: int
+    max_queued_per_pair: int = 1000
 
 
 @dataclass(eq=False)
@@ -181,6 +182,14 @@ class Dispatcher:
         ticket.submitted_at = ticket.submitted_at or now
         ticket.queued_until = ticket.queued_until or now + ticket.queue_timeout_s
         queue = self._queues.setdefault(ticket.spec.pair, collections.deque())
+        if not ticket.recorded and len(queue) >= self._settings.max_queued_per_pair:
+            # A full queue turns new jobs away before any Redis write; a job already running (a retry)
+            # keeps its place.
+            ticket.done = True
+            why = f"{len(queue)} jobs already wait for a {ticket.spec.pair} node: the pair's queue is full"
+            self._metrics.skips.labels(SkipReason.NO_CAPACITY.value).inc()
+            ticket.sink.job_skipped(ticket.spec.index, SkipReason.NO_CAPACITY, why)
+            return ticket
         self._placing += 1
         try:
             if queue or not await self._place(ticket, optimistic=not ticket.recorded):
@@ -500,6 +509,9 @@ class Dispatcher:
             except (RedisError, OSError) as exc:
                 raise_if_cancelling()
                 log.warning("queued jobs not placed", extra={"error": repr(exc)})
+            except Exception:  # a bug must not stop every queued job of the instance for good
+                raise_if_cancelling()
+                log.exception("queue pump failed; going on")
 
     async def _drain_queues(self) -> None:
         """Places queued heads, first on the nodes whose slots were freed since the last turn (one round
@@ -514,7 +526,10 @@ class Dispatcher:
                     queue.popleft()
                     await self._queue_timeout(ticket, ticket.spec.pair)
                 elif await self._place(ticket, *self._freed_slot(ticket)):
-                    queue.popleft()
+                    # The placement awaited Redis: the queue may have changed meanwhile (a session that
+                    # closed took its tickets out), so take out this ticket, wherever it is now.
+                    with contextlib.suppress(ValueError):
+                        queue.remove(ticket)
                 else:
                     break
         self._metrics.jobs_queued.set(self.queued)

@@ -28,6 +28,8 @@ class SkipReason(enum.Enum):
     FAILED = "failed"
     NO_NODE = "no_node"
     SHUTDOWN = "shutdown"
+    SESSION_BACKLOG = "session_backlog"
+    STORAGE_FULL = "storage_full"
 
 
 class Stage(enum.Enum):

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from lingua_grpc.clock import Clock
 from lingua_grpc.dispatch import Dispatcher, Overhead, Ticket
@@ -122,6 +123,28 @@ class Closed:
 Output = ProgressOut | ResultOut | SkippedOut | Closed
 
 
+def output_bytes(out: Output) -> int:
+    """About what an output costs held in memory until the client reads it (payloads plus a message's
+    overhead), for the unread-output bound."""
+    if isinstance(out, ResultOut):
+        o = out.output
+        return 256 + len(o.source_text) + len(o.translated_text) + len(o.tts_audio)
+    if isinstance(out, ProgressOut):
+        return 64 + len(out.text)
+    if isinstance(out, SkippedOut):
+        return 64 + len(out.message)
+    return 0
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """What one session may hold (settings `session_*`)."""
+
+    inbox_chunks: int = 64  # audio chunks buffered before the client is slowed down
+    max_outstanding: int = 32  # utterances waiting or running; more are skipped at once
+    outbox_max_bytes: int = 16 * 1024 * 1024  # unread output; over it the session ends
+
+
 @dataclass(frozen=True, slots=True)
 class _Meta:
     ended_at: float
@@ -139,7 +162,8 @@ class SessionActor:
         dispatcher: Dispatcher,
         metrics: SchedulerMetrics,
         clock: Clock,
-        inbox_chunks: int,
+        limits: SessionLimits,
+        on_overflow: Callable[[], None],
     ) -> None:
         self.session_id = session_id
         self.pair = pair
@@ -161,8 +185,13 @@ class SessionActor:
         self._sequencer: ResultSequencer[_Done] = ResultSequencer(options.gap_timeout_ms / 1000)
         self._inbox: Mailbox[_Event] = Mailbox()  # client events, in order
         self._control: Mailbox[_Event] = Mailbox()  # job outcomes and timers: taken first
-        self._audio_slots = asyncio.Semaphore(inbox_chunks)
+        self._limits = limits
+        self._audio_slots = asyncio.Semaphore(limits.inbox_chunks)
         self.outbox: Mailbox[Output] = Mailbox()
+        self.outbox_bytes = 0  # held in the outbox and not yet handed to gRPC (the writer subtracts)
+        self._on_overflow = on_overflow  # the client stopped reading: its stream must end now
+        self._overflowed = False
+        self._outstanding = 0  # jobs submitted whose outcome has not come back
         self._meta: dict[int, _Meta] = {}
         self._segment_timer: asyncio.TimerHandle | None = None
         self._gap_timer: asyncio.TimerHandle | None = None
@@ -256,11 +285,13 @@ class SessionActor:
             self._send(self._sequencer.on_tick(now))
         elif isinstance(event, _Progress):
             if self._sequencer.unanswered(event.index):
-                self.outbox.put(ProgressOut(event.index, event.event.stage, event.event.text))
+                self._emit(ProgressOut(event.index, event.event.stage, event.event.text))
         elif isinstance(event, _Done):
+            self._outstanding -= 1
             self._preferred_node = event.node_id
             self._send(self._sequencer.complete(event.index, event, now))
         elif isinstance(event, _Skipped):
+            self._outstanding -= 1
             self._send(self._sequencer.skip(event.index, event.reason, event.message, now))
         for utterance in utterances:
             await self._start_job(utterance)
@@ -269,6 +300,16 @@ class SessionActor:
         self._metrics.utterances.inc()
         self._sequencer.expect(u.index)
         self._meta[u.index] = _Meta(u.ended_at, u.duration_ms)
+        if self._outstanding >= self._limits.max_outstanding:
+            self._metrics.skips.labels(SkipReason.SESSION_BACKLOG.value).inc()
+            why = (
+                f"{self._outstanding} utterances of this session are already waiting or running (the limit):"
+                " send audio at real-time pace, or wait for results"
+            )
+            self._send(
+                self._sequencer.skip(u.index, SkipReason.SESSION_BACKLOG, why, self._clock.monotonic())
+            )
+            return
         spec = JobSpec(
             self.session_id, u.index, self.pair, self.sample_rate_hz, self.options.tts_enabled, u.audio
         )
@@ -280,14 +321,16 @@ class SessionActor:
                 preferred_node=self._preferred_node,
                 ended_at=u.ended_at,
             )
+            self._outstanding += 1
             await self._dispatcher.submit(ticket)
         except RedisError as exc:
+            self._outstanding -= 1
             log.error("job not created", extra={"job_id": spec.job_id, "error": repr(exc)})
-            self._send(
-                self._sequencer.skip(
-                    u.index, SkipReason.FAILED, "the job could not be recorded", self._clock.monotonic()
-                )
-            )
+            reason, why = SkipReason.FAILED, "the job could not be recorded"
+            if isinstance(exc, OutOfMemoryError):
+                reason, why = SkipReason.STORAGE_FULL, "the scheduler's store is full: try again later"
+            self._metrics.skips.labels(reason.value).inc()
+            self._send(self._sequencer.skip(u.index, reason, why, self._clock.monotonic()))
 
     def _send(self, answers: list[Answer[_Done]]) -> None:
         now = self._clock.monotonic()
@@ -296,7 +339,7 @@ class SessionActor:
             if answer.result is not None:
                 done = answer.result
                 self._metrics.results_sent.inc()
-                self.outbox.put(
+                self._emit(
                     ResultOut(
                         answer.index,
                         done.output,
@@ -310,7 +353,22 @@ class SessionActor:
                 reason = answer.skip_reason or SkipReason.FAILED
                 if reason is SkipReason.GAP_TIMEOUT:
                     self._metrics.skips.labels(reason.value).inc()
-                self.outbox.put(SkippedOut(answer.index, reason, answer.message))
+                self._emit(SkippedOut(answer.index, reason, answer.message))
+
+    def _emit(self, out: Output) -> None:
+        """Queues an output for the client, within the session's unread-output bound."""
+        if self._overflowed:
+            return
+        self.outbox_bytes += output_bytes(out)
+        if self.outbox_bytes > self._limits.outbox_max_bytes:
+            self._overflowed = True
+            log.warning(
+                "client does not read its results: ending the session",
+                extra={"session_id": self.session_id, "unread_bytes": self.outbox_bytes},
+            )
+            self._on_overflow()
+            return
+        self.outbox.put(out)
 
     def _arm_timers(self) -> None:
         loop = asyncio.get_running_loop()

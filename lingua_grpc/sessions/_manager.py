@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lingua_grpc.clock import Clock
 from lingua_grpc.dispatch import Dispatcher
-from lingua_grpc.errors import FailedPrecondition, InvalidArgument, Unavailable
+from lingua_grpc.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from lingua_grpc.jobs import JobStore
 from lingua_grpc.metrics import SchedulerMetrics
 from lingua_grpc.registry import LanguagePair, SnapshotCache
-from lingua_grpc.sessions._actor import SessionActor
+from lingua_grpc.sessions._actor import SessionActor, SessionLimits
 from lingua_grpc.sessions._options import SAMPLE_RATES_HZ, SessionOptions
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,8 @@ class SessionManager:
         dispatcher: Dispatcher,
         metrics: SchedulerMetrics,
         clock: Clock,
-        inbox_chunks: int,
+        limits: SessionLimits,
+        max_sessions: int,
     ) -> None:
         self._defaults = defaults
         self._cache = cache
@@ -46,15 +49,23 @@ class SessionManager:
         self._dispatcher = dispatcher
         self._metrics = metrics
         self.clock = clock
-        self._inbox_chunks = inbox_chunks
+        self.limits = limits
+        self._max_sessions = max_sessions
         self._sessions: dict[str, SessionActor] = {}
+        self._owners: dict[str, str] = {}  # session id -> the credential that opened it
+        self._by_owner: collections.Counter[str] = collections.Counter()
         self.accepting = True
 
     @property
     def open_sessions(self) -> int:
         return len(self._sessions)
 
-    def open(self, start: StartRequest) -> SessionActor:
+    def open(
+        self, start: StartRequest, owner: str, owner_max_sessions: int, on_overflow: Callable[[], None]
+    ) -> SessionActor:
+        """Opens a session for `owner` (a credential's name), within the instance's and the owner's session
+        limits (`owner_max_sessions`, 0 for none). `on_overflow` is called once if the client stops reading
+        its results: the caller must then end the stream."""
         if not self.accepting:
             raise Unavailable("the scheduler is shutting down: connect again (to another instance)")
         if not self._cache.redis_reachable:
@@ -80,6 +91,17 @@ class SessionManager:
             )
         if not self._cache.current.serves(start.pair):
             raise Unavailable(f"no registered node serves {start.pair}; try again when one registers")
+        if len(self._sessions) >= self._max_sessions:
+            self._metrics.sessions_refused.labels("instance_full").inc()
+            raise ResourceExhausted(
+                f"this scheduler instance has {len(self._sessions)} open sessions, its limit: connect to"
+                " another instance or try again later"
+            )
+        if owner_max_sessions and self._by_owner[owner] >= owner_max_sessions:
+            self._metrics.sessions_refused.labels("credential_full").inc()
+            raise ResourceExhausted(
+                f"credential {owner!r} already has {self._by_owner[owner]} open sessions, its limit"
+            )
         session_id = uuid.uuid4().hex
         actor = SessionActor(
             session_id,
@@ -90,9 +112,12 @@ class SessionManager:
             self._dispatcher,
             self._metrics,
             self.clock,
-            self._inbox_chunks,
+            self.limits,
+            on_overflow,
         )
         self._sessions[session_id] = actor
+        self._owners[session_id] = owner
+        self._by_owner[owner] += 1
         self._metrics.sessions_open.set(len(self._sessions))
         log.info(
             "session started",
@@ -108,6 +133,10 @@ class SessionManager:
     def close(self, actor: SessionActor) -> None:
         actor.closed = True
         if self._sessions.pop(actor.session_id, None) is not None:
+            owner = self._owners.pop(actor.session_id)
+            self._by_owner[owner] -= 1
+            if not self._by_owner[owner]:
+                del self._by_owner[owner]
             self._dispatcher.cancel_session(actor.session_id)
             self._metrics.sessions_open.set(len(self._sessions))
             log.info("session ended", extra={"session_id": actor.session_id})

@@ -289,3 +289,17 @@ def test_outside_loopback_the_scheduler_will_not_start_open(tmp_path: Path) -> N
     assert done.returncode == 2
     assert "pass --auth-file and --tls-cert/--tls-key" in done.stderr
     assert "--insecure" in done.stderr
+
+
+async def test_a_client_credential_is_held_to_its_max_sessions(
+    secured: Secured, operator: registry_pb2_grpc.RegistryServiceAsyncStub, procs: list[Proc]
+) -> None:
+    procs.append(secured.node("gpu-a-2", "tok-fleet-a"))
+    await snapshot_where(operator, has("gpu-a-2"))  # type: ignore[arg-type]
+    async with LinguaClient(secured.scheduler.grpc, token="tok-client", tls_ca=str(secured.pki.ca)) as client:
+        await client.start_session("en", "es")
+        await client.start_session("en", "es")
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await client.start_session("en", "es")
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "credential 'client-app' already has 2 open sessions" in (refused.value.details() or "")

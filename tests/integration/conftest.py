@@ -14,16 +14,18 @@ from tests.integration.test_scheduler_grpc import fast_settings
 
 
 @pytest.fixture
-async def scheduler(redis_server: RedisServer, key_prefix: str) -> AsyncIterator[Scheduler]:
-    s = Scheduler(
-        fast_settings(
-            redis_server.url,
-            key_prefix,
-            session_gap_timeout_ms=1000,
-            session_queue_timeout_ms=500,
-            job_deadline_ms=5000,
-        )
-    )
+async def scheduler(
+    redis_server: RedisServer, key_prefix: str, request: pytest.FixtureRequest
+) -> AsyncIterator[Scheduler]:
+    """`@pytest.mark.settings(name=value, ...)` on a test changes these settings for it."""
+    marker = request.node.get_closest_marker("settings")
+    changes: dict[str, object] = {
+        "session_gap_timeout_ms": 1000,
+        "session_queue_timeout_ms": 500,
+        "job_deadline_ms": 5000,
+        **(marker.kwargs if marker else {}),
+    }
+    s = Scheduler(fast_settings(redis_server.url, key_prefix, **changes))
     await s.start()
     yield s
     await s.stop(grace_s=0.5)

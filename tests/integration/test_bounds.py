@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import grpc
 import pytest
 
 from lingua_grpc._grpc import read_message
 from lingua_grpc.app import Scheduler
-from lingua_grpc.client import LinguaClient
+from lingua_grpc.client import LinguaClient, Session
 from lingua_grpc.pb import common_pb2, node_pb2, node_pb2_grpc, session_pb2
+from node_agent.engines import SyntheticEngine
 from tests.audio import tone
+from tests.conftest import wait_until
 from tests.integration._fleet import THREE_UTTERANCES, Fleet, answers, collect, stream
 
 pytestmark = pytest.mark.integration
@@ -74,3 +77,121 @@ async def test_a_huge_registration_is_refused_at_once_while_a_session_completes(
     assert answers(await collect(session)) == [(0, "result"), (1, "result"), (2, "result")]
     assert scheduler.cache is not None
     assert set(scheduler.cache.current.nodes) == {"gpu-1"}
+
+
+async def flood(session: Session, utterances: int) -> None:
+    """A client sending `is_final` chunks as fast as it can: one utterance per message."""
+    for _ in range(utterances):
+        await session.send_audio(tone(100), is_final=True)
+    await session.end()
+
+
+@pytest.mark.settings(session_max_outstanding=4, session_gap_timeout_ms=5000, session_queue_timeout_ms=3000)
+async def test_a_flooding_session_is_held_to_its_backlog_while_a_neighbour_gets_every_result(
+    scheduler: Scheduler, client: LinguaClient, fleet: Fleet
+) -> None:
+    await fleet.add("gpu-1", SyntheticEngine(asr_latency_s=0.02), max_concurrency=8)
+    flooder = await client.start_session("en", "es", options=session_pb2.SessionOptions(tts_enabled=False))
+    neighbour = await client.start_session("en", "es")
+    flooding = asyncio.create_task(flood(flooder, 300))
+    await stream(neighbour, THREE_UTTERANCES)
+    assert answers(await collect(neighbour)) == [(0, "result"), (1, "result"), (2, "result")]
+    await flooding
+    flood_messages = await collect(flooder, 60)
+    kinds = [kind for _, kind in answers(flood_messages)]
+    assert len(kinds) == 300, "every utterance is answered, once"
+    backlog = [m.skipped for m in flood_messages if m.HasField("skipped")]
+    assert backlog and all(s.reason == session_pb2.SKIP_REASON_SESSION_BACKLOG for s in backlog)
+    assert "real-time pace" in backlog[0].message
+    assert kinds.count("result") >= 4
+    assert scheduler.dispatcher is not None
+    assert scheduler.dispatcher.queued == 0 and scheduler.dispatcher.running == 0
+
+
+@pytest.mark.settings(pair_queue_max_jobs=2, session_queue_timeout_ms=5000, session_gap_timeout_ms=8000)
+async def test_a_full_pair_queue_turns_new_jobs_away_at_once(client: LinguaClient, fleet: Fleet) -> None:
+    await fleet.add("gpu-1", SyntheticEngine(asr_latency_s=0.5), max_concurrency=1)
+    session = await client.start_session("en", "es")
+    await flood(session, 5)  # 1 runs, 2 wait, 2 find the queue full
+    messages = await collect(session)
+    assert answers(messages) == [(i, "result") for i in range(3)] + [(3, "skipped"), (4, "skipped")]
+    skipped = [m.skipped for m in messages if m.HasField("skipped")]
+    assert all(
+        s.reason == session_pb2.SKIP_REASON_NO_CAPACITY and "queue is full" in s.message for s in skipped
+    )
+
+
+@pytest.mark.settings(session_idle_timeout_ms=300)
+async def test_a_silent_session_is_closed_after_its_idle_timeout(
+    scheduler: Scheduler, client: LinguaClient, fleet: Fleet
+) -> None:
+    await fleet.add("gpu-1")
+    session = await client.start_session("en", "es")
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await collect(session, 10)
+    assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "no message for 300 ms" in (ended.value.details() or "")
+    assert scheduler.sessions is not None
+    assert scheduler.sessions.open_sessions == 0
+
+
+@pytest.mark.settings(session_idle_timeout_ms=300)
+async def test_after_end_of_stream_a_session_is_not_idle_while_its_results_come(
+    client: LinguaClient, fleet: Fleet
+) -> None:
+    await fleet.add("gpu-1", SyntheticEngine(asr_latency_s=0.6))
+    session = await client.start_session("en", "es")
+    await stream(session, tone(500))
+    assert answers(await collect(session)) == [(0, "result")]
+
+
+@pytest.mark.settings(max_sessions=2)
+async def test_sessions_over_the_instance_limit_are_refused(client: LinguaClient, fleet: Fleet) -> None:
+    await fleet.add("gpu-1")
+    first = await client.start_session("en", "es")
+    await client.start_session("en", "es")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await client.start_session("en", "es")
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "2 open sessions" in (refused.value.details() or "")
+    first.cancel()
+    await asyncio.sleep(0)  # let the cancellation reach the scheduler
+
+    async def third_opens() -> bool:
+        try:
+            (await client.start_session("en", "es")).cancel()
+        except grpc.aio.AioRpcError:
+            return False
+        return True
+
+    await wait_until(third_opens, what="a slot freed by a closed session")
+
+
+@pytest.mark.settings(session_outbox_max_bytes=256 * 1024, session_max_outstanding=64)
+async def test_a_client_that_never_reads_is_ended_and_its_session_freed(
+    scheduler: Scheduler, client: LinguaClient, fleet: Fleet
+) -> None:
+    await fleet.add("gpu-1", max_concurrency=8)
+    session = await client.start_session("en", "es")
+
+    sending = True
+
+    async def send_forever() -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            while sending:
+                await session.send_audio(tone(200), is_final=True)
+
+    sender = asyncio.create_task(send_forever())
+    assert scheduler.sessions is not None
+
+    async def freed() -> bool:
+        return scheduler.sessions is not None and scheduler.sessions.open_sessions == 0
+
+    await wait_until(freed, timeout_s=60, what="the scheduler ending the session that is never read")
+    sending = False  # (cancelling a write would cancel the call)
+    # When the client reads at last, what was in flight comes first, then the status.
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await collect(session, 30)
+    await asyncio.wait_for(sender, 10)
+    assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "did not read its results" in (ended.value.details() or "")

@@ -36,6 +36,15 @@ class _SkipReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SkipReason
     """No registered node serves the session's language pair any more."""
     SKIP_REASON_SHUTDOWN: _SkipReason.ValueType  # 5
     """The scheduler was shutting down and could not finish the utterance in its grace period."""
+    SKIP_REASON_SESSION_BACKLOG: _SkipReason.ValueType  # 6
+    """The session already had as many utterances waiting or running as the scheduler allows one session
+    (`session_max_outstanding`); this one was not started. The client is producing utterances faster than
+    they are translated: send audio at real-time pace, or wait for results before sending more.
+    """
+    SKIP_REASON_STORAGE_FULL: _SkipReason.ValueType  # 7
+    """The scheduler's store (Redis) refused to record the utterance because it is out of memory. Operators
+    see this in health and logs; the client may retry later.
+    """
 
 class SkipReason(_SkipReason, metaclass=_SkipReasonEnumTypeWrapper):
     """Why an utterance has no result."""
@@ -52,6 +61,15 @@ SKIP_REASON_NO_NODE: SkipReason.ValueType  # 4
 """No registered node serves the session's language pair any more."""
 SKIP_REASON_SHUTDOWN: SkipReason.ValueType  # 5
 """The scheduler was shutting down and could not finish the utterance in its grace period."""
+SKIP_REASON_SESSION_BACKLOG: SkipReason.ValueType  # 6
+"""The session already had as many utterances waiting or running as the scheduler allows one session
+(`session_max_outstanding`); this one was not started. The client is producing utterances faster than
+they are translated: send audio at real-time pace, or wait for results before sending more.
+"""
+SKIP_REASON_STORAGE_FULL: SkipReason.ValueType  # 7
+"""The scheduler's store (Redis) refused to record the utterance because it is out of memory. Operators
+see this in health and logs; the client may retry later.
+"""
 Global___SkipReason: _TypeAlias = SkipReason  # noqa: Y015
 
 @_typing.final
