@@ -17,7 +17,7 @@ from lingua_grpc.api import NodeServicer, RegistryServicer, SessionServicer
 from lingua_grpc.clock import Clock, SystemClock
 from lingua_grpc.config import Settings
 from lingua_grpc.dispatch import Dispatcher, DispatchSettings
-from lingua_grpc.jobs import JobStore
+from lingua_grpc.jobs import JobStore, ResultLimits
 from lingua_grpc.looplag import watch_loop_lag
 from lingua_grpc.metrics import SchedulerMetrics
 from lingua_grpc.nodes import HubSettings, NodeHub
@@ -86,7 +86,7 @@ class Scheduler:
         pool_specs = load_pools_file(s.pools_file) if s.pools_file else ()
         redis_url = s.redis_url
         if s.embedded_redis:
-            self._embedded = EmbeddedRedis(s.redis_server_path)
+            self._embedded = EmbeddedRedis(s.redis_server_path, maxmemory_mb=s.embedded_redis_maxmemory_mb)
             redis_url = await self._embedded.start()
         self._redis = await connect_redis(
             redis_url,
@@ -118,6 +118,7 @@ class Scheduler:
                 lease_ms=s.node_lease_ms,
                 lease_check_interval_ms=s.lease_check_interval_ms,
                 registration_limits=s.registration_limits,
+                result_limits=ResultLimits(s.node_max_result_text_bytes, s.node_max_result_tts_bytes),
             ),
             self.metrics,
             self.clock,

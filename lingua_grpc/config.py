@@ -23,6 +23,7 @@ from lingua_grpc.security._tls import ServerTls, is_loopback
 from lingua_grpc.sessions._options import SessionOptions
 
 ENV_PREFIX = "LINGUA_"
+CLIENT_RECEIVE_LIMIT = 4 * 1024 * 1024  # gRPC's default; clients in other languages keep it
 
 
 def _setting(default: Any, help: str) -> Any:
@@ -86,6 +87,12 @@ class Settings:
     node_max_languages: int = _setting(256, "most ASR (and, apart, TTS) languages one node may register")
     node_max_labels: int = _setting(32, "most labels one node may register")
     node_max_gpus: int = _setting(64, "most GPUs one node may register")
+    node_max_result_text_bytes: int = _setting(
+        65536, "longest transcript or translation a node may return; longer fails the attempt"
+    )
+    node_max_result_tts_bytes: int = _setting(
+        3145728, "largest TTS audio a node may return; larger fails the attempt"
+    )
     node_max_field_bytes: int = _setting(
         256, "longest label key or value, agent version, GPU name or uuid in a registration (bytes)"
     )
@@ -96,6 +103,9 @@ class Settings:
     )
     redis_max_connections: int = _setting(64, "Redis connections per scheduler; more callers wait for one")
     redis_server_path: str = _setting("redis-server", "redis-server binary for the embedded Redis")
+    embedded_redis_maxmemory_mb: int = _setting(
+        512, "memory limit of the embedded Redis (noeviction: when full, new utterances are skipped)"
+    )
     session_pause_ms: int = _setting(600, "default pause that ends an utterance (client may set 100-10000)")
     session_hangover_ms: int = _setting(
         200, "default grace after a pause in which speech continues the utterance"
@@ -234,6 +244,7 @@ class Settings:
             "session_idle_timeout_ms",
             "session_outbox_max_bytes",
             "max_sessions",
+            "embedded_redis_maxmemory_mb",
             "pair_queue_max_jobs",
             "redis_max_connections",
             "max_chunk_bytes",
@@ -249,9 +260,17 @@ class Settings:
             "node_max_labels",
             "node_max_gpus",
             "node_max_field_bytes",
+            "node_max_result_text_bytes",
+            "node_max_result_tts_bytes",
         ):
             if getattr(self, name) < 1:
                 out.append(f"{name} must be at least 1")
+        result_bytes = 2 * self.node_max_result_text_bytes + self.node_max_result_tts_bytes + 65536
+        if result_bytes > CLIENT_RECEIVE_LIMIT:
+            out.append(
+                "2 x node_max_result_text_bytes + node_max_result_tts_bytes must leave a result under gRPC's"
+                f" default 4 MiB receive limit (with 64 KiB for the rest), got {result_bytes} bytes"
+            )
         if not -1 <= self.metrics_port <= 65535:
             out.append("metrics_port must be -1 (off), 0 (any) or a port")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

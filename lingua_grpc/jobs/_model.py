@@ -124,3 +124,34 @@ class JobFailed:
 
 
 JobEvent = JobAccepted | JobRejected | JobProgress | JobOutput | JobFailed
+
+
+@dataclass(frozen=True, slots=True)
+class ResultLimits:
+    """Largest result a node may return (settings `node_max_result_*`): what passes reaches the client in
+    one message under gRPC's default 4 MiB receive limit."""
+
+    max_text_bytes: int = 65536
+    max_tts_bytes: int = 3 * 1024 * 1024
+
+    def refusal(self, event: JobEvent) -> JobFailed | None:
+        """A result over the limits becomes a failed attempt (retried elsewhere), never forwarded."""
+        if isinstance(event, JobProgress) and len(event.text.encode()) > self.max_text_bytes:
+            return JobFailed(
+                event.job_id, event.attempt, True, f"progress text over {self.max_text_bytes} bytes"
+            )
+        if not isinstance(event, JobOutput):
+            return None
+        for what, size, limit in (
+            ("source_text", len(event.source_text.encode()), self.max_text_bytes),
+            ("translated_text", len(event.translated_text.encode()), self.max_text_bytes),
+            ("tts_audio", len(event.tts_audio), self.max_tts_bytes),
+        ):
+            if size > limit:
+                return JobFailed(
+                    event.job_id,
+                    event.attempt,
+                    True,
+                    f"result {what} has {size} bytes, over the {limit} allowed",
+                )
+        return None

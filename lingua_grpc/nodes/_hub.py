@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from lingua_grpc.clock import Clock
 from lingua_grpc.errors import FailedPrecondition, LeaseExpired, NotFound, PermissionDenied
-from lingua_grpc.jobs import Assignment, JobEvent
+from lingua_grpc.jobs import Assignment, JobEvent, ResultLimits
 from lingua_grpc.metrics import SchedulerMetrics
 from lingua_grpc.nodes._link import (
     CancelCommand,
@@ -47,6 +47,7 @@ class HubSettings:
     lease_ms: int
     lease_check_interval_ms: int
     registration_limits: RegistrationLimits
+    result_limits: ResultLimits
 
 
 class JobListener(Protocol):
@@ -113,6 +114,13 @@ class NodeHub:
     async def job_event(self, link: NodeLink, event: JobEvent) -> None:
         if self._jobs is None:
             return
+        refused = self._settings.result_limits.refusal(event)
+        if refused is not None:
+            log.warning(
+                "node result over the limits: the attempt fails",
+                extra={"node_id": link.node_id, "job_id": event.job_id, "why": refused.message},
+            )
+            event = refused
         try:
             await self._jobs.on_event(link.node_id, event)
         except RedisError as exc:

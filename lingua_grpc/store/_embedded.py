@@ -36,7 +36,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 class EmbeddedRedis:
     """Starts `redis-server` on a free loopback port with persistence off; `stop()` ends it."""
 
-    def __init__(self, server_path: str = "redis-server", host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, server_path: str = "redis-server", host: str = "127.0.0.1", maxmemory_mb: int = 512
+    ) -> None:
+        self._maxmemory_mb = maxmemory_mb
         self._server_path = server_path
         self._host = host
         self._proc: asyncio.subprocess.Process | None = None
@@ -65,6 +68,9 @@ class EmbeddedRedis:
                     binary,
                     *("--port", str(self.port), "--bind", self._host, "--save", "", "--appendonly", "no"),
                     *("--protected-mode", "yes", "--loglevel", "warning"),
+                    # Bounded, and never evicting: a full Redis refuses writes (each refused utterance
+                    # is skipped STORAGE_FULL) instead of silently dropping nodes, slots or jobs.
+                    *("--maxmemory", f"{self._maxmemory_mb}mb", "--maxmemory-policy", "noeviction"),
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=server_log,
                     stderr=asyncio.subprocess.STDOUT,

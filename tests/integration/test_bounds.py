@@ -11,7 +11,7 @@ import pytest
 from lingua_grpc._grpc import read_message
 from lingua_grpc.app import Scheduler
 from lingua_grpc.client import LinguaClient, Session
-from lingua_grpc.pb import common_pb2, node_pb2, node_pb2_grpc, session_pb2
+from lingua_grpc.pb import common_pb2, node_pb2, node_pb2_grpc, session_pb2, session_pb2_grpc
 from node_agent.engines import SyntheticEngine
 from tests.audio import tone
 from tests.conftest import wait_until
@@ -195,3 +195,44 @@ async def test_a_client_that_never_reads_is_ended_and_its_session_freed(
     await asyncio.wait_for(sender, 10)
     assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "did not read its results" in (ended.value.details() or "")
+
+
+class HugeTranslation(SyntheticEngine):
+    """A node whose translation is 5 MB of text: more than a client's default 4 MB receive limit."""
+
+    async def translate(self, text: str, source_language: str, target_language: str) -> str:
+        return "x" * (5 * 1024 * 1024)
+
+
+@pytest.mark.settings(session_queue_timeout_ms=3000, session_gap_timeout_ms=5000)
+async def test_a_result_over_the_limits_fails_its_attempt_and_is_never_forwarded(
+    scheduler: Scheduler, fleet: Fleet
+) -> None:
+    await fleet.add("huge", HugeTranslation())
+    await fleet.add("good")
+    assert scheduler.endpoints is not None
+    # A client with gRPC's default receive limit (4 MiB), as clients in other languages have.
+    async with grpc.aio.insecure_channel(scheduler.endpoints.grpc) as channel:
+        call = session_pb2_grpc.SessionServiceStub(channel).Stream()  # type: ignore[call-arg]
+        await call.write(
+            session_pb2.StreamRequest(
+                start=session_pb2.SessionStart(
+                    language_pair=common_pb2.LanguagePair(source_language="en", target_language="es"),
+                    audio_format=common_pb2.AudioFormat(
+                        encoding=common_pb2.AUDIO_ENCODING_PCM_S16LE, sample_rate_hz=16000, channels=1
+                    ),
+                )
+            )
+        )
+        for _ in range(4):
+            await call.write(
+                session_pb2.StreamRequest(audio=session_pb2.AudioChunk(data=tone(200), is_final=True))
+            )
+        await call.write(session_pb2.StreamRequest(end_of_stream=session_pb2.EndOfStream()))
+        await call.done_writing()
+        results = []
+        while (message := await asyncio.wait_for(read_message(call), 20)) is not None:
+            if message.HasField("result"):
+                results.append(message.result)
+    assert [r.node_id for r in results] == ["good"] * 4
+    assert all(len(r.translated_text) < 1000 for r in results)
