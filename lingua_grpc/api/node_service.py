@@ -11,10 +11,10 @@ import grpc
 from lingua_grpc._grpc import read_first, read_message
 from lingua_grpc.api import _convert as convert
 from lingua_grpc.api._errors import domain_errors
-from lingua_grpc.errors import FailedPrecondition, status_for
+from lingua_grpc.errors import FailedPrecondition, Unauthenticated, status_for
 from lingua_grpc.nodes import CloseReason, LinkClosed, NodeHub, NodeLink
 from lingua_grpc.pb import node_pb2, node_pb2_grpc
-from lingua_grpc.security import AccessGate, current_principal
+from lingua_grpc.security import AccessGate, current_principal, on_revoke
 from lingua_grpc.tasks import StopBetweenSteps
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 convert.registration_from_proto(first.register), holder=principal.name
             )
         link = attached.link
+        on_revoke(lambda: link.close(CloseReason.REVOKED, Unauthenticated("credential revoked")))
         steps = StopBetweenSteps()
         reader = asyncio.create_task(self._read(context, link, steps), name=f"node-reader-{link.node_id}")
         try:

@@ -16,10 +16,11 @@ from lingua_grpc.errors import (
     IdleTimeout,
     InvalidArgument,
     ResourceExhausted,
+    Unauthenticated,
     status_for,
 )
 from lingua_grpc.pb import session_pb2, session_pb2_grpc
-from lingua_grpc.security import current_principal
+from lingua_grpc.security import current_principal, on_revoke
 from lingua_grpc.sessions import Closed, ResultOut, SessionActor, SessionManager, output_bytes
 
 Context = grpc.aio.ServicerContext[session_pb2.StreamRequest, session_pb2.StreamResponse]
@@ -47,6 +48,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             actor = self._manager.open(
                 convert.start_from_proto(first.start), principal.name, principal.max_sessions, overflow
             )
+        on_revoke(lambda: actor.fail(Unauthenticated("credential revoked")))
         runner = asyncio.create_task(actor.run(), name=f"session-{actor.session_id}")
         reader = asyncio.create_task(self._read(context, actor), name=f"session-reader-{actor.session_id}")
         try:

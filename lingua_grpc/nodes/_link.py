@@ -39,6 +39,7 @@ class CloseReason(enum.Enum):
     REREGISTER = "reregister"  # the registry lost the node: it must register again
     PROTOCOL = "protocol"  # the node broke the protocol
     SHUTDOWN = "shutdown"  # this scheduler is stopping
+    REVOKED = "revoked"  # the node's credential was revoked
 
 
 class LinkClosed(Exception):

@@ -8,7 +8,13 @@ from lingua_grpc.security._credentials import (
     Role,
     token_digest,
 )
-from lingua_grpc.security._gate import ROLE_BY_SERVICE, AccessGate, AuthInterceptor, current_principal
+from lingua_grpc.security._gate import (
+    ROLE_BY_SERVICE,
+    AccessGate,
+    AuthInterceptor,
+    current_principal,
+    on_revoke,
+)
 from lingua_grpc.security._tls import ServerTls, is_loopback, server_credentials
 
 __all__ = [
@@ -23,6 +29,7 @@ __all__ = [
     "ServerTls",
     "current_principal",
     "is_loopback",
+    "on_revoke",
     "server_credentials",
     "token_digest",
 ]

@@ -45,6 +45,20 @@ class _OpenCall:
     principal: Principal
     task: asyncio.Task[Any] | None
     revoked: bool = False
+    # How the servicer ends this call in order when its credential is revoked. Without one the handler's
+    # task is cancelled, which is safe only for calls that never hold a write in flight for long.
+    closer: Callable[[], None] | None = None
+
+
+_CALL: contextvars.ContextVar[_OpenCall | None] = contextvars.ContextVar("lingua_call", default=None)
+
+
+def on_revoke(closer: Callable[[], None]) -> None:
+    """The running call ends itself with `closer` (in order, after its writes) if its credential is revoked.
+    `closer` must end the call with UNAUTHENTICATED "credential revoked"."""
+    call = _CALL.get()
+    if call is not None:
+        call.closer = closer
 
 
 @dataclass
@@ -92,7 +106,9 @@ class AccessGate:
             if granted.get(call.principal.name) != call.principal and not call.revoked:
                 call.revoked = True
                 ended += 1
-                if call.task is not None:
+                if call.closer is not None:
+                    call.closer()
+                elif call.task is not None:
                     call.task.cancel()
         if ended:
             self.metrics.auth_revoked_calls.inc(ended)
@@ -110,6 +126,7 @@ class AccessGate:
         call = _OpenCall(principal, asyncio.current_task())
         self._calls.add(call)
         token = _PRINCIPAL.set(principal)
+        call_token = _CALL.set(call)
         try:
             yield
         except asyncio.CancelledError:
@@ -118,8 +135,13 @@ class AccessGate:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "credential revoked")
+            # Set, not `abort`: the cancellation may have cut a write that gRPC still holds, and a status
+            # batch started beside it fails (GRPC_CALL_ERROR_TOO_MANY_OPERATIONS). gRPC sends this status
+            # once the handler returns and that write is done.
+            context.set_code(grpc.StatusCode.UNAUTHENTICATED)
+            context.set_details("credential revoked")
         finally:
+            _CALL.reset(call_token)
             _PRINCIPAL.reset(token)
             self._calls.discard(call)
 
