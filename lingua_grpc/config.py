@@ -129,7 +129,8 @@ class Settings:
         "utterances of one session waiting or running at once; more are skipped at once (SESSION_BACKLOG)",
     )
     session_idle_timeout_ms: int = _setting(
-        120000, "a session that sends nothing this long before end_of_stream ends (DEADLINE_EXCEEDED)"
+        120000,
+        "a session that sends nothing this long (to within a tenth) before end_of_stream ends (DEADLINE_EXCEEDED)",
     )
     session_outbox_max_bytes: int = _setting(
         16777216,
