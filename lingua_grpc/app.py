@@ -9,16 +9,18 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import _async as health_aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from lingua_grpc.api import NodeServicer, RegistryServicer, SessionServicer
 from lingua_grpc.clock import Clock, SystemClock
 from lingua_grpc.config import Settings
 from lingua_grpc.dispatch import Dispatcher, DispatchSettings
+from lingua_grpc.health import NotServing, Readiness
 from lingua_grpc.jobs import JobStore, ResultLimits
-from lingua_grpc.looplag import watch_loop_lag
+from lingua_grpc.looplag import Saturation, Signal, watch_loop
 from lingua_grpc.metrics import SchedulerMetrics
 from lingua_grpc.nodes import HubSettings, NodeHub
 from lingua_grpc.pb import (
@@ -63,10 +65,31 @@ class Scheduler:
         self._redis: Redis | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
+        session_service = SERVICE_NAMES[0]
+        self.readiness = Readiness(
+            self._health,
+            {
+                NotServing.REDIS_UNREACHABLE: SERVICE_NAMES,
+                NotServing.STORAGE_FULL: (session_service,),
+                NotServing.OVERLOADED: (session_service,),
+            },
+            self.metrics.not_serving,
+        )
+        self.load = Saturation(
+            self.clock,
+            {
+                Signal.LOOP_LAG: settings.overload_loop_lag_ms / 1000,
+                Signal.LOOP_BUSY: settings.overload_loop_busy_percent / 100,
+                Signal.DELIVERY: settings.overload_delivery_ms / 1000,
+            },
+            settings.overload_window_ms / 1000,
+            self._load_changed,
+        )
+        self._storage_probe: asyncio.Task[None] | None = None
+        self._store: JobStore | None = None
         self._metrics_server: object | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
-        self._health_tasks: set[asyncio.Task[None]] = set()
         self._lag_watch: asyncio.Task[None] | None = None
         # Read at construction, so a bad auth file stops the start before anything else runs.
         self.gate = AccessGate(
@@ -81,7 +104,7 @@ class Scheduler:
     async def start(self) -> Endpoints:
         s = self.settings
         self._lag_watch = asyncio.create_task(
-            watch_loop_lag(self.metrics.loop_lag, s.loop_lag_interval_ms / 1000), name="loop-lag"
+            watch_loop(self._loop_sample, s.loop_lag_interval_ms / 1000), name="loop-watch"
         )
         pool_specs = load_pools_file(s.pools_file) if s.pools_file else ()
         redis_url = s.redis_url
@@ -132,6 +155,7 @@ class Scheduler:
             s.job_ttl_ms,
             s.job_audio_ttl_ms,
             self.metrics,
+            self._storage_full,
         )
         self.dispatcher = Dispatcher(
             store,
@@ -159,7 +183,10 @@ class Scheduler:
             self.clock,
             SessionLimits(s.session_inbox_chunks, s.session_max_outstanding, s.session_outbox_max_bytes),
             s.max_sessions,
+            self.load,
+            s.overload_queue_wait_ms,
         )
+        self._store = store
 
         server = grpc.aio.server(
             interceptors=[AuthInterceptor(self.gate)],
@@ -192,8 +219,7 @@ class Scheduler:
             raise OSError(f"cannot listen on {s.listen}")
         await server.start()
         self._server = server
-        for name in ("", *SERVICE_NAMES):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.readiness.start()
 
         metrics_addr = None
         if s.metrics_port >= 0:
@@ -259,6 +285,7 @@ class Scheduler:
                 await self._embedded.stop()
             self.metrics.stop_serving()
             await cancel_and_wait(self._lag_watch)
+            await cancel_and_wait(self._storage_probe)
         finally:
             self._stopped.set()
             log.info("scheduler stopped")
@@ -274,24 +301,56 @@ class Scheduler:
         return self.gate.reload(CredentialBook.load(self.settings.auth_file))
 
     def _redis_state_changed(self, reachable: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if reachable
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        if reachable:
-            log.info("redis reachable again: serving")
-        else:
-            log.error("redis unreachable: health NOT_SERVING, new sessions refused until it is back")
-        if self._stopping:
-            return
-        task = asyncio.create_task(self._set_health(status))
-        self._health_tasks.add(task)
-        task.add_done_callback(self._health_tasks.discard)
+        if not self._stopping:
+            self.readiness.set(
+                NotServing.REDIS_UNREACHABLE,
+                not reachable,
+                "redis reachable again"
+                if reachable
+                else "redis unreachable: health NOT_SERVING, new sessions refused until it is back",
+            )
 
-    async def _set_health(self, status: int) -> None:
-        for name in ("", *SERVICE_NAMES):
-            await self._health.set(name, status)
+    def _loop_sample(self, signal: Signal, value: float) -> None:
+        if signal is Signal.LOOP_LAG:
+            self.metrics.loop_lag.observe(value)
+        else:
+            self.metrics.loop_busy.set(self.load.mean(Signal.LOOP_BUSY))
+        self.load.observe(signal, value)
+
+    def _load_changed(self, overloaded: bool, why: str) -> None:
+        if not self._stopping:
+            self.readiness.set(
+                NotServing.OVERLOADED,
+                overloaded,
+                f"saturated: {why}: new sessions refused" if overloaded else f"no longer saturated: {why}",
+            )
+
+    def _storage_full(self) -> None:
+        if self._stopping or self._storage_probe is not None:
+            return
+        self.readiness.set(
+            NotServing.STORAGE_FULL,
+            True,
+            "Redis refuses writes for memory (OOM): new utterances are skipped STORAGE_FULL until job TTLs"
+            " free memory or maxmemory is raised",
+        )
+        self._storage_probe = asyncio.create_task(self._probe_storage(), name="storage-probe")
+
+    async def _probe_storage(self) -> None:
+        interval_s = self.settings.snapshot_poll_ms / 1000
+        try:
+            while True:
+                await asyncio.sleep(interval_s)
+                try:
+                    if self._store is not None and await self._store.writable(
+                        ttl_ms=self.settings.snapshot_poll_ms
+                    ):
+                        break
+                except (RedisError, OSError):
+                    continue  # unreachable is its own reason; keep probing
+            self.readiness.set(NotServing.STORAGE_FULL, False, "Redis takes writes again")
+        finally:
+            self._storage_probe = None
 
     @staticmethod
     async def _warn_on_eviction_policy(redis: Redis) -> None:

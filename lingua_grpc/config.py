@@ -139,6 +139,29 @@ class Settings:
     max_sessions: int = _setting(
         5000, "open sessions on this instance; more are refused (RESOURCE_EXHAUSTED)"
     )
+    overload_loop_lag_ms: int = _setting(
+        50,
+        "mean event-loop lag over overload_window_ms above which new sessions are refused"
+        " (RESOURCE_EXHAUSTED with retry-after-ms; SessionService health NOT_SERVING); 0: off",
+    )
+    overload_delivery_ms: int = _setting(
+        50,
+        "mean time from a node's result to its write to the client, over overload_window_ms, above which new"
+        " sessions are refused as for overload_loop_lag_ms; 0: off",
+    )
+    overload_queue_wait_ms: int = _setting(
+        500,
+        "a pair whose oldest job has waited this long for a node slot refuses new sessions"
+        " (RESOURCE_EXHAUSTED with retry-after-ms) until its nodes catch up; 0: off",
+    )
+    overload_loop_busy_percent: int = _setting(
+        85,
+        "mean share of time the event loop's thread runs or waits for a CPU, over overload_window_ms, above"
+        " which new sessions are refused as for overload_loop_lag_ms; 0: off",
+    )
+    overload_window_ms: int = _setting(
+        1000, "window of the overload mean, the least time overload lasts once entered, and the retry hint"
+    )
     pair_queue_max_jobs: int = _setting(
         1000, "jobs waiting for a slot per language pair; more are skipped at once (NO_CAPACITY)"
     )
@@ -233,6 +256,11 @@ class Settings:
         ):
             if getattr(self, name) < 10:
                 out.append(f"{name} must be at least 10")
+        for name in ("overload_loop_lag_ms", "overload_delivery_ms", "overload_queue_wait_ms"):
+            if getattr(self, name) < 0:
+                out.append(f"{name} must be 0 (off) or more")
+        if not 0 <= self.overload_loop_busy_percent <= 100:
+            out.append("overload_loop_busy_percent must be 0 (off) to 100")
         if self.node_lease_heartbeats < 2:
             out.append("node_lease_heartbeats must be at least 2 (one late heartbeat must not drop a node)")
         try:
@@ -245,6 +273,7 @@ class Settings:
             "session_idle_timeout_ms",
             "session_outbox_max_bytes",
             "max_sessions",
+            "overload_window_ms",
             "embedded_redis_maxmemory_mb",
             "pair_queue_max_jobs",
             "redis_max_connections",

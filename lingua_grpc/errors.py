@@ -6,7 +6,15 @@ import grpc
 
 
 class LinguaError(Exception):
-    """Base class of every error the scheduler reports to a caller."""
+    """Base class of every error the scheduler reports to a caller.
+
+    `retry_after_ms`, when set, travels to the caller as the trailing metadata `retry-after-ms`: how long to
+    wait before trying again (a refusal for load, not for the request itself).
+    """
+
+    def __init__(self, message: str, *, retry_after_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
 
 
 class InvalidArgument(LinguaError):

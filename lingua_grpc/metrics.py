@@ -99,6 +99,19 @@ class SchedulerMetrics:
             ["credentials", "tls", "insecure"],
             registry=r,
         )
+        self.not_serving = Gauge(
+            "lingua_not_serving",
+            "1 while this reason keeps a service NOT_SERVING in health (redis_unreachable, storage_full,"
+            " overloaded)",
+            ["reason"],
+            registry=r,
+        )
+        self.loop_busy = Gauge(
+            "lingua_event_loop_busy_ratio",
+            "Share of the last overload window the event loop's thread spent on a CPU (near 1: no slack;"
+            " new sessions are refused above overload_loop_busy_percent)",
+            registry=r,
+        )
         self.sessions_refused = Counter(
             "lingua_sessions_refused_total",
             "Sessions refused at start for a limit (instance, credential, overload)",

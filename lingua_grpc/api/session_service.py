@@ -59,6 +59,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
                 if isinstance(out, ResultOut):  # the scheduler's own delivery time, up to the write
                     delivery_s = clock.monotonic() - out.overhead.received_at
                     response.result.timings.scheduler_delivery_us = int(delivery_s * 1_000_000)
+                    self._manager.delivered(delivery_s)
                 await context.write(response)
                 actor.outbox_bytes -= output_bytes(out)
             if out.error is not None:

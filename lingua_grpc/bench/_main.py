@@ -17,6 +17,7 @@ import json
 import os
 import random
 import re
+import shlex
 import signal
 import statistics
 import subprocess
@@ -133,9 +134,19 @@ async def redis_calls(redis: Redis) -> dict[str, int]:
 
 
 async def run_session(
-    client: LinguaClient, args: argparse.Namespace, bar: tqdm, sink: dict[str, list[float]]
+    client: LinguaClient, args: argparse.Namespace, bar: tqdm, sink: dict[str, list[float]], delay_s: float
 ) -> int:
-    session = await client.start_session("en", "es", RATE, session_pb2.SessionOptions(tts_enabled=False))
+    await asyncio.sleep(delay_s)  # --ramp-s: sessions arrive spread over the ramp, as users do
+    asked = time.perf_counter()
+    try:
+        session = await client.start_session("en", "es", RATE, session_pb2.SessionOptions(tts_enabled=False))
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+            raise
+        sink["refused_ms"].append((time.perf_counter() - asked) * 1000)  # how long a refusal took
+        bar.update(args.utterances)
+        return 0
+    sink["admitted"].append(1)
     if args.whole_utterances:  # one message per utterance, marked final: measures jobs, not audio ingest
         messages = [(utterance_pcm(i), True) for i in range(args.utterances)]
     else:
@@ -186,6 +197,8 @@ async def scheduler_samples(metrics_url: str) -> dict[tuple[str, str], float]:
                 out[(s.name, "")] += s.value
             elif s.name == "lingua_event_loop_lag_seconds_bucket":
                 out[(s.name, s.labels["le"])] = s.value
+            elif s.name in ("lingua_event_loop_busy_ratio", "lingua_sessions_open"):
+                out[(s.name, "")] = s.value
     return out
 
 
@@ -215,18 +228,41 @@ async def load_phase(
     metrics_url: str,
 ) -> None:
     sink: dict[str, list[float]] = {
-        k: [] for k in ("dispatch_us", "delivery_us", "overhead_us", "total_ms", "skipped")
+        k: []
+        for k in (
+            "dispatch_us",
+            "delivery_us",
+            "overhead_us",
+            "total_ms",
+            "skipped",
+            "refused_ms",
+            "admitted",
+        )
     }
     calls_before = await redis_calls(redis) if redis else {}
     samples_before = await scheduler_samples(metrics_url)
     cpu_before = scheduler.cpu_s() if scheduler else 0.0
     waited_before = scheduler.runqueue_wait_s() if scheduler else 0.0
     total = args.sessions * args.utterances
+    busy: list[float] = []
+
+    async def watch_busy() -> None:  # the loop's busy share, as the scheduler's admission sees it
+        while metrics_url:
+            await asyncio.sleep(0.5)
+            busy.append((await scheduler_samples(metrics_url)).get(("lingua_event_loop_busy_ratio", ""), 0.0))
+
+    watcher = asyncio.create_task(watch_busy())
     async with LinguaClient(address) as client:
         with tqdm(total=total, desc="utterances", unit="utt", disable=args.quiet) as bar:
             started = time.perf_counter()
-            sent = await asyncio.gather(*(run_session(client, args, bar, sink) for _ in range(args.sessions)))
+            sent = await asyncio.gather(
+                *(
+                    run_session(client, args, bar, sink, i * args.ramp_s / args.sessions)
+                    for i in range(args.sessions)
+                )
+            )
             elapsed = time.perf_counter() - started
+    watcher.cancel()
     jobs = len(sink["total_ms"])
     cpu = (scheduler.cpu_s() - cpu_before) if scheduler else 0.0
     waited = (scheduler.runqueue_wait_s() - waited_before) if scheduler else 0.0
@@ -238,6 +274,10 @@ async def load_phase(
     commands = sum(calls_after.values()) - sum(calls_before.values())
     report.load = {
         "sessions": args.sessions,
+        "sessions_admitted": len(sink["admitted"]),
+        # Refused at start (RESOURCE_EXHAUSTED: the instance is saturated or full), and how fast.
+        "sessions_refused": len(sink["refused_ms"]),
+        "refusal_p99_ms": percentile(sink["refused_ms"], 99) if sink["refused_ms"] else float("nan"),
         "utterances_completed": jobs,
         "utterances_skipped": len(sink["skipped"]),
         "elapsed_s": elapsed,
@@ -252,6 +292,8 @@ async def load_phase(
         # How late the scheduler's event loop ran a timer (bucket upper bound): the wait every await pays.
         "loop_lag_p50_ms": lag_quantile_ms(samples_before, samples, 0.5),
         "loop_lag_p99_ms": lag_quantile_ms(samples_before, samples, 0.99),
+        "loop_busy_p50": percentile(busy, 50),
+        "loop_busy_max": max(busy, default=0.0),
         "end_to_end_p50_ms": percentile(sink["total_ms"], 50),
         "end_to_end_p99_ms": percentile(sink["total_ms"], 99),
         # Round trips as the scheduler counts them per job operation (its metrics); commandstats also
@@ -421,6 +463,7 @@ async def run(args: argparse.Namespace) -> Report:
                     "60000",
                     "--session-gap-timeout-ms",
                     "60000",
+                    *shlex.split(args.scheduler_args),
                 ],
                 "listening on",
                 args.log_dir,
@@ -518,6 +561,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sessions", type=int, default=100, help="concurrent sessions (default 100)")
     p.add_argument("--utterances", type=int, default=10, help="utterances per session (default 10)")
     p.add_argument("--realtime", action="store_true", help="send audio at real-time pace")
+    p.add_argument(
+        "--ramp-s", type=float, default=0.0, help="start the sessions spread evenly over this many seconds"
+    )
+    p.add_argument(
+        "--scheduler-args",
+        default="",
+        help="extra flags for the scheduler this bench starts, e.g. '--overload-loop-lag-ms 0'",
+    )
     p.add_argument(
         "--lockstep",
         action="store_true",

@@ -152,6 +152,14 @@ class Dispatcher:
     def queued(self) -> int:
         return sum(len(q) for q in self._queues.values())
 
+    def backlog(self, pair: LanguagePair) -> tuple[int, float]:
+        """Jobs of `pair` waiting for a node slot, and how long the oldest has waited (seconds)."""
+        queue = self._queues.get(pair)
+        if not queue:
+            return 0, 0.0
+        oldest = min(queue[0].submitted_at, queue[-1].submitted_at)  # retries go back to the head
+        return len(queue), max(0.0, self._clock.monotonic() - oldest)
+
     @property
     def running(self) -> int:
         return len(self._live)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, OutOfMemoryError
 
 from lingua_grpc.jobs._model import JobSpec, JobState, parse_job_id
 from lingua_grpc.metrics import SchedulerMetrics
@@ -50,8 +52,11 @@ class JobStore:
         job_ttl_ms: int,
         audio_ttl_ms: int,
         metrics: SchedulerMetrics | None = None,
+        on_full: Callable[[], None] | None = None,
     ) -> None:
+        """`on_full` is called each time Redis refuses to record a job for memory (OOM)."""
         self._metrics = metrics
+        self._on_full = on_full
         self._redis = redis
         self._jobs = job_keys
         self._nodes = registry_keys
@@ -69,9 +74,10 @@ class JobStore:
         node was given. A job recorded anew (e.g. after Redis lost its data) starts again at attempt 1.
         """
         self._round_trip("start")
-        created, attempt = await self._scripts.start_job(
-            keys=self._start_keys(spec), args=self._start_args(spec, current_attempt, node_id)
-        )
+        with self._reporting_full():
+            created, attempt = await self._scripts.start_job(
+                keys=self._start_keys(spec), args=self._start_args(spec, current_attempt, node_id)
+            )
         return _started(created, attempt)
 
     async def reserve_and_start(
@@ -86,19 +92,37 @@ class JobStore:
         Returns the reservation and the attempt started (as `start`).
         """
         self._round_trip("reserve_start")
-        reserved, started = await self._pipelined(
-            (
-                self._scripts.reserve_slot,
-                self._slot_keys(node_id),
-                [slot_member(spec.job_id, current_attempt + 1)],
-            ),
-            (
-                self._scripts.start_job,
-                self._start_keys(spec),
-                self._start_args(spec, current_attempt, node_id),
-            ),
-        )
+        with self._reporting_full():
+            reserved, started = await self._pipelined(
+                (
+                    self._scripts.reserve_slot,
+                    self._slot_keys(node_id),
+                    [slot_member(spec.job_id, current_attempt + 1)],
+                ),
+                (
+                    self._scripts.start_job,
+                    self._start_keys(spec),
+                    self._start_args(spec, current_attempt, node_id),
+                ),
+            )
         return Reservation(int(reserved)), _started(*started)[1]
+
+    @contextlib.contextmanager
+    def _reporting_full(self) -> Iterator[None]:
+        try:
+            yield
+        except OutOfMemoryError:
+            if self._on_full is not None:
+                self._on_full()
+            raise
+
+    async def writable(self, ttl_ms: int) -> bool:
+        """Whether Redis takes a write now (a short-lived probe key): False while it refuses for memory."""
+        try:
+            await self._redis.set(self._jobs.probe, b"1", px=ttl_ms)
+        except OutOfMemoryError:
+            return False
+        return True
 
     def _start_keys(self, spec: JobSpec) -> list[str]:
         return [self._jobs.job(spec.session_id, spec.index), self._jobs.audio(spec.session_id, spec.index)]

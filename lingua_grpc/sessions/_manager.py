@@ -12,6 +12,7 @@ from lingua_grpc.clock import Clock
 from lingua_grpc.dispatch import Dispatcher
 from lingua_grpc.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from lingua_grpc.jobs import JobStore
+from lingua_grpc.looplag import Saturation, Signal
 from lingua_grpc.metrics import SchedulerMetrics
 from lingua_grpc.registry import LanguagePair, SnapshotCache
 from lingua_grpc.sessions._actor import SessionActor, SessionLimits
@@ -42,7 +43,11 @@ class SessionManager:
         clock: Clock,
         limits: SessionLimits,
         max_sessions: int,
+        load: Saturation | None = None,
+        queue_wait_limit_ms: int = 0,
     ) -> None:
+        """`load`, when given, refuses new sessions while it reads overloaded; so does a pair whose oldest
+        queued job has waited over `queue_wait_limit_ms` (0: never)."""
         self._defaults = defaults
         self._cache = cache
         self._store = store
@@ -51,10 +56,22 @@ class SessionManager:
         self.clock = clock
         self.limits = limits
         self._max_sessions = max_sessions
+        self._load = load
+        self._queue_wait_limit_s = queue_wait_limit_ms / 1000
         self._sessions: dict[str, SessionActor] = {}
         self._owners: dict[str, str] = {}  # session id -> the credential that opened it
         self._by_owner: collections.Counter[str] = collections.Counter()
         self.accepting = True
+
+    def delivered(self, delivery_s: float) -> None:
+        """A result reached its client's stream `delivery_s` after its node sent it (admission's signal).
+        One sample counts at most a window: a client that reads late must not outweigh all the others."""
+        if self._load is not None:
+            self._load.observe(Signal.DELIVERY, min(delivery_s, self._load.window_s))
+
+    @property
+    def _retry_after_ms(self) -> int | None:
+        return round(self._load.window_s * 1000) if self._load is not None else None
 
     @property
     def open_sessions(self) -> int:
@@ -91,11 +108,27 @@ class SessionManager:
             )
         if not self._cache.current.serves(start.pair):
             raise Unavailable(f"no registered node serves {start.pair}; try again when one registers")
+        if self._load is not None and self._load.overloaded:
+            self._metrics.sessions_refused.labels("overloaded").inc()
+            raise ResourceExhausted(
+                f"this scheduler instance is saturated ({self._load.describe()}): connect to another"
+                " instance or retry after the retry-after-ms trailer",
+                retry_after_ms=round(self._load.window_s * 1000),
+            )
+        waiting, waited_s = self._dispatcher.backlog(start.pair)
+        if self._queue_wait_limit_s and waited_s > self._queue_wait_limit_s:
+            self._metrics.sessions_refused.labels("pair_saturated").inc()
+            raise ResourceExhausted(
+                f"the {start.pair} nodes are saturated: {waiting} jobs wait for a slot, the oldest for"
+                f" {waited_s * 1000:.0f} ms: retry after the retry-after-ms trailer",
+                retry_after_ms=self._retry_after_ms,
+            )
         if len(self._sessions) >= self._max_sessions:
             self._metrics.sessions_refused.labels("instance_full").inc()
             raise ResourceExhausted(
                 f"this scheduler instance has {len(self._sessions)} open sessions, its limit: connect to"
-                " another instance or try again later"
+                " another instance or try again later",
+                retry_after_ms=self._retry_after_ms,
             )
         if owner_max_sessions and self._by_owner[owner] >= owner_max_sessions:
             self._metrics.sessions_refused.labels("credential_full").inc()

@@ -9,6 +9,7 @@ Registry keys (tag `{registry}`), with the default prefix:
 Job keys (tag `{s:<session_id>}`: a session's jobs share one slot):
     lingua:v1:{s:<session_id>}:job:<index>     job hash: state, attempt, node, timestamps, result
     lingua:v1:{s:<session_id>}:audio:<index>   the utterance's audio, kept for re-dispatch (TTL)
+    lingua:v1:{probe}:write                     written (short TTL) to learn whether Redis takes writes again
 """
 
 from __future__ import annotations
@@ -51,3 +52,7 @@ class JobKeys:
 
     def audio(self, session_id: str, index: int) -> str:
         return f"{self.prefix}{{s:{session_id}}}:audio:{index}"
+
+    @property
+    def probe(self) -> str:
+        return f"{self.prefix}{{probe}}:write"

@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from redis.asyncio import Redis
 
 from lingua_grpc._grpc import read_message
 from lingua_grpc.app import Scheduler
 from lingua_grpc.client import LinguaClient, Session
 from lingua_grpc.pb import common_pb2, node_pb2, node_pb2_grpc, session_pb2, session_pb2_grpc
-from node_agent.engines import SyntheticEngine
+from node_agent.engines import Audio, SyntheticEngine
 from tests.audio import tone
-from tests.conftest import wait_until
+from tests.conftest import RedisServer, wait_until
 from tests.integration._fleet import THREE_UTTERANCES, Fleet, answers, collect, stream
 
 pytestmark = pytest.mark.integration
+
+SESSION_SERVICE, NODE_SERVICE = "lingua.v1.SessionService", "lingua.v1.NodeService"
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 async def test_language_tags_in_any_case_name_the_same_pair(client: LinguaClient, fleet: Fleet) -> None:
@@ -236,3 +243,130 @@ async def test_a_result_over_the_limits_fails_its_attempt_and_is_never_forwarded
                 results.append(message.result)
     assert [r.node_id for r in results] == ["good"] * 4
     assert all(len(r.translated_text) < 1000 for r in results)
+
+
+def _hold_the_loop(seconds: float) -> None:
+    """CPU work on the event loop's thread: what a saturated instance's callbacks do to everyone else."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+@pytest.mark.settings(
+    overload_loop_lag_ms=20, overload_loop_busy_percent=0, overload_window_ms=400, loop_lag_interval_ms=10
+)
+async def test_a_saturated_instance_refuses_new_sessions_with_a_retry_hint_and_says_so(
+    scheduler: Scheduler, client: LinguaClient, fleet: Fleet
+) -> None:
+    await fleet.add("gpu-1")
+    admitted = await client.start_session("en", "es")
+    assert scheduler.endpoints is not None
+    health = health_pb2_grpc.HealthStub(client._channel)
+
+    async def status(service: str) -> int:
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        return int(reply.status)
+
+    async def session_service_is(expected: int) -> bool:
+        return await status(SESSION_SERVICE) == expected
+
+    async def saturate() -> None:
+        while True:
+            _hold_the_loop(0.05)
+            await asyncio.sleep(0)
+
+    load = asyncio.create_task(saturate())
+    try:
+        await wait_until(lambda: session_service_is(NOT_SERVING), what="SessionService NOT_SERVING")
+        assert await status(NODE_SERVICE) == SERVING  # nodes keep working
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await client.start_session("en", "es")
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "saturated" in (refused.value.details() or "")
+        trailers: Any = refused.value.trailing_metadata()  # (key, value) pairs; typed as objects
+        assert ("retry-after-ms", "400") in tuple(trailers)
+        assert scheduler.metrics.not_serving.labels("overloaded")._value.get() == 1
+    finally:
+        load.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await load
+    # The admitted session was never touched, and once the lag falls new sessions are admitted again.
+    await stream(admitted, THREE_UTTERANCES)
+    assert answers(await collect(admitted)) == [(0, "result"), (1, "result"), (2, "result")]
+    await wait_until(lambda: session_service_is(SERVING), what="SessionService SERVING again")
+    again = await client.start_session("en", "es")
+    await stream(again, tone(500))
+    assert answers(await collect(again)) == [(0, "result")]
+
+
+async def test_redis_out_of_memory_skips_utterances_storage_full_and_health_says_why(
+    scheduler: Scheduler, client: LinguaClient, fleet: Fleet, redis_server: RedisServer
+) -> None:
+    await fleet.add("gpu-1")
+    session = await client.start_session("en", "es")
+    health = health_pb2_grpc.HealthStub(client._channel)
+
+    async def session_service_is(expected: int) -> bool:
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=SESSION_SERVICE))
+        return bool(reply.status == expected)
+
+    async def next_answer() -> session_pb2.StreamResponse:
+        async for m in session:
+            if m.WhichOneof("kind") in ("result", "skipped"):
+                return m
+        raise AssertionError("the stream ended")
+
+    await session.send_audio(tone(400), is_final=True)
+    assert (await asyncio.wait_for(next_answer(), 10)).HasField("result")
+    admin = Redis.from_url(redis_server.url)
+    try:
+        await admin.config_set("maxmemory", 1)  # Redis now refuses every write for memory (noeviction)
+        await session.send_audio(tone(400), is_final=True)
+        skipped = await asyncio.wait_for(next_answer(), 10)
+        assert skipped.skipped.reason == session_pb2.SKIP_REASON_STORAGE_FULL
+        assert "store is full" in skipped.skipped.message
+        await wait_until(lambda: session_service_is(NOT_SERVING), what="SessionService NOT_SERVING")
+        assert scheduler.metrics.not_serving.labels("storage_full")._value.get() == 1
+    finally:
+        await admin.config_set("maxmemory", 0)
+        await admin.aclose()
+    await wait_until(lambda: session_service_is(SERVING), what="SessionService SERVING again")
+    await session.send_audio(tone(400), is_final=True)
+    assert (await asyncio.wait_for(next_answer(), 10)).HasField("result")
+    await session.end()
+    assert scheduler.metrics.not_serving.labels("storage_full")._value.get() == 0
+
+
+@pytest.mark.settings(overload_queue_wait_ms=200, session_queue_timeout_ms=5000)
+async def test_a_pair_whose_nodes_are_full_refuses_new_sessions_until_they_catch_up(
+    client: LinguaClient, fleet: Fleet
+) -> None:
+    release = asyncio.Event()
+
+    class Held(SyntheticEngine):  # a node busy with one long job: everything else queues behind it
+        async def transcribe(self, audio: Audio, language: str) -> str:
+            await release.wait()
+            return await super().transcribe(audio, language)
+
+    await fleet.add("gpu-1", engine=Held(), max_concurrency=1)
+    talker = await client.start_session("en", "es")
+    for _ in range(2):
+        await talker.send_audio(tone(300), is_final=True)
+
+    refusals: list[grpc.aio.AioRpcError] = []
+
+    async def refused() -> bool:
+        try:
+            (await client.start_session("en", "es")).cancel()
+        except grpc.aio.AioRpcError as exc:
+            refusals.append(exc)
+        return bool(refusals)
+
+    await wait_until(refused, what="a new en-es session refused while its queue waits")
+    assert refusals[0].code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "en-es nodes are saturated: 1 jobs wait" in (refusals[0].details() or "")
+    release.set()  # the node catches up: the queue empties and sessions are admitted again
+    await talker.end()
+    assert answers(await collect(talker)) == [(0, "result"), (1, "result")]
+    admitted = await client.start_session("en", "es")
+    await admitted.end()

@@ -1,42 +1,124 @@
-"""The event-loop lag metric shows a loop that is kept busy."""
+"""The event-loop figures show a loop that is kept busy; Saturation says when to refuse new sessions."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from lingua_grpc.looplag import watch_loop_lag
+import pytest
+
+from lingua_grpc.clock import ManualClock
+from lingua_grpc.looplag import Saturation, Signal, watch_loop
 from lingua_grpc.tasks import cancel_and_wait
 
 
 class Samples:
     def __init__(self) -> None:
-        self.values: list[float] = []
+        self.values: dict[Signal, list[float]] = {s: [] for s in Signal}
         self.changed = asyncio.Event()
 
-    def observe(self, amount: float) -> None:
-        self.values.append(amount)
+    def observe(self, signal: Signal, amount: float) -> None:
+        self.values[signal].append(amount)
         self.changed.set()
 
-    async def wait_for(self, count: int) -> None:
-        while len(self.values) < count:
+    async def wait_for(self, signal: Signal, count: int) -> None:
+        while len(self.values[signal]) < count:
             self.changed.clear()
             await self.changed.wait()
 
 
-def hold_the_loop(seconds: float) -> None:
-    time.sleep(seconds)  # a callback that keeps the loop busy, as a CPU-heavy handler would
+def sleep_on_the_loop(seconds: float) -> None:
+    time.sleep(seconds)  # a callback that keeps the loop from running, off any CPU (a blocking call)
+
+
+def spin_on_the_loop(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:  # a CPU-heavy callback
+        pass
 
 
 async def test_a_callback_that_holds_the_loop_shows_up_as_lag() -> None:
     samples = Samples()
-    watcher = asyncio.create_task(watch_loop_lag(samples, 0.005))
+    watcher = asyncio.create_task(watch_loop(samples.observe, 0.005))
     try:
-        await asyncio.wait_for(samples.wait_for(3), 5)
-        assert max(samples.values) < 0.1  # an idle loop: small lag
-        seen = len(samples.values)
-        asyncio.get_running_loop().call_soon(hold_the_loop, 0.15)
-        await asyncio.wait_for(samples.wait_for(seen + 1), 5)
-        assert max(samples.values[seen:]) >= 0.1
+        await asyncio.wait_for(samples.wait_for(Signal.LOOP_LAG, 3), 5)
+        assert max(samples.values[Signal.LOOP_LAG]) < 0.1  # an idle loop: small lag
+        seen = len(samples.values[Signal.LOOP_LAG])
+        asyncio.get_running_loop().call_soon(sleep_on_the_loop, 0.15)
+        await asyncio.wait_for(samples.wait_for(Signal.LOOP_LAG, seen + 1), 5)
+        assert max(samples.values[Signal.LOOP_LAG][seen:]) >= 0.1
     finally:
         await cancel_and_wait(watcher)
+
+
+async def test_cpu_work_on_the_loop_shows_up_as_busy_and_blocking_does_not() -> None:
+    samples = Samples()
+    watcher = asyncio.create_task(watch_loop(samples.observe, 0.05))
+    try:
+        await asyncio.wait_for(samples.wait_for(Signal.LOOP_BUSY, 2), 5)
+        seen = len(samples.values[Signal.LOOP_BUSY])
+        asyncio.get_running_loop().call_soon(sleep_on_the_loop, 0.2)
+        await asyncio.wait_for(samples.wait_for(Signal.LOOP_BUSY, seen + 1), 5)
+        assert max(samples.values[Signal.LOOP_BUSY][seen:]) < 0.5  # waiting is not work
+        seen = len(samples.values[Signal.LOOP_BUSY])
+        asyncio.get_running_loop().call_soon(spin_on_the_loop, 0.2)
+        await asyncio.wait_for(samples.wait_for(Signal.LOOP_BUSY, seen + 1), 5)
+        assert max(samples.values[Signal.LOOP_BUSY][seen:]) > 0.5
+    finally:
+        await cancel_and_wait(watcher)
+
+
+LIMITS = {Signal.LOOP_LAG: 0.05, Signal.LOOP_BUSY: 0.9}
+
+
+def feed(gauge: Saturation, clock: ManualClock, signal: Signal, values: list[float]) -> None:
+    for value in values:
+        clock.advance(0.1)
+        gauge.observe(signal, value)
+
+
+def test_a_lone_spike_does_not_overload_but_a_sustained_lag_does() -> None:
+    clock, changes = ManualClock(), []
+    gauge = Saturation(clock, LIMITS, window_s=1.0, on_change=lambda o, why: changes.append((o, why)))
+    feed(gauge, clock, Signal.LOOP_LAG, [0.001] * 10 + [0.3] + [0.001] * 10)  # one GC pause: mean ~31 ms
+    assert not gauge.overloaded and changes == []
+    feed(gauge, clock, Signal.LOOP_LAG, [0.08] * 10)
+    assert gauge.overloaded and gauge.over() == [Signal.LOOP_LAG]
+    assert gauge.mean(Signal.LOOP_LAG) == pytest.approx(0.08)
+    assert len(changes) == 1 and "event-loop lag 56 ms (limit 50)" in changes[0][1]
+
+
+def test_a_loop_busy_all_the_time_is_saturated_even_with_punctual_timers() -> None:
+    clock = ManualClock()
+    gauge = Saturation(clock, LIMITS, window_s=1.0)
+    for _ in range(10):
+        feed(gauge, clock, Signal.LOOP_LAG, [0.002])
+        gauge.observe(Signal.LOOP_BUSY, 0.97)
+    assert gauge.overloaded and gauge.over() == [Signal.LOOP_BUSY]
+
+
+def test_overload_lasts_a_window_at_least_then_lifts_when_the_mean_falls() -> None:
+    clock, changes = ManualClock(), []
+    gauge = Saturation(clock, LIMITS, window_s=1.0, on_change=lambda o, why: changes.append(o))
+    feed(gauge, clock, Signal.LOOP_LAG, [2.0])  # one blocked second: over at once
+    assert gauge.overloaded
+    feed(gauge, clock, Signal.LOOP_LAG, [0.001] * 5)  # the mean is low again, but not for a window yet
+    assert gauge.overloaded
+    feed(gauge, clock, Signal.LOOP_LAG, [0.001] * 5)
+    assert not gauge.overloaded and changes == [True, False]
+
+
+def test_a_limit_of_zero_turns_its_signal_off() -> None:
+    clock = ManualClock()
+    gauge = Saturation(clock, {Signal.LOOP_LAG: 0, Signal.LOOP_BUSY: 0}, window_s=1.0)
+    feed(gauge, clock, Signal.LOOP_LAG, [5.0] * 20)
+    feed(gauge, clock, Signal.LOOP_BUSY, [1.0] * 20)
+    assert not gauge.overloaded
+
+
+def test_samples_older_than_the_window_leave_the_mean() -> None:
+    clock = ManualClock()
+    gauge = Saturation(clock, LIMITS, window_s=1.0)
+    feed(gauge, clock, Signal.LOOP_LAG, [0.04] * 10)
+    feed(gauge, clock, Signal.LOOP_LAG, [0.01] * 10)
+    assert gauge.mean(Signal.LOOP_LAG) == pytest.approx(0.01)

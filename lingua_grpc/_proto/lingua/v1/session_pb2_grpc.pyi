@@ -45,9 +45,10 @@ class SessionServiceStub:
     FAILED_PRECONDITION when the first message is not `start` or a message comes in the wrong order;
     UNAVAILABLE when no registered node serves the language pair or the scheduler is shutting down;
     RESOURCE_EXHAUSTED when a limit is exceeded: too many open sessions on the instance or under the
-    client's credential, the instance is overloaded (the message says when to retry; trailing metadata
-    `retry-after-ms` carries it as a number), an audio chunk is too large, or the client stopped reading
-    its results (unread output over `session_outbox_max_bytes`); DEADLINE_EXCEEDED when the client sent
+    client's credential, the instance is saturated or the pair's nodes are full (refused at start, before
+    `started`; the trailing metadata `retry-after-ms` says how many milliseconds to wait before trying
+    again, or try another instance), an audio chunk is too large, or the client stopped reading its
+    results (unread output over `session_outbox_max_bytes`); DEADLINE_EXCEEDED when the client sent
     nothing for `session_idle_timeout_ms` before `end_of_stream`; UNAUTHENTICATED without a valid client
     token when the scheduler asks for credentials (`authorization: Bearer <token>` metadata), and
     PERMISSION_DENIED for a token of another role.
@@ -70,9 +71,10 @@ class SessionServiceAsyncStub(SessionServiceStub):
     FAILED_PRECONDITION when the first message is not `start` or a message comes in the wrong order;
     UNAVAILABLE when no registered node serves the language pair or the scheduler is shutting down;
     RESOURCE_EXHAUSTED when a limit is exceeded: too many open sessions on the instance or under the
-    client's credential, the instance is overloaded (the message says when to retry; trailing metadata
-    `retry-after-ms` carries it as a number), an audio chunk is too large, or the client stopped reading
-    its results (unread output over `session_outbox_max_bytes`); DEADLINE_EXCEEDED when the client sent
+    client's credential, the instance is saturated or the pair's nodes are full (refused at start, before
+    `started`; the trailing metadata `retry-after-ms` says how many milliseconds to wait before trying
+    again, or try another instance), an audio chunk is too large, or the client stopped reading its
+    results (unread output over `session_outbox_max_bytes`); DEADLINE_EXCEEDED when the client sent
     nothing for `session_idle_timeout_ms` before `end_of_stream`; UNAUTHENTICATED without a valid client
     token when the scheduler asks for credentials (`authorization: Bearer <token>` metadata), and
     PERMISSION_DENIED for a token of another role.
@@ -98,9 +100,10 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         FAILED_PRECONDITION when the first message is not `start` or a message comes in the wrong order;
         UNAVAILABLE when no registered node serves the language pair or the scheduler is shutting down;
         RESOURCE_EXHAUSTED when a limit is exceeded: too many open sessions on the instance or under the
-        client's credential, the instance is overloaded (the message says when to retry; trailing metadata
-        `retry-after-ms` carries it as a number), an audio chunk is too large, or the client stopped reading
-        its results (unread output over `session_outbox_max_bytes`); DEADLINE_EXCEEDED when the client sent
+        client's credential, the instance is saturated or the pair's nodes are full (refused at start, before
+        `started`; the trailing metadata `retry-after-ms` says how many milliseconds to wait before trying
+        again, or try another instance), an audio chunk is too large, or the client stopped reading its
+        results (unread output over `session_outbox_max_bytes`); DEADLINE_EXCEEDED when the client sent
         nothing for `session_idle_timeout_ms` before `end_of_stream`; UNAUTHENTICATED without a valid client
         token when the scheduler asks for credentials (`authorization: Bearer <token>` metadata), and
         PERMISSION_DENIED for a token of another role.
