@@ -94,6 +94,9 @@ class NodeAgent:
         self._draining = asyncio.Event()
         self._drain_reason = ""
         self._connection: _Connection | None = None
+        # Messages about jobs written while no stream is registered (between streams): sent, in order, on
+        # the next stream once it is registered, whose Register lists these jobs as still held.
+        self._held: list[node_pb2.ConnectRequest] = []
         self.registered = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
 
@@ -149,7 +152,12 @@ class NodeAgent:
                 await call.write(
                     node_pb2.ConnectRequest(
                         register=node_pb2.Register(
-                            node_id=self.config.node_id, capabilities=self.config.capabilities
+                            node_id=self.config.node_id,
+                            capabilities=self.config.capabilities,
+                            running_jobs=[
+                                node_pb2.RunningJob(job_id=job_id, attempt=attempt)
+                                for job_id, attempt in self._holding()
+                            ],
                         )
                     )
                 )
@@ -170,6 +178,9 @@ class NodeAgent:
                     },
                 )
                 self._connection = conn
+                held, self._held = self._held, []
+                for kept in held:  # what jobs said while no stream was registered, first
+                    conn.send(kept)
                 writer = asyncio.create_task(self._write(conn), name="writer")
                 heartbeat = asyncio.create_task(self._heartbeat(conn, interval_s), name="heartbeat")
                 if self._draining.is_set():
@@ -193,6 +204,12 @@ class NodeAgent:
                     raise RegistrationRefused(f"{exc.code().name}: {exc.details()}") from None
                 log.warning("stream ended", extra={"code": exc.code().name, "details": exc.details()})
             finally:
+                if self._connection is conn:
+                    # Job messages the stream did not take yet wait for the next one (results included).
+                    while not conn.outbox.empty():
+                        unsent = conn.outbox.get_nowait()
+                        if unsent is not _DONE_WRITING and _job_of(unsent) is not None:
+                            self._held.append(unsent)
                 self._connection = None
                 self.registered.clear()
                 tasks = [t for t in (heartbeat, writer, *self._background) if t is not None]
@@ -241,6 +258,7 @@ class NodeAgent:
                     extra={"job_id": job.job_id, "attempt": job.attempt, "reason": message.cancel_job.reason},
                 )
                 job.task.cancel()
+                del self._jobs[job.job_id]  # now: a newer attempt of the job may come next
         elif kind == "drain":
             self.drain(message.drain.reason or "scheduler request")
         elif kind == "reregister":
@@ -278,11 +296,25 @@ class NodeAgent:
             self._jobs[job.job_id] = job
             log.info("job started", extra={"job_id": assign.job_id, "attempt": assign.attempt})
             job.task = asyncio.create_task(self._run_job(conn, assign), name=f"job-{assign.job_id}")
-            job.task.add_done_callback(partial(self._forget_job, job.job_id))
+            job.task.add_done_callback(partial(self._forget_job, job))
+
+    def _send(self, message: node_pb2.ConnectRequest) -> None:
+        """Sends a job's message on the registered stream, or holds it for the next one (a job outlives the
+        stream it came on: a reconnect lists it as still held and its messages follow)."""
+        if self._connection is not None:
+            self._connection.send(message)
+        else:
+            self._held.append(message)
+
+    def _holding(self) -> list[tuple[str, int]]:
+        """Job attempts this node holds: running, or finished with messages not sent yet."""
+        held = {(job.job_id, job.attempt) for job in self._jobs.values()}
+        held.update(key for message in self._held if (key := _job_of(message)) is not None)
+        return sorted(held)
 
     async def _run_job(self, conn: _Connection, a: node_pb2.AssignJob) -> None:
         ids: dict[str, object] = {"job_id": a.job_id, "attempt": a.attempt}
-        conn.send(
+        self._send(
             node_pb2.ConnectRequest(job_accepted=node_pb2.JobAccepted(job_id=a.job_id, attempt=a.attempt))
         )
         fault = self.config.faulty(a.utterance_index)
@@ -294,7 +326,7 @@ class NodeAgent:
             failed = node_pb2.JobFailed(
                 job_id=a.job_id, attempt=a.attempt, retryable=True, message="injected fault: fail"
             )
-            conn.send(node_pb2.ConnectRequest(job_failed=failed))
+            self._send(node_pb2.ConnectRequest(job_failed=failed))
             return
         loop = asyncio.get_running_loop()
         pair = a.language_pair
@@ -305,11 +337,11 @@ class NodeAgent:
             audio = Audio(a.audio, a.audio_format.sample_rate_hz, a.audio_format.channels or 1)
             source_text = await self.engine.transcribe(audio, pair.source_language)
             timings.asr_ms = _ms_since(loop, started)
-            _send_progress(conn, a, stage, source_text, timings.asr_ms)
+            self._send(_progress(a, stage, source_text, timings.asr_ms))
             stage, started = common_pb2.STAGE_TRANSLATION, loop.time()
             translated = await self.engine.translate(source_text, pair.source_language, pair.target_language)
             timings.translation_ms = _ms_since(loop, started)
-            _send_progress(conn, a, stage, translated, timings.translation_ms)
+            self._send(_progress(a, stage, translated, timings.translation_ms))
             result = node_pb2.JobResult(
                 source_text=source_text, translated_text=translated, job_id=a.job_id, attempt=a.attempt
             )
@@ -329,12 +361,12 @@ class NodeAgent:
             if fault == "drop-stream":
                 conn.call.cancel()  # the work is done, but the result never leaves
                 return
-            conn.send(node_pb2.ConnectRequest(job_result=result))
+            self._send(node_pb2.ConnectRequest(job_result=result))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.exception("job failed", extra=ids)
-            conn.send(
+            self._send(
                 node_pb2.ConnectRequest(
                     job_failed=node_pb2.JobFailed(
                         retryable=True,
@@ -346,8 +378,9 @@ class NodeAgent:
                 )
             )
 
-    def _forget_job(self, job_id: str, _task: object) -> None:
-        self._jobs.pop(job_id, None)
+    def _forget_job(self, job: _Job, _task: object) -> None:
+        if self._jobs.get(job.job_id) is job:
+            del self._jobs[job.job_id]
 
     def _spawn(self, coro: Coroutine[None, None, None]) -> None:
         task = asyncio.create_task(coro)
@@ -372,17 +405,22 @@ class NodeAgent:
 _DONE_WRITING = node_pb2.ConnectRequest()  # sentinel: half-close the stream (leave cleanly)
 
 
-def _send_progress(
-    conn: _Connection, a: node_pb2.AssignJob, stage: common_pb2.Stage.ValueType, text: str, duration_ms: int
-) -> None:
+def _progress(
+    a: node_pb2.AssignJob, stage: common_pb2.Stage.ValueType, text: str, duration_ms: int
+) -> node_pb2.ConnectRequest:
     progress = node_pb2.JobProgress(
-        job_id=a.job_id,
-        attempt=a.attempt,
-        stage=stage,
-        text=text,
-        duration_ms=duration_ms,
+        job_id=a.job_id, attempt=a.attempt, stage=stage, text=text, duration_ms=duration_ms
     )
-    conn.send(node_pb2.ConnectRequest(job_progress=progress))
+    return node_pb2.ConnectRequest(job_progress=progress)
+
+
+def _job_of(message: node_pb2.ConnectRequest) -> tuple[str, int] | None:
+    """The (job id, attempt) a message is about, or None for a message about the node."""
+    kind = message.WhichOneof("kind")
+    if kind not in ("job_accepted", "job_rejected", "job_progress", "job_result", "job_failed"):
+        return None
+    about = getattr(message, kind)
+    return about.job_id, about.attempt
 
 
 def _ms_since(loop: asyncio.AbstractEventLoop, started: float) -> int:

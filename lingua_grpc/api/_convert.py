@@ -94,7 +94,11 @@ def capabilities_to_proto(c: NodeCapabilities) -> common_pb2.NodeCapabilities:
 
 
 def registration_from_proto(r: node_pb2.Register) -> Registration:
-    return Registration(node_id=r.node_id, capabilities=capabilities_from_proto(r.capabilities))
+    return Registration(
+        node_id=r.node_id,
+        capabilities=capabilities_from_proto(r.capabilities),
+        running=tuple((j.job_id, j.attempt) for j in r.running_jobs),
+    )
 
 
 def load_from_proto(load: common_pb2.NodeLoad) -> NodeLoad:

@@ -14,7 +14,7 @@ import collections
 import contextlib
 import logging
 import random
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -278,6 +278,21 @@ class Dispatcher:
         for ticket in lost:
             log.warning("node lost with a job running; re-dispatching", extra=_ids(ticket))
             self._spawn(self._retry(ticket, f"node {node_id} lost"))
+
+    def adopt(
+        self, node_id: str, connection_id: str, running: Iterable[tuple[str, int]]
+    ) -> set[tuple[str, int]]:
+        """The node registered on a new stream (`connection_id`) while it still holds `running` (job id,
+        attempt): those of them still current here move to the new stream and keep running; they are
+        returned. The other attempts of its older stream are left to `node_lost` when that stream ends."""
+        held = set(running)
+        moved: set[tuple[str, int]] = set()
+        for ticket in self._live.values():
+            key = (ticket.spec.job_id, ticket.attempt)
+            if ticket.node_id == node_id and key in held:
+                ticket.connection_id = connection_id
+                moved.add(key)
+        return moved
 
     def slot_freed(self, node_id: str | None = None) -> None:
         """A slot may be free (of this node, when known): queued jobs try it first."""

@@ -59,6 +59,10 @@ class JobListener(Protocol):
 
     def slot_freed(self) -> None: ...
 
+    def adopt(
+        self, node_id: str, connection_id: str, running: Iterable[tuple[str, int]]
+    ) -> set[tuple[str, int]]: ...
+
     def assignment_written(self, job_id: str, attempt: int) -> None: ...
 
 
@@ -182,6 +186,14 @@ class NodeHub:
                 f"node id {link.node_id!r} is held by a live registration of another credential"
             )
         previous = self._links.get(link.node_id)
+        adopted: set[tuple[str, int]] = set()
+        if self._jobs is not None and registration.running:
+            # Before the older stream closes: the attempts the node says it holds move to the new stream and
+            # keep running; only the others are run elsewhere when the older stream ends. An attempt it holds
+            # that is no longer current here (already run elsewhere) is cancelled: its work would be refused.
+            adopted = self._jobs.adopt(link.node_id, link.connection_id, registration.running)
+            for job_id, attempt in set(registration.running) - adopted:
+                link.send(CancelCommand(job_id, attempt, "this attempt is no longer assigned to the node"))
         if previous is not None:
             previous.close(
                 CloseReason.SUPERSEDED, FailedPrecondition("the node registered on a newer stream")
@@ -197,6 +209,8 @@ class NodeHub:
                 "pairs": sorted(str(p) for p in registration.capabilities.pairs_served()),
                 "max_concurrency": registration.capabilities.max_concurrency,
                 "registry_version": result.version,
+                "running_jobs": len(registration.running),
+                "adopted_jobs": len(adopted),
             },
         )
         if result.changed:

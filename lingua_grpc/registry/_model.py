@@ -220,6 +220,7 @@ class Registration:
 
     node_id: str
     capabilities: NodeCapabilities
+    running: tuple[tuple[str, int], ...] = ()  # (job id, attempt) the node still holds (a re-registration)
 
     def validate(self, limits: RegistrationLimits) -> None:
         if not NODE_ID.match(self.node_id):
@@ -227,6 +228,16 @@ class Registration:
                 f"register.node_id {self.node_id[:140]!r} must be 1 to 128 letters, digits, '.', '_' or '-'"
             )
         self.capabilities.validate(limits)
+        if len(self.running) > self.capabilities.max_concurrency:
+            raise InvalidArgument(
+                f"register.running_jobs lists {len(self.running)} attempts, more than max_concurrency"
+                f" {self.capabilities.max_concurrency}"
+            )
+        for job_id, _ in self.running:
+            if not job_id or len(job_id.encode()) > limits.max_field_bytes:
+                raise InvalidArgument(
+                    f"register.running_jobs: a job id must be 1 to {limits.max_field_bytes} bytes"
+                )
 
 
 @dataclass(frozen=True, slots=True)

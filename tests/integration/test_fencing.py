@@ -13,13 +13,13 @@ from lingua_grpc._grpc import read_message
 from lingua_grpc.app import Scheduler
 from lingua_grpc.client import LinguaClient
 from lingua_grpc.jobs import JobState, JobStore, Reservation
-from lingua_grpc.pb import node_pb2
+from lingua_grpc.pb import node_pb2, node_pb2_grpc
 from lingua_grpc.registry import NodeRegistry
 from lingua_grpc.store import JobKeys, RegistryKeys, ScriptBook
 from tests.audio import silence, tone
 from tests.conftest import RedisServer, wait_until
 from tests.integration.test_lua_scripts import LEASE_MS, registration
-from tests.integration.test_scheduler_grpc import Call, connect, fast_settings
+from tests.integration.test_scheduler_grpc import Call, connect, fast_settings, register_request
 
 pytestmark = pytest.mark.integration
 
@@ -294,3 +294,70 @@ async def test_a_result_that_cannot_be_recorded_runs_again_and_its_slot_is_freed
             node.cancel()
     finally:
         await scheduler.stop(grace_s=0.5)
+
+
+def running(*jobs: node_pb2.AssignJob) -> list[node_pb2.RunningJob]:
+    return [node_pb2.RunningJob(job_id=j.job_id, attempt=j.attempt) for j in jobs]
+
+
+async def test_a_takeover_keeps_the_jobs_the_node_says_it_runs_and_reruns_the_rest(
+    scheduler: Scheduler,
+) -> None:
+    """A node that opens a new stream while its old one is still up (it thinks the old one dead) keeps the
+    attempts it lists in `running_jobs`; an attempt it does not list runs again elsewhere."""
+    assert scheduler.endpoints is not None
+    async with (
+        grpc.aio.insecure_channel(scheduler.endpoints.grpc) as channel,
+        LinguaClient(scheduler.endpoints.grpc) as client,
+    ):
+        old, _ = await connect(channel, "gpu-1", max_concurrency=2)
+        beats = [asyncio.create_task(heartbeat_forever(old))]
+        session = await client.start_session("en", "es")
+        await session.send_audio(tone(300) + silence(100), is_final=True)
+        kept = await next_assignment(old)
+        await session.send_audio(tone(300) + silence(100), is_final=True)
+        forgotten = await next_assignment(old)
+        for job in (kept, forgotten):
+            await old.write(
+                node_pb2.ConnectRequest(job_accepted=node_pb2.JobAccepted(job_id=job.job_id, attempt=1))
+            )
+
+        request = register_request("gpu-1", max_concurrency=2)
+        request.register.running_jobs.extend(running(kept))  # it still runs `kept` only
+        new: Call = node_pb2_grpc.NodeServiceStub(channel).Connect()  # type: ignore[call-arg]
+        await new.write(request)
+        assert (await asyncio.wait_for(read_message(new), 5)).WhichOneof("kind") == "registered"
+        beats.append(asyncio.create_task(heartbeat_forever(new)))
+        other, _ = await connect(channel, "gpu-2", max_concurrency=1)
+        beats.append(asyncio.create_task(heartbeat_forever(other)))
+
+        rerun = await next_assignment(other)  # the unlisted attempt, run again
+        assert (rerun.job_id, rerun.attempt) == (forgotten.job_id, 2)
+        await other.write(result_for(rerun, "rerun"))
+        await new.write(result_for(kept, "kept"))  # the listed one answers on the new stream
+        await session.end()
+        got = [m.result for m in [m async for m in session] if m.HasField("result")]
+        assert [(r.utterance_index, r.source_text, r.attempt, r.node_id) for r in got] == [
+            (0, "kept", 1, "gpu-1"),
+            (1, "rerun", 2, "gpu-2"),
+        ]
+        for task in beats:
+            task.cancel()
+        for call in (old, new, other):
+            call.cancel()
+
+
+async def test_a_takeover_listing_an_attempt_already_run_elsewhere_cancels_it_on_the_node(
+    scheduler: Scheduler,
+) -> None:
+    assert scheduler.endpoints is not None
+    async with grpc.aio.insecure_channel(scheduler.endpoints.grpc) as channel:
+        request = register_request("gpu-1")
+        request.register.running_jobs.append(node_pb2.RunningJob(job_id="gone-session:0", attempt=3))
+        call: Call = node_pb2_grpc.NodeServiceStub(channel).Connect()  # type: ignore[call-arg]
+        await call.write(request)
+        assert (await asyncio.wait_for(read_message(call), 5)).WhichOneof("kind") == "registered"
+        message: node_pb2.ConnectResponse = await asyncio.wait_for(read_message(call), 5)
+        assert message.WhichOneof("kind") == "cancel_job"
+        assert (message.cancel_job.job_id, message.cancel_job.attempt) == ("gone-session:0", 3)
+        call.cancel()

@@ -32,6 +32,11 @@ def fast_settings(redis_url: str, key_prefix: str, **changes: object) -> Setting
         "node_lease_heartbeats": 3,
         "lease_check_interval_ms": 50,
         "snapshot_poll_ms": 20,
+        # Admission by load is off (see tests/e2e/_procs.py FAST); the tests of it turn it on.
+        "overload_loop_lag_ms": 0,
+        "overload_loop_busy_percent": 0,
+        "overload_delivery_ms": 0,
+        "overload_queue_wait_ms": 0,
     }
     base.update(changes)
     return Settings(**base)  # type: ignore[arg-type]

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from lingua_grpc._proto.lingua.v1 import common_pb2 as lingua_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14lingua/v1/node.proto\x12\tlingua.v1\x1a\x16lingua/v1/common.proto\"\xfd\x02\n\x0e\x43onnectRequest\x12\'\n\x08register\x18\x01 \x01(\x0b\x32\x13.lingua.v1.RegisterH\x00\x12)\n\theartbeat\x18\x02 \x01(\x0b\x32\x14.lingua.v1.HeartbeatH\x00\x12.\n\x0cjob_accepted\x18\x03 \x01(\x0b\x32\x16.lingua.v1.JobAcceptedH\x00\x12.\n\x0cjob_rejected\x18\x04 \x01(\x0b\x32\x16.lingua.v1.JobRejectedH\x00\x12.\n\x0cjob_progress\x18\x05 \x01(\x0b\x32\x16.lingua.v1.JobProgressH\x00\x12*\n\njob_result\x18\x06 \x01(\x0b\x32\x14.lingua.v1.JobResultH\x00\x12*\n\njob_failed\x18\x07 \x01(\x0b\x32\x14.lingua.v1.JobFailedH\x00\x12\'\n\x08\x64raining\x18\x08 \x01(\x0b\x32\x13.lingua.v1.DrainingH\x00\x42\x06\n\x04kind\"N\n\x08Register\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x31\n\x0c\x63\x61pabilities\x18\x02 \x01(\x0b\x32\x1b.lingua.v1.NodeCapabilities\".\n\tHeartbeat\x12!\n\x04load\x18\x01 \x01(\x0b\x32\x13.lingua.v1.NodeLoad\".\n\x0bJobAccepted\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"h\n\x0bJobRejected\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\'\n\x06reason\x18\x03 \x01(\x0e\x32\x17.lingua.v1.RejectReason\x12\x0f\n\x07message\x18\x04 \x01(\t\"r\n\x0bJobProgress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x1f\n\x05stage\x18\x03 \x01(\x0e\x32\x10.lingua.v1.Stage\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x05 \x01(\r\"\xc9\x01\n\tJobResult\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x13\n\x0bsource_text\x18\x03 \x01(\t\x12\x17\n\x0ftranslated_text\x18\x04 \x01(\t\x12\x11\n\ttts_audio\x18\x05 \x01(\x0c\x12\x30\n\x10tts_audio_format\x18\x06 \x01(\x0b\x32\x16.lingua.v1.AudioFormat\x12(\n\x07timings\x18\x07 \x01(\x0b\x32\x17.lingua.v1.StageTimings\"q\n\tJobFailed\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x11\n\tretryable\x18\x03 \x01(\x08\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x1f\n\x05stage\x18\x05 \x01(\x0e\x32\x10.lingua.v1.Stage\"\x1a\n\x08\x44raining\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xee\x01\n\x0f\x43onnectResponse\x12+\n\nregistered\x18\x01 \x01(\x0b\x32\x15.lingua.v1.RegisteredH\x00\x12*\n\nassign_job\x18\x02 \x01(\x0b\x32\x14.lingua.v1.AssignJobH\x00\x12*\n\ncancel_job\x18\x03 \x01(\x0b\x32\x14.lingua.v1.CancelJobH\x00\x12!\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x10.lingua.v1.DrainH\x00\x12+\n\nreregister\x18\x05 \x01(\x0b\x32\x15.lingua.v1.ReregisterH\x00\x42\x06\n\x04kind\"\x87\x01\n\nRegistered\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\x12\x10\n\x08lease_ms\x18\x03 \x01(\r\x12\x1d\n\x15scheduler_instance_id\x18\x04 \x01(\t\x12\x18\n\x10registry_version\x18\x05 \x01(\x04\"\x82\x02\n\tAssignJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x17\n\x0futterance_index\x18\x04 \x01(\r\x12.\n\rlanguage_pair\x18\x05 \x01(\x0b\x32\x17.lingua.v1.LanguagePair\x12,\n\x0c\x61udio_format\x18\x06 \x01(\x0b\x32\x16.lingua.v1.AudioFormat\x12\r\n\x05\x61udio\x18\x07 \x01(\x0c\x12 \n\x06stages\x18\x08 \x03(\x0e\x32\x10.lingua.v1.Stage\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\t \x01(\x04\"<\n\tCancelJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x17\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x1c\n\nReregister\x12\x0e\n\x06reason\x18\x01 \x01(\t*\xa6\x01\n\x0cRejectReason\x12\x1d\n\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19REJECT_REASON_AT_CAPACITY\x10\x01\x12\x1d\n\x19REJECT_REASON_UNSUPPORTED\x10\x02\x12\x1a\n\x16REJECT_REASON_DRAINING\x10\x03\x12\x1d\n\x19REJECT_REASON_INVALID_JOB\x10\x04\x32S\n\x0bNodeService\x12\x44\n\x07\x43onnect\x12\x19.lingua.v1.ConnectRequest\x1a\x1a.lingua.v1.ConnectResponse(\x01\x30\x01\x42\x14Z\x12lingua/v1;linguav1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14lingua/v1/node.proto\x12\tlingua.v1\x1a\x16lingua/v1/common.proto\"\xfd\x02\n\x0e\x43onnectRequest\x12\'\n\x08register\x18\x01 \x01(\x0b\x32\x13.lingua.v1.RegisterH\x00\x12)\n\theartbeat\x18\x02 \x01(\x0b\x32\x14.lingua.v1.HeartbeatH\x00\x12.\n\x0cjob_accepted\x18\x03 \x01(\x0b\x32\x16.lingua.v1.JobAcceptedH\x00\x12.\n\x0cjob_rejected\x18\x04 \x01(\x0b\x32\x16.lingua.v1.JobRejectedH\x00\x12.\n\x0cjob_progress\x18\x05 \x01(\x0b\x32\x16.lingua.v1.JobProgressH\x00\x12*\n\njob_result\x18\x06 \x01(\x0b\x32\x14.lingua.v1.JobResultH\x00\x12*\n\njob_failed\x18\x07 \x01(\x0b\x32\x14.lingua.v1.JobFailedH\x00\x12\'\n\x08\x64raining\x18\x08 \x01(\x0b\x32\x13.lingua.v1.DrainingH\x00\x42\x06\n\x04kind\"{\n\x08Register\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x31\n\x0c\x63\x61pabilities\x18\x02 \x01(\x0b\x32\x1b.lingua.v1.NodeCapabilities\x12+\n\x0crunning_jobs\x18\x03 \x03(\x0b\x32\x15.lingua.v1.RunningJob\"-\n\nRunningJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\".\n\tHeartbeat\x12!\n\x04load\x18\x01 \x01(\x0b\x32\x13.lingua.v1.NodeLoad\".\n\x0bJobAccepted\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"h\n\x0bJobRejected\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\'\n\x06reason\x18\x03 \x01(\x0e\x32\x17.lingua.v1.RejectReason\x12\x0f\n\x07message\x18\x04 \x01(\t\"r\n\x0bJobProgress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x1f\n\x05stage\x18\x03 \x01(\x0e\x32\x10.lingua.v1.Stage\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x05 \x01(\r\"\xc9\x01\n\tJobResult\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x13\n\x0bsource_text\x18\x03 \x01(\t\x12\x17\n\x0ftranslated_text\x18\x04 \x01(\t\x12\x11\n\ttts_audio\x18\x05 \x01(\x0c\x12\x30\n\x10tts_audio_format\x18\x06 \x01(\x0b\x32\x16.lingua.v1.AudioFormat\x12(\n\x07timings\x18\x07 \x01(\x0b\x32\x17.lingua.v1.StageTimings\"q\n\tJobFailed\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x11\n\tretryable\x18\x03 \x01(\x08\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x1f\n\x05stage\x18\x05 \x01(\x0e\x32\x10.lingua.v1.Stage\"\x1a\n\x08\x44raining\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xee\x01\n\x0f\x43onnectResponse\x12+\n\nregistered\x18\x01 \x01(\x0b\x32\x15.lingua.v1.RegisteredH\x00\x12*\n\nassign_job\x18\x02 \x01(\x0b\x32\x14.lingua.v1.AssignJobH\x00\x12*\n\ncancel_job\x18\x03 \x01(\x0b\x32\x14.lingua.v1.CancelJobH\x00\x12!\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x10.lingua.v1.DrainH\x00\x12+\n\nreregister\x18\x05 \x01(\x0b\x32\x15.lingua.v1.ReregisterH\x00\x42\x06\n\x04kind\"\x87\x01\n\nRegistered\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\x12\x10\n\x08lease_ms\x18\x03 \x01(\r\x12\x1d\n\x15scheduler_instance_id\x18\x04 \x01(\t\x12\x18\n\x10registry_version\x18\x05 \x01(\x04\"\x82\x02\n\tAssignJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x17\n\x0futterance_index\x18\x04 \x01(\r\x12.\n\rlanguage_pair\x18\x05 \x01(\x0b\x32\x17.lingua.v1.LanguagePair\x12,\n\x0c\x61udio_format\x18\x06 \x01(\x0b\x32\x16.lingua.v1.AudioFormat\x12\r\n\x05\x61udio\x18\x07 \x01(\x0c\x12 \n\x06stages\x18\x08 \x03(\x0e\x32\x10.lingua.v1.Stage\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\t \x01(\x04\"<\n\tCancelJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x17\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x1c\n\nReregister\x12\x0e\n\x06reason\x18\x01 \x01(\t*\xa6\x01\n\x0cRejectReason\x12\x1d\n\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19REJECT_REASON_AT_CAPACITY\x10\x01\x12\x1d\n\x19REJECT_REASON_UNSUPPORTED\x10\x02\x12\x1a\n\x16REJECT_REASON_DRAINING\x10\x03\x12\x1d\n\x19REJECT_REASON_INVALID_JOB\x10\x04\x32S\n\x0bNodeService\x12\x44\n\x07\x43onnect\x12\x19.lingua.v1.ConnectRequest\x1a\x1a.lingua.v1.ConnectResponse(\x01\x30\x01\x42\x14Z\x12lingua/v1;linguav1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,38 +33,40 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lingua_grpc._proto.lingua.v
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z\022lingua/v1;linguav1'
-  _globals['_REJECTREASON']._serialized_start=1946
-  _globals['_REJECTREASON']._serialized_end=2112
+  _globals['_REJECTREASON']._serialized_start=2038
+  _globals['_REJECTREASON']._serialized_end=2204
   _globals['_CONNECTREQUEST']._serialized_start=60
   _globals['_CONNECTREQUEST']._serialized_end=441
   _globals['_REGISTER']._serialized_start=443
-  _globals['_REGISTER']._serialized_end=521
-  _globals['_HEARTBEAT']._serialized_start=523
-  _globals['_HEARTBEAT']._serialized_end=569
-  _globals['_JOBACCEPTED']._serialized_start=571
-  _globals['_JOBACCEPTED']._serialized_end=617
-  _globals['_JOBREJECTED']._serialized_start=619
-  _globals['_JOBREJECTED']._serialized_end=723
-  _globals['_JOBPROGRESS']._serialized_start=725
-  _globals['_JOBPROGRESS']._serialized_end=839
-  _globals['_JOBRESULT']._serialized_start=842
-  _globals['_JOBRESULT']._serialized_end=1043
-  _globals['_JOBFAILED']._serialized_start=1045
-  _globals['_JOBFAILED']._serialized_end=1158
-  _globals['_DRAINING']._serialized_start=1160
-  _globals['_DRAINING']._serialized_end=1186
-  _globals['_CONNECTRESPONSE']._serialized_start=1189
-  _globals['_CONNECTRESPONSE']._serialized_end=1427
-  _globals['_REGISTERED']._serialized_start=1430
-  _globals['_REGISTERED']._serialized_end=1565
-  _globals['_ASSIGNJOB']._serialized_start=1568
-  _globals['_ASSIGNJOB']._serialized_end=1826
-  _globals['_CANCELJOB']._serialized_start=1828
-  _globals['_CANCELJOB']._serialized_end=1888
-  _globals['_DRAIN']._serialized_start=1890
-  _globals['_DRAIN']._serialized_end=1913
-  _globals['_REREGISTER']._serialized_start=1915
-  _globals['_REREGISTER']._serialized_end=1943
-  _globals['_NODESERVICE']._serialized_start=2114
-  _globals['_NODESERVICE']._serialized_end=2197
+  _globals['_REGISTER']._serialized_end=566
+  _globals['_RUNNINGJOB']._serialized_start=568
+  _globals['_RUNNINGJOB']._serialized_end=613
+  _globals['_HEARTBEAT']._serialized_start=615
+  _globals['_HEARTBEAT']._serialized_end=661
+  _globals['_JOBACCEPTED']._serialized_start=663
+  _globals['_JOBACCEPTED']._serialized_end=709
+  _globals['_JOBREJECTED']._serialized_start=711
+  _globals['_JOBREJECTED']._serialized_end=815
+  _globals['_JOBPROGRESS']._serialized_start=817
+  _globals['_JOBPROGRESS']._serialized_end=931
+  _globals['_JOBRESULT']._serialized_start=934
+  _globals['_JOBRESULT']._serialized_end=1135
+  _globals['_JOBFAILED']._serialized_start=1137
+  _globals['_JOBFAILED']._serialized_end=1250
+  _globals['_DRAINING']._serialized_start=1252
+  _globals['_DRAINING']._serialized_end=1278
+  _globals['_CONNECTRESPONSE']._serialized_start=1281
+  _globals['_CONNECTRESPONSE']._serialized_end=1519
+  _globals['_REGISTERED']._serialized_start=1522
+  _globals['_REGISTERED']._serialized_end=1657
+  _globals['_ASSIGNJOB']._serialized_start=1660
+  _globals['_ASSIGNJOB']._serialized_end=1918
+  _globals['_CANCELJOB']._serialized_start=1920
+  _globals['_CANCELJOB']._serialized_end=1980
+  _globals['_DRAIN']._serialized_start=1982
+  _globals['_DRAIN']._serialized_end=2005
+  _globals['_REREGISTER']._serialized_start=2007
+  _globals['_REREGISTER']._serialized_end=2035
+  _globals['_NODESERVICE']._serialized_start=2206
+  _globals['_NODESERVICE']._serialized_end=2289
 # @@protoc_insertion_point(module_scope)

@@ -128,25 +128,62 @@ class Register(_message.Message):
 
     NODE_ID_FIELD_NUMBER: _builtins.int
     CAPABILITIES_FIELD_NUMBER: _builtins.int
+    RUNNING_JOBS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """Stable, unique name of the node: 1 to 128 characters of letters, digits, '.', '_' and '-'."""
     @_builtins.property
     def capabilities(self) -> _common_pb2.NodeCapabilities:
         """What the node can do."""
 
+    @_builtins.property
+    def running_jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunningJob]:
+        """The job attempts this node still holds when it registers again (a reconnect, or a new stream that takes
+        over from an older one): jobs it is running, and jobs it finished whose result it has not sent yet.
+        Each listed attempt stays assigned to the node and its messages are accepted on the new stream; an
+        attempt the scheduler had on this node and that is not listed is run elsewhere. Empty on a first start.
+        At most `max_concurrency` entries.
+        """
+
     def __init__(
         self,
         *,
         node_id: _builtins.str = ...,
         capabilities: _common_pb2.NodeCapabilities | None = ...,
+        running_jobs: _abc.Iterable[Global___RunningJob] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "node_id", b"node_id", "running_jobs", b"running_jobs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Register: _TypeAlias = Register  # noqa: Y015
+
+@_typing.final
+class RunningJob(_message.Message):
+    """A job attempt a node holds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """Job id from `AssignJob`."""
+    attempt: _builtins.int
+    """Attempt from `AssignJob`."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunningJob: _TypeAlias = RunningJob  # noqa: Y015
 
 @_typing.final
 class Heartbeat(_message.Message):
