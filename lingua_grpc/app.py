@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from lingua_grpc.health import NotServing, Readiness
 from lingua_grpc.jobs import JobStore, ResultLimits
 from lingua_grpc.looplag import Saturation, Signal, watch_loop
 from lingua_grpc.metrics import SchedulerMetrics
-from lingua_grpc.nodes import HubSettings, NodeHub
+from lingua_grpc.nodes import HubSettings, NodeHub, NodeLinks
 from lingua_grpc.pb import (
     node_pb2,
     node_pb2_grpc,
@@ -61,9 +62,6 @@ class Scheduler:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.metrics = SchedulerMetrics()
-        self._embedded: EmbeddedRedis | None = None
-        self._redis: Redis | None = None
-        self._server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
         session_service = SERVICE_NAMES[0]
         self.readiness = Readiness(
@@ -87,10 +85,10 @@ class Scheduler:
         )
         self._storage_probe: asyncio.Task[None] | None = None
         self._store: JobStore | None = None
-        self._metrics_server: object | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._grace_s = settings.shutdown_grace_ms / 1000
         self._stopped = asyncio.Event()
         self._stopping = False
-        self._lag_watch: asyncio.Task[None] | None = None
         # Read at construction, so a bad auth file stops the start before anything else runs.
         self.gate = AccessGate(
             CredentialBook.load(settings.auth_file) if settings.auth_file else None, self.metrics
@@ -102,27 +100,41 @@ class Scheduler:
         self.endpoints: Endpoints | None = None
 
     async def start(self) -> Endpoints:
+        """Builds and starts every part in dependency order; each part's stop goes on a stack, so `stop()`
+        (or a failed start) unwinds them in reverse."""
+        try:
+            return await self._start(self._stack)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+
+    async def _start(self, stack: contextlib.AsyncExitStack) -> Endpoints:
         s = self.settings
-        self._lag_watch = asyncio.create_task(
+        lag_watch = asyncio.create_task(
             watch_loop(self._loop_sample, s.loop_lag_interval_ms / 1000), name="loop-watch"
         )
+        stack.push_async_callback(cancel_and_wait, lag_watch)
+        stack.push_async_callback(self._stop_storage_probe)
         pool_specs = load_pools_file(s.pools_file) if s.pools_file else ()
         redis_url = s.redis_url
+        embedded = None
         if s.embedded_redis:
-            self._embedded = EmbeddedRedis(s.redis_server_path, maxmemory_mb=s.embedded_redis_maxmemory_mb)
-            redis_url = await self._embedded.start()
-        self._redis = await connect_redis(
+            embedded = EmbeddedRedis(s.redis_server_path, maxmemory_mb=s.embedded_redis_maxmemory_mb)
+            redis_url = await embedded.start()
+            stack.push_async_callback(embedded.stop)
+        redis = await connect_redis(
             redis_url,
             s.redis_socket_timeout_ms / 1000,
             s.redis_backoff_max_ms / 1000,
             s.redis_max_connections,
         )
-        await self._warn_on_eviction_policy(self._redis)
+        stack.push_async_callback(redis.aclose)
+        await self._warn_on_eviction_policy(redis)
         keys = RegistryKeys(s.key_prefix)
-        scripts = ScriptBook(self._redis)
-        await scripts.load(self._redis)
-        registry = NodeRegistry(self._redis, keys, scripts)
-        self.cache = SnapshotCache(
+        scripts = ScriptBook(redis)
+        await scripts.load(redis)
+        registry = NodeRegistry(redis, keys, scripts)
+        cache = self.cache = SnapshotCache(
             registry,
             pool_specs,
             s.snapshot_poll_ms / 1000,
@@ -130,25 +142,11 @@ class Scheduler:
             self.metrics,
             self.clock,
         )
-        await self.cache.start()
-        self.cache.add_redis_listener(self._redis_state_changed)
-        self.hub = NodeHub(
-            registry,
-            self.cache,
-            HubSettings(
-                instance_id=s.instance_id,
-                heartbeat_interval_ms=s.heartbeat_interval_ms,
-                lease_ms=s.node_lease_ms,
-                lease_check_interval_ms=s.lease_check_interval_ms,
-                registration_limits=s.registration_limits,
-                result_limits=ResultLimits(s.node_max_result_text_bytes, s.node_max_result_tts_bytes),
-            ),
-            self.metrics,
-            self.clock,
-        )
-        await self.hub.start()
-        store = JobStore(
-            self._redis,
+        await cache.start()
+        stack.push_async_callback(cache.stop)
+        cache.add_redis_listener(self._redis_state_changed)
+        store = self._store = JobStore(
+            redis,
             JobKeys(s.key_prefix),
             keys,
             scripts,
@@ -157,10 +155,11 @@ class Scheduler:
             self.metrics,
             self._storage_full,
         )
-        self.dispatcher = Dispatcher(
+        links = NodeLinks()
+        dispatcher = self.dispatcher = Dispatcher(
             store,
-            self.cache,
-            self.hub,
+            cache,
+            links,
             DispatchSettings(
                 s.job_max_attempts,
                 s.accept_timeout_ms,
@@ -172,13 +171,31 @@ class Scheduler:
             self.metrics,
             self.clock,
         )
-        self.hub.set_job_listener(self.dispatcher)
-        await self.dispatcher.start()
+        await dispatcher.start()
+        stack.push_async_callback(dispatcher.stop)
+        hub = self.hub = NodeHub(
+            registry,
+            cache,
+            links,
+            dispatcher,
+            HubSettings(
+                instance_id=s.instance_id,
+                heartbeat_interval_ms=s.heartbeat_interval_ms,
+                lease_ms=s.node_lease_ms,
+                lease_check_interval_ms=s.lease_check_interval_ms,
+                registration_limits=s.registration_limits,
+                result_limits=ResultLimits(s.node_max_result_text_bytes, s.node_max_result_tts_bytes),
+            ),
+            self.metrics,
+            self.clock,
+        )
+        await hub.start()
+        stack.push_async_callback(hub.stop)  # after the server: the streams' own deregistrations first
         self.sessions = SessionManager(
             s.session_defaults,
-            self.cache,
+            cache,
             store,
-            self.dispatcher,
+            dispatcher,
             self.metrics,
             self.clock,
             SessionLimits(s.session_inbox_chunks, s.session_max_outstanding, s.session_outbox_max_bytes),
@@ -186,7 +203,6 @@ class Scheduler:
             self.load,
             s.overload_queue_wait_ms,
         )
-        self._store = store
 
         server = grpc.aio.server(
             interceptors=[AuthInterceptor(self.gate)],
@@ -196,11 +212,9 @@ class Scheduler:
             ],
         )
         node_pb2_grpc.add_NodeServiceServicer_to_server(
-            NodeServicer(self.hub, self.gate, s.heartbeat_interval_ms, s.node_lease_ms, s.instance_id), server
+            NodeServicer(hub, self.gate, s.heartbeat_interval_ms, s.node_lease_ms, s.instance_id), server
         )
-        registry_pb2_grpc.add_RegistryServiceServicer_to_server(
-            RegistryServicer(self.cache, self.hub), server
-        )
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(cache, hub), server)
         session_pb2_grpc.add_SessionServiceServicer_to_server(
             SessionServicer(self.sessions, s.max_chunk_bytes, s.session_idle_timeout_ms), server
         )
@@ -218,14 +232,15 @@ class Scheduler:
         if port == 0:
             raise OSError(f"cannot listen on {s.listen}")
         await server.start()
-        self._server = server
+        stack.push_async_callback(self._stop_server, server)
         await self.readiness.start()
 
         metrics_addr = None
         if s.metrics_port >= 0:
             metrics_port = self.metrics.serve(s.metrics_host, s.metrics_port)
+            stack.callback(self.metrics.stop_serving)
             metrics_addr = f"http://{s.metrics_host}:{metrics_port}/metrics"
-        self.endpoints = Endpoints(f"{host}:{port}", metrics_addr, redis_url, self._embedded is not None)
+        self.endpoints = Endpoints(f"{host}:{port}", metrics_addr, redis_url, embedded is not None)
         open_outside = not is_loopback(host) and (self.gate.book is None or tls is None)
         self.metrics.security.labels(
             "on" if self.gate.book is not None else "off",
@@ -246,24 +261,27 @@ class Scheduler:
             extra={
                 "listen": self.endpoints.grpc,
                 "metrics": metrics_addr,
-                "redis_url": redis_url if self._embedded else "(configured)",
-                "embedded_redis": self._embedded is not None,
+                "redis_url": redis_url if embedded else "(configured)",
+                "embedded_redis": embedded is not None,
                 "instance_id": s.instance_id,
             },
         )
         return self.endpoints
 
     async def stop(self, grace_s: float | None = None) -> None:
+        """Graceful phase first (health NOT_SERVING, no new sessions, running jobs get `grace_s` to end,
+        then sessions and node streams are told to go), then every part stops in reverse start order."""
         if self._stopping:
             await self._stopped.wait()
             return
         self._stopping = True
-        grace = self.settings.shutdown_grace_ms / 1000 if grace_s is None else grace_s
+        if grace_s is not None:
+            self._grace_s = grace_s
         try:
             await self._health.enter_graceful_shutdown()
             if self.sessions is not None:
                 self.sessions.accepting = False  # new sessions: UNAVAILABLE
-            if self.dispatcher is not None and not await self.dispatcher.wait_idle(grace):
+            if self.dispatcher is not None and not await self.dispatcher.wait_idle(self._grace_s):
                 log.warning(
                     "grace period over with jobs still running", extra={"running": self.dispatcher.running}
                 )
@@ -271,21 +289,7 @@ class Scheduler:
                 self.sessions.close_all("the scheduler is shutting down: reconnect to continue")
             if self.hub is not None:
                 self.hub.close_all()
-            if self._server is not None:
-                await self._server.stop(min(grace, 1.0))
-            if self.hub is not None:
-                await self.hub.stop()  # after the server: the streams' own deregistrations finish first
-            if self.dispatcher is not None:
-                await self.dispatcher.stop()
-            if self.cache is not None:
-                await self.cache.stop()
-            if self._redis is not None:
-                await self._redis.aclose()
-            if self._embedded is not None:
-                await self._embedded.stop()
-            self.metrics.stop_serving()
-            await cancel_and_wait(self._lag_watch)
-            await cancel_and_wait(self._storage_probe)
+            await self._stack.aclose()
         finally:
             self._stopped.set()
             log.info("scheduler stopped")
@@ -324,6 +328,12 @@ class Scheduler:
                 overloaded,
                 f"saturated: {why}: new sessions refused" if overloaded else f"no longer saturated: {why}",
             )
+
+    async def _stop_server(self, server: grpc.aio.Server) -> None:
+        await server.stop(min(self._grace_s, 1.0))  # the grace `stop()` was given, read now
+
+    async def _stop_storage_probe(self) -> None:
+        await cancel_and_wait(self._storage_probe)
 
     def _storage_full(self) -> None:
         if self._stopping or self._storage_probe is not None:

@@ -10,6 +10,7 @@ from lingua_grpc.nodes._link import (
     Outgoing,
     ReregisterCommand,
 )
+from lingua_grpc.nodes._links import NodeLinks
 
 __all__ = [
     "Attached",
@@ -21,6 +22,7 @@ __all__ = [
     "LinkClosed",
     "NodeHub",
     "NodeLink",
+    "NodeLinks",
     "Outgoing",
     "ReregisterCommand",
     "lapsed",

@@ -23,6 +23,7 @@ from lingua_grpc.nodes._link import (
     Outgoing,
     ReregisterCommand,
 )
+from lingua_grpc.nodes._links import NodeLinks
 from lingua_grpc.registry import (
     DrainOutcome,
     HeartbeatOutcome,
@@ -82,42 +83,30 @@ class NodeHub:
         self,
         registry: NodeRegistry,
         cache: SnapshotCache,
+        links: NodeLinks,
+        jobs: JobListener,
         settings: HubSettings,
         metrics: SchedulerMetrics,
         clock: Clock,
     ) -> None:
+        """`links` is the table of this instance's node streams, which the dispatcher (`jobs`) sends through."""
         self._registry = registry
         self._cache = cache
+        self._links = links
+        self._jobs = jobs
         self._settings = settings
         self._metrics = metrics
         self._clock = clock
-        self._links: dict[str, NodeLink] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._watchdog: asyncio.Task[None] | None = None
-        self._jobs: JobListener | None = None
         cache.add_listener(self._on_snapshot)
-
-    def set_job_listener(self, listener: JobListener) -> None:
-        self._jobs = listener
-
-    # JobTransport: attempts reach nodes whose streams this instance holds.
-    def deliver(self, node_id: str, assignment: Assignment) -> str | None:
-        link = self._links.get(node_id)
-        return link.connection_id if link is not None and link.send(assignment) else None
-
-    def cancel(self, node_id: str, job_id: str, attempt: int, reason: str) -> None:
-        link = self._links.get(node_id)
-        if link is not None:
-            link.send(CancelCommand(job_id, attempt, reason))
 
     def written(self, message: Outgoing) -> None:
         """The node stream's writer is handing this message to gRPC (for the dispatch overhead timings)."""
-        if self._jobs is not None and isinstance(message, Assignment):
+        if isinstance(message, Assignment):
             self._jobs.assignment_written(message.spec.job_id, message.attempt)
 
     async def job_event(self, link: NodeLink, event: JobEvent) -> None:
-        if self._jobs is None:
-            return
         refused = self._settings.result_limits.refusal(event)
         if refused is not None:
             log.warning(
@@ -140,16 +129,12 @@ class NodeHub:
                 },
             )
 
-    @property
-    def links(self) -> dict[str, NodeLink]:
-        return self._links
-
     async def start(self) -> None:
         self._watchdog = asyncio.create_task(self._watch_leases(), name="lease-watchdog")
 
     def close_all(self) -> None:
         """Ends every node stream with UNAVAILABLE, so the nodes reconnect (elsewhere, if this instance stops)."""
-        for link in list(self._links.values()):
+        for link in self._links:
             link.close(CloseReason.SHUTDOWN)
 
     async def stop(self) -> None:
@@ -185,20 +170,19 @@ class NodeHub:
             raise PermissionDenied(
                 f"node id {link.node_id!r} is held by a live registration of another credential"
             )
-        previous = self._links.get(link.node_id)
         adopted: set[tuple[str, int]] = set()
-        if self._jobs is not None and registration.running:
+        if registration.running:
             # Before the older stream closes: the attempts the node says it holds move to the new stream and
             # keep running; only the others are run elsewhere when the older stream ends. An attempt it holds
             # that is no longer current here (already run elsewhere) is cancelled: its work would be refused.
             adopted = self._jobs.adopt(link.node_id, link.connection_id, registration.running)
             for job_id, attempt in set(registration.running) - adopted:
                 link.send(CancelCommand(job_id, attempt, "this attempt is no longer assigned to the node"))
+        previous = self._links.put(link)
         if previous is not None:
             previous.close(
                 CloseReason.SUPERSEDED, FailedPrecondition("the node registered on a newer stream")
             )
-        self._links[link.node_id] = link
         self._metrics.node_registrations.inc()
         self._metrics.nodes_connected.set(len(self._links))
         log.info(
@@ -268,12 +252,10 @@ class NodeHub:
         """The stream ended: removes the node from the registry unless a newer stream took it over."""
         if link.close_reason is None:
             link.close(CloseReason.STREAM_BROKEN)
-        if self._links.get(link.node_id) is link:
-            del self._links[link.node_id]
+        self._links.remove(link)
         self._metrics.nodes_connected.set(len(self._links))
         reason = link.close_reason
-        if self._jobs is not None:
-            self._jobs.node_lost(link.node_id, link.connection_id)
+        self._jobs.node_lost(link.node_id, link.connection_id)
         if reason in (CloseReason.SUPERSEDED, CloseReason.REREGISTER):
             return
         task = asyncio.create_task(self._deregister(link, reason), name=f"deregister-{link.node_id}")
@@ -299,8 +281,8 @@ class NodeHub:
 
     def _on_snapshot(self, snapshot: RegistrySnapshot) -> None:
         # A drain requested through another instance reaches the node through the instance holding it.
-        for node_id, link in self._links.items():
-            record = snapshot.nodes.get(node_id)
+        for link in self._links:
+            record = snapshot.nodes.get(link.node_id)
             if record is not None and record.state is NodeState.DRAINING and not link.drain_sent:
                 link.drain_sent = link.send(DrainCommand("drained by operator"))
 
@@ -309,7 +291,7 @@ class NodeHub:
         while True:
             raise_if_cancelling()
             await asyncio.sleep(self._settings.lease_check_interval_ms / 1000)
-            for link in lapsed(self._links.values(), self._clock.monotonic(), lease_s):
+            for link in lapsed(self._links, self._clock.monotonic(), lease_s):
                 log.warning(
                     "node lease expired", extra={"node_id": link.node_id, "lease_ms": self._settings.lease_ms}
                 )
@@ -325,8 +307,7 @@ class NodeHub:
                 log.warning("lease check failed", extra={"error": repr(exc)})
                 continue
             for node_id in removed:
-                if self._jobs is not None:
-                    self._jobs.node_lost(node_id)
+                self._jobs.node_lost(node_id)
                 self._metrics.node_departures.labels(CloseReason.LEASE_EXPIRED.value).inc()
                 log.warning("node removed after its lease lapsed", extra={"node_id": node_id})
             if removed:
