@@ -1,38 +1,37 @@
-"""Dispatcher: places each job attempt on a node and follows it to its end.
+"""Dispatcher: follows each job from submission to its one ending.
 
-Per job: rank candidates on one snapshot, reserve a slot (Lua), start the attempt (Lua, fenced), send it
-through the JobTransport. Node messages are applied only for the job's current attempt (Lua, fenced); the
-slot of an attempt is released once whatever ends it (result, failure, rejection, deadline, node loss).
-When every node of the pair is full the job waits in a per-pair FIFO until a slot frees or its queue
-timeout passes (then its utterance is skipped with NO_CAPACITY, or NO_NODE when no node serves the pair).
+A job (`Ticket`) is NEW, QUEUED, RUNNING on a node, BETWEEN attempts, or ENDED (`Phase`). Placement
+(`Placer`) puts its next attempt on a node; node messages are applied only for the job's current attempt
+(Lua, fenced); the slot of an attempt is released once whatever ends it (result, failure, rejection, deadline,
+node loss). When every node of the pair is full the job waits in its pair's FIFO (`PairQueues`) until a slot
+frees or its queue timeout passes. Every ending goes through `_finish`, which records, counts and notifies.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
+import dataclasses
 import logging
 import random
 from collections.abc import Coroutine, Iterable
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from lingua_grpc.clock import Clock
-from lingua_grpc.dispatch._selection import Request, rank_candidates
+from lingua_grpc.dispatch._placement import JobTransport, Placed, Placer
+from lingua_grpc.dispatch._queues import PairQueues
+from lingua_grpc.dispatch._ticket import Attempt, Overhead, Phase, Ticket
 from lingua_grpc.jobs import (
     LIVE_STATES,
-    Assignment,
     JobAccepted,
     JobEvent,
     JobFailed,
     JobOutput,
     JobProgress,
     JobRejected,
-    JobSpec,
     JobState,
     JobStore,
     SkipReason,
@@ -42,37 +41,6 @@ from lingua_grpc.registry import LanguagePair, SnapshotCache
 from lingua_grpc.tasks import cancel_and_wait, raise_if_cancelling
 
 log = logging.getLogger(__name__)
-
-
-class JobTransport(Protocol):
-    """How an attempt reaches a node. Today: a node stream held by this instance."""
-
-    def deliver(self, node_id: str, assignment: Assignment) -> str | None:
-        """Sends the attempt; returns the id of the connection it went on, or None if it could not."""
-        ...
-
-    def cancel(self, node_id: str, job_id: str, attempt: int, reason: str) -> None: ...
-
-
-class JobSink(Protocol):
-    """Where a job's outcome goes: its session."""
-
-    closed: bool
-
-    def job_progress(self, index: int, event: JobProgress) -> None: ...
-
-    def job_done(self, index: int, output: JobOutput, node_id: str, overhead: Overhead) -> None: ...
-
-    def job_skipped(self, index: int, reason: SkipReason, message: str) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Overhead:
-    """Where a job's time went on the scheduler, for the result's timings."""
-
-    queue_ms: int  # waiting for a free slot
-    dispatch_us: int  # scheduler's own time from utterance end to the job written to the node's stream
-    received_at: float  # monotonic time the node's result arrived (delivery time is measured from here)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,27 +53,15 @@ class DispatchSettings:
     max_queued_per_pair: int = 1000
 
 
-@dataclass(eq=False)
-class Ticket:
-    """One job from submission to its end."""
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How a job ends without a result: recorded as `state` with `reason`, told to its session as a skip
+    (`skip`), unless nobody is left to tell (`skip` None: the session is gone)."""
 
-    spec: JobSpec
-    sink: JobSink
-    queue_timeout_s: float
-    preferred_node: str | None = None
-    attempt: int = 0  # the job's attempt number in Redis (a number may be spent without reaching a node)
-    tries: int = 0  # attempts that reached a node: at most DispatchSettings.max_attempts
-    node_id: str | None = None
-    excluded: set[str] = field(default_factory=set)
-    ended_at: float = 0.0  # monotonic time the utterance ended (as the session decided)
-    submitted_at: float = 0.0
-    written_at: float = 0.0  # monotonic time the current attempt was written to the node's stream
-    connection_id: str | None = None  # the node connection the current attempt went on
-    queued_until: float = 0.0
-    placed_at: float = 0.0
-    deadline: asyncio.TimerHandle | None = None
-    recorded: bool = False  # the job exists in Redis
-    done: bool = False
+    state: JobState
+    reason: str
+    why: str
+    skip: SkipReason | None
 
 
 class Dispatcher:
@@ -125,11 +81,12 @@ class Dispatcher:
         self._settings = settings
         self._metrics = metrics
         self._clock = clock
-        self._rng = rng or random.Random()
-        self._queues: dict[LanguagePair, collections.deque[Ticket]] = {}
-        self._live: dict[str, Ticket] = {}  # job id -> ticket whose attempt runs on a node
+        self._placer = Placer(
+            store, cache, transport, settings.job_deadline_ms, clock, rng or random.Random()
+        )
+        self._queues = PairQueues(settings.max_queued_per_pair)
+        self._live: dict[str, Ticket] = {}  # job id -> ticket RUNNING on a node (an index of that phase)
         self._kick = asyncio.Event()
-        self._freed: collections.Counter[str] = collections.Counter()  # slots freed per node, not yet retried
         self._placing = 0  # submissions between their first Redis write and their outcome
         self._idle = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
@@ -150,15 +107,14 @@ class Dispatcher:
 
     @property
     def queued(self) -> int:
-        return sum(len(q) for q in self._queues.values())
+        return len(self._queues)
 
     def backlog(self, pair: LanguagePair) -> tuple[int, float]:
         """Jobs of `pair` waiting for a node slot, and how long the oldest has waited (seconds)."""
-        queue = self._queues.get(pair)
-        if not queue:
+        oldest = self._queues.oldest_submitted(pair)
+        if oldest is None:
             return 0, 0.0
-        oldest = min(queue[0].submitted_at, queue[-1].submitted_at)  # retries go back to the head
-        return len(queue), max(0.0, self._clock.monotonic() - oldest)
+        return self._queues.waiting(pair), max(0.0, self._clock.monotonic() - oldest)
 
     @property
     def running(self) -> int:
@@ -183,35 +139,34 @@ class Dispatcher:
         whose session closed while it was being placed is ended here, its slot freed.
         """
         if ticket.sink.closed:  # the session ended while this job was being created
-            ticket.done = True
-            await self._record_end(ticket, JobState.SKIPPED, "session ended")
+            await self._finish(ticket, _SESSION_ENDED)
             return ticket
         now = self._clock.monotonic()
         ticket.submitted_at = ticket.submitted_at or now
         ticket.queued_until = ticket.queued_until or now + ticket.queue_timeout_s
-        queue = self._queues.setdefault(ticket.spec.pair, collections.deque())
-        if not ticket.recorded and len(queue) >= self._settings.max_queued_per_pair:
+        pair = ticket.spec.pair
+        if not ticket.recorded and self._queues.full(pair):
             # A full queue turns new jobs away before any Redis write; a job already running (a retry)
             # keeps its place.
-            ticket.done = True
-            why = f"{len(queue)} jobs already wait for a {ticket.spec.pair} node: the pair's queue is full"
-            self._metrics.skips.labels(SkipReason.NO_CAPACITY.value).inc()
-            ticket.sink.job_skipped(ticket.spec.index, SkipReason.NO_CAPACITY, why)
+            why = (
+                f"{self._queues.waiting(pair)} jobs already wait for a {pair} node: the pair's queue is full"
+            )
+            await self._finish(ticket, Ending(JobState.SKIPPED, "queue_full", why, SkipReason.NO_CAPACITY))
             return ticket
         self._placing += 1
         try:
-            if queue or not await self._place(ticket, optimistic=not ticket.recorded):
+            if self._queues.waiting(pair) or not await self._try_place(
+                ticket, optimistic=not ticket.recorded
+            ):
                 if not ticket.recorded:  # waiting for a slot: the job is recorded CREATED meanwhile
                     await self._store.start(ticket.spec, 0)
                     ticket.recorded = True
-                queue.append(ticket)
-                self._metrics.jobs_queued.set(self.queued)
-                self._kick.set()
+                self._queue(ticket, front=False)
         finally:
             self._placing -= 1
             if not (self._live or self._placing):
                 self._idle.set()
-        if ticket.sink.closed and not ticket.done:  # the session closed while this job was being placed
+        if ticket.sink.closed and not ticket.ended:  # the session closed while this job was being placed
             self._abandon(ticket)
         return ticket
 
@@ -219,31 +174,24 @@ class Dispatcher:
         """The session ended: queued jobs are dropped, running attempts cancelled on their nodes, and both
         recorded SKIPPED, so nothing is delivered later and every slot is freed. (A job still being placed
         is ended by its placement, which sees the session closed.)"""
-        abandoned = [t for q in self._queues.values() for t in q if t.spec.session_id == session_id]
+        abandoned = self._queues.of_session(session_id)
         abandoned += [t for t in self._live.values() if t.spec.session_id == session_id]
         for ticket in abandoned:
-            if not ticket.done:
-                self._abandon(ticket)
+            self._abandon(ticket)
 
     def _abandon(self, ticket: Ticket) -> None:
-        queue = self._queues.get(ticket.spec.pair)
-        if queue is not None and ticket in queue:
-            queue.remove(ticket)
-            self._metrics.jobs_queued.set(self.queued)
-        if self._live.get(ticket.spec.job_id) is ticket:
-            self._end_attempt(ticket, "session ended")
-        ticket.done = True
-        self._spawn(self._record_end(ticket, JobState.SKIPPED, "session ended"))
+        if self._close(ticket, _SESSION_ENDED):
+            self._spawn(self._record_and_tell(ticket, _SESSION_ENDED))
 
     def assignment_written(self, job_id: str, attempt: int) -> None:
         ticket = self._live.get(job_id)
-        if ticket is not None and ticket.attempt == attempt:
-            ticket.written_at = self._clock.monotonic()
+        if ticket is not None and ticket.attempt.number == attempt:
+            ticket.attempt = dataclasses.replace(ticket.attempt, written_at=self._clock.monotonic())
 
     async def on_event(self, node_id: str, event: JobEvent) -> None:
         received_at = self._clock.monotonic()
         ticket = self._live.get(event.job_id)
-        if ticket is None or ticket.attempt != event.attempt or ticket.node_id != node_id:
+        if ticket is None or ticket.attempt.number != event.attempt or ticket.attempt.node_id != node_id:
             self._stale(node_id, event)
             return
         if isinstance(event, JobAccepted):
@@ -257,15 +205,16 @@ class Dispatcher:
             await self._complete(ticket, node_id, event, received_at)
         elif isinstance(event, JobRejected):
             log.info("job rejected", extra=_ids(ticket, reason=event.reason, message=event.message))
-            await self._retry(ticket, f"rejected by {node_id}: {event.reason}")
+            await self._attempt_failed(ticket, f"rejected by {node_id}: {event.reason}")
         elif isinstance(event, JobFailed):
             log.warning(
                 "job failed on node", extra=_ids(ticket, message=event.message, retryable=event.retryable)
             )
+            why = f"failed on {node_id}: {event.message}"
             if event.retryable:
-                await self._retry(ticket, f"failed on {node_id}: {event.message}")
+                await self._attempt_failed(ticket, why)
             else:
-                await self._give_up(ticket, f"failed on {node_id}: {event.message}")
+                await self._finish(ticket, _failed(why))
 
     def node_lost(self, node_id: str, connection_id: str | None = None) -> None:
         """A node connection ended (or, with no connection id, the node's lease lapsed): the attempts it
@@ -273,11 +222,12 @@ class Dispatcher:
         lost = [
             t
             for t in self._live.values()
-            if t.node_id == node_id and (connection_id is None or t.connection_id == connection_id)
+            if t.attempt.node_id == node_id
+            and (connection_id is None or t.attempt.connection_id == connection_id)
         ]
         for ticket in lost:
             log.warning("node lost with a job running; re-dispatching", extra=_ids(ticket))
-            self._spawn(self._retry(ticket, f"node {node_id} lost"))
+            self._spawn(self._attempt_failed(ticket, f"node {node_id} lost"))
 
     def adopt(
         self, node_id: str, connection_id: str, running: Iterable[tuple[str, int]]
@@ -288,100 +238,64 @@ class Dispatcher:
         held = set(running)
         moved: set[tuple[str, int]] = set()
         for ticket in self._live.values():
-            key = (ticket.spec.job_id, ticket.attempt)
-            if ticket.node_id == node_id and key in held:
-                ticket.connection_id = connection_id
+            key = (ticket.spec.job_id, ticket.attempt.number)
+            if ticket.attempt.node_id == node_id and key in held:
+                ticket.attempt = dataclasses.replace(ticket.attempt, connection_id=connection_id)
                 moved.add(key)
         return moved
 
     def slot_freed(self, node_id: str | None = None) -> None:
         """A slot may be free (of this node, when known): queued jobs try it first."""
         if node_id is not None:
-            self._freed[node_id] += 1
+            self._queues.slot_freed(node_id)
         self._kick.set()
 
-    async def _place(self, ticket: Ticket, optimistic: bool = False, first: str | None = None) -> bool:
-        """Tries the ranked candidates (`first` ahead, when it is one) until one takes the attempt; False
-        when none has a free slot.
+    # The job's life: placed, running, between attempts, ended.
 
-        Optimistic (a fresh job with nothing queued for its pair, or a queued one given a node whose slot
-        just freed): the first candidate's reservation and the job's start go in one round trip. When that
-        node turns out full, the attempt number is spent on it; the next candidates are tried reservation
-        first, and a job left without a node is recorded CREATED again (it waits in the queue).
-        """
-        snapshot = self._cache.current  # the one snapshot read for this placement
-        spec = ticket.spec
-        request = Request(spec.pair, spec.tts, ticket.preferred_node)
-        candidates = rank_candidates(snapshot, request, ticket.excluded, self._rng)
-        if first is not None:
-            if first in candidates:
-                candidates.remove(first)
-                candidates.insert(0, first)
-            else:
-                optimistic = False  # that node cannot take this job: no reason to expect a free slot
-        unplaced = False  # the record names a node that holds no slot for its attempt
-        for node_id in candidates:
-            attempt = ticket.attempt + 1
-            if optimistic:
-                optimistic = False
-                outcome, started = await self._store.reserve_and_start(node_id, spec, ticket.attempt)
-                ticket.recorded = True
-                if not outcome.held:
-                    if started is None:
-                        return True  # the job ended meanwhile
-                    ticket.attempt, unplaced = started, True
-                    continue
-            else:
-                outcome = await self._store.reserve(node_id, spec.job_id, attempt)
-                if not outcome.held:
-                    continue  # full, draining, or gone (maybe registering again): the next candidate
-                _, started = await self._store.start(spec, ticket.attempt, node_id)
-                ticket.recorded = True
-            if started is None:  # the job ended meanwhile (or another instance started this attempt)
-                await self._store.release(node_id, spec.job_id, attempt)
-                return True
-            if started != attempt:
-                # Recorded anew (Redis lost the job): hold the slot under the attempt number it now has.
-                log.warning("job record was lost; recorded it again", extra=_ids(ticket, attempt=started))
-                await self._store.release(node_id, spec.job_id, attempt)
-                if not (await self._store.reserve(node_id, spec.job_id, started)).held:
-                    ticket.attempt, unplaced = started, True
-                    continue
-            deadline_ms = self._clock.now_ms() + self._settings.job_deadline_ms
-            connection_id = self._transport.deliver(node_id, Assignment(spec, started, deadline_ms))
-            if connection_id is None:
-                await self._store.release(node_id, spec.job_id, started)
-                ticket.attempt, unplaced = started, True
-                ticket.excluded.add(node_id)
-                continue
-            ticket.attempt, ticket.node_id, ticket.connection_id = started, node_id, connection_id
-            ticket.tries += 1
-            ticket.placed_at = self._clock.monotonic()
-            self._live[spec.job_id] = ticket
-            self._arm_deadline(ticket, self._settings.accept_timeout_ms)
-            self._metrics.jobs_dispatched.inc()
-            log.debug("job dispatched", extra=_ids(ticket))
+    async def _try_place(self, ticket: Ticket, optimistic: bool = False, first: str | None = None) -> bool:
+        """One placement try; True when the job no longer waits (on a node, or ended meanwhile)."""
+        placement = await self._placer.place(ticket, optimistic, first)
+        ticket.recorded = ticket.recorded or placement.recorded
+        ticket.attempt = placement.attempt
+        if placement.outcome is Placed.NO_SLOT:
+            return False
+        if placement.outcome is Placed.ENDED:
+            # Final in Redis, or another instance runs this attempt: nothing for this one to do or tell.
+            ticket.phase = Phase.ENDED
             return True
-        if unplaced:
-            await self._store.transition(
-                spec.job_id, ticket.attempt, (JobState.ASSIGNED,), JobState.CREATED, node_id=""
-            )
-        return False
+        ticket.phase = Phase.RUNNING
+        ticket.tries += 1
+        self._live[ticket.spec.job_id] = ticket
+        self._arm_deadline(ticket, self._settings.accept_timeout_ms)
+        self._metrics.jobs_dispatched.inc()
+        log.debug("job dispatched", extra=_ids(ticket))
+        return True
+
+    def _queue(self, ticket: Ticket, front: bool) -> None:
+        ticket.phase = Phase.QUEUED
+        if front:
+            self._queues.push_front(ticket)
+        else:
+            self._queues.append(ticket)
+        self._metrics.jobs_queued.set(self.queued)
+        self._kick.set()
 
     def _arm_deadline(self, ticket: Ticket, ms: int) -> None:
         if ticket.deadline is not None:
             ticket.deadline.cancel()
         loop = asyncio.get_running_loop()
-        ticket.deadline = loop.call_later(ms / 1000, self._deadline_passed, ticket, ticket.attempt, ms)
+        ticket.deadline = loop.call_later(ms / 1000, self._deadline_passed, ticket, ticket.attempt.number, ms)
 
     def _deadline_passed(self, ticket: Ticket, attempt: int, ms: int) -> None:
-        if ticket.attempt == attempt and self._live.get(ticket.spec.job_id) is ticket:
+        if ticket.attempt.number == attempt and self._live.get(ticket.spec.job_id) is ticket:
             log.warning("job attempt past its deadline; re-dispatching", extra=_ids(ticket, deadline_ms=ms))
             self._metrics.timeouts.inc()
-            self._spawn(self._retry(ticket, f"node {ticket.node_id} gave no answer within {ms} ms"))
+            self._spawn(
+                self._attempt_failed(ticket, f"node {ticket.attempt.node_id} gave no answer within {ms} ms")
+            )
 
     async def _complete(self, ticket: Ticket, node_id: str, output: JobOutput, received_at: float) -> None:
-        self._forget(ticket)
+        attempt = self._leave_node(ticket)
         try:
             applied, released = await self._store.complete_and_release(
                 output.job_id,
@@ -398,7 +312,7 @@ class Dispatcher:
             # The result could not be recorded: the job must not be lost with it. It runs again once
             # Redis answers (the queue retries), and the slot is released then or with the node's lease.
             self._spawn(self._release(node_id, output.job_id, output.attempt))
-            self._requeue(ticket, f"result not recorded: {exc!r}")
+            await self._run_again(ticket, f"result not recorded: {exc!r}", through_queue=True)
             return
         if released:
             self.slot_freed(node_id)
@@ -407,67 +321,77 @@ class Dispatcher:
             # (Redis restarted without its data) or moved on. Run it again rather than lose it; the new
             # attempt records the job anew.
             self._metrics.results_fenced.inc()
-            self._requeue(ticket, "result refused by Redis (job record lost or moved on)")
+            await self._run_again(
+                ticket, "result refused by Redis (job record lost or moved on)", through_queue=True
+            )
             return
-        ticket.done = True
-        queued = ticket.placed_at - ticket.submitted_at
-        dispatch = max(0.0, ticket.written_at - (ticket.ended_at or ticket.submitted_at) - queued)
+        queued = attempt.placed_at - ticket.submitted_at
+        dispatch = max(0.0, attempt.written_at - (ticket.ended_at or ticket.submitted_at) - queued)
         ticket.preferred_node = node_id
+        ticket.phase = Phase.ENDED  # recorded COMPLETED by the script above
         overhead = Overhead(int(queued * 1000), int(dispatch * 1_000_000), received_at)
         ticket.sink.job_done(ticket.spec.index, output, node_id, overhead)
 
-    def _requeue(self, ticket: Ticket, why: str) -> None:
-        """Puts a job whose attempt ended without an outcome at the head of its pair's queue, without
-        touching Redis (which may be what failed): the queue places it once Redis answers."""
-        log.warning("job runs again", extra=_ids(ticket, reason=why))
-        if ticket.tries >= self._settings.max_attempts:
-            ticket.done = True
-            self._spawn(self._give_up(ticket, f"{ticket.tries} attempts ended without a result; last: {why}"))
-            return
-        self._metrics.redispatches.inc()
-        ticket.queued_until = self._clock.monotonic() + ticket.queue_timeout_s
-        self._queues.setdefault(ticket.spec.pair, collections.deque()).appendleft(ticket)
-        self._metrics.jobs_queued.set(self.queued)
-        self._kick.set()
-
-    async def _retry(self, ticket: Ticket, why: str) -> None:
+    async def _attempt_failed(self, ticket: Ticket, why: str) -> None:
+        """The running attempt ended without an outcome (rejected, failed, deadline, node lost): it is
+        cancelled on its node, its slot freed, and the job placed again elsewhere."""
         if self._live.get(ticket.spec.job_id) is not ticket:
             return
-        failed_node = ticket.node_id
-        self._end_attempt(ticket, why)
-        if failed_node is not None:
-            ticket.excluded.add(failed_node)
+        attempt = self._end_attempt(ticket, why)
+        if attempt.node_id is not None:
+            ticket.excluded.add(attempt.node_id)
+        await self._run_again(ticket, why, through_queue=False)
+
+    async def _run_again(self, ticket: Ticket, why: str, through_queue: bool) -> None:
+        """Places the job again, within its attempts. `through_queue`: ahead of its pair's queue without
+        touching Redis now (Redis may be what failed; the queue places it once Redis answers); else at once."""
         if ticket.tries >= self._settings.max_attempts:
-            await self._give_up(ticket, f"{ticket.tries} attempts failed; last: {why}")
+            await self._finish(ticket, _failed(f"{ticket.tries} attempts failed; last: {why}"))
             return
+        log.warning("job runs again", extra=_ids(ticket, reason=why))
         self._metrics.redispatches.inc()
         ticket.queued_until = self._clock.monotonic() + ticket.queue_timeout_s
-        await self.submit(ticket)
+        if through_queue:
+            self._queue(ticket, front=True)
+        else:
+            await self.submit(ticket)
 
-    async def _give_up(self, ticket: Ticket, why: str) -> None:
-        self._end_attempt(ticket, why)
-        ticket.done = True
-        try:
-            await self._record_end(ticket, JobState.FAILED, why)
-        except RedisError as exc:  # the client hears of it all the same; the record expires with its TTL
-            log.warning("job failure not recorded", extra=_ids(ticket, error=repr(exc)))
-        self._metrics.skips.labels(SkipReason.FAILED.value).inc()
-        ticket.sink.job_skipped(ticket.spec.index, SkipReason.FAILED, why)
+    async def _finish(self, ticket: Ticket, ending: Ending) -> None:
+        """Every ending without a result goes through here (see `_close`, then `_record_and_tell`)."""
+        if self._close(ticket, ending):
+            await self._record_and_tell(ticket, ending)
 
-    async def _record_accepted(self, ticket: Ticket, attempt: int) -> None:
-        try:
-            await self._store.transition(ticket.spec.job_id, attempt, (JobState.ASSIGNED,), JobState.ACCEPTED)
-        except RedisError as exc:
-            log.warning("job acceptance not recorded", extra=_ids(ticket, error=repr(exc)))
+    def _close(self, ticket: Ticket, ending: Ending) -> bool:
+        """At once: the job is ENDED, out of its queue, off its node (cancelled there, slot freed). False
+        when it had already ended."""
+        if ticket.ended:
+            return False
+        ticket.phase = Phase.ENDED
+        if self._queues.remove(ticket):
+            self._metrics.jobs_queued.set(self.queued)
+        if self._live.get(ticket.spec.job_id) is ticket:
+            self._end_attempt(ticket, ending.why)
+        return True
 
-    async def _record_end(self, ticket: Ticket, state: JobState, reason: str) -> None:
-        """Records the job's final state (fenced by its attempt) with the reason."""
-        await self._store.transition(
-            ticket.spec.job_id, ticket.attempt, (JobState.CREATED, *LIVE_STATES), state, reason=reason
-        )
+    async def _record_and_tell(self, ticket: Ticket, ending: Ending) -> None:
+        """The final state recorded (fenced by its attempt), the skip counted and told to the session."""
+        if ticket.recorded:
+            try:
+                await self._store.transition(
+                    ticket.spec.job_id,
+                    ticket.attempt.number,
+                    (JobState.CREATED, *LIVE_STATES),
+                    ending.state,
+                    reason=ending.reason,
+                )
+            except RedisError as exc:  # the client hears of it all the same; the record expires with its TTL
+                log.warning("job end not recorded", extra=_ids(ticket, error=repr(exc)))
+        if ending.skip is not None:
+            self._metrics.skips.labels(ending.skip.value).inc()
+            ticket.sink.job_skipped(ticket.spec.index, ending.skip, ending.why)
 
-    def _forget(self, ticket: Ticket) -> str | None:
-        """The attempt is over here: no longer live, no deadline. Returns the node it ran on."""
+    def _leave_node(self, ticket: Ticket) -> Attempt:
+        """The running attempt is over here: no longer live, no deadline. Returns it."""
         if self._live.get(ticket.spec.job_id) is ticket:
             del self._live[ticket.spec.job_id]
             if not self._live:
@@ -475,17 +399,24 @@ class Dispatcher:
         if ticket.deadline is not None:
             ticket.deadline.cancel()
             ticket.deadline = None
-        node_id, ticket.node_id = ticket.node_id, None
-        return node_id
+        if ticket.phase is Phase.RUNNING:
+            ticket.phase = Phase.BETWEEN
+        return ticket.attempt
 
-    def _end_attempt(self, ticket: Ticket, cancel_reason: str | None) -> None:
-        """The attempt is over: forget it, free its slot, and tell the node when it may still run it."""
-        node_id = self._forget(ticket)
-        if node_id is None:
-            return
-        if cancel_reason is not None:
-            self._transport.cancel(node_id, ticket.spec.job_id, ticket.attempt, cancel_reason)
-        self._spawn(self._release(node_id, ticket.spec.job_id, ticket.attempt))
+    def _end_attempt(self, ticket: Ticket, cancel_reason: str) -> Attempt:
+        """The running attempt ends unfinished: it leaves its node, which is told to stop it, and its slot
+        is freed."""
+        attempt = self._leave_node(ticket)
+        if attempt.node_id is not None:
+            self._transport.cancel(attempt.node_id, ticket.spec.job_id, attempt.number, cancel_reason)
+            self._spawn(self._release(attempt.node_id, ticket.spec.job_id, attempt.number))
+        return attempt
+
+    async def _record_accepted(self, ticket: Ticket, attempt: int) -> None:
+        try:
+            await self._store.transition(ticket.spec.job_id, attempt, (JobState.ASSIGNED,), JobState.ACCEPTED)
+        except RedisError as exc:
+            log.warning("job acceptance not recorded", extra=_ids(ticket, error=repr(exc)))
 
     async def _release(self, node_id: str, job_id: str, attempt: int) -> None:
         """Frees the attempt's slot. While Redis is unreachable this keeps trying, with backoff, for
@@ -521,6 +452,8 @@ class Dispatcher:
         if isinstance(event, JobOutput | JobFailed | JobRejected):
             self._spawn(self._release(node_id, event.job_id, event.attempt))
 
+    # The queues' pump.
+
     async def _run_queues(self) -> None:
         while True:
             raise_if_cancelling()
@@ -540,45 +473,30 @@ class Dispatcher:
         """Places queued heads, first on the nodes whose slots were freed since the last turn (one round
         trip each); without such a node (a periodic retry) every candidate is tried, reservation first."""
         now = self._clock.monotonic()
-        for queue in self._queues.values():
-            while queue:
-                ticket = queue[0]
-                if ticket.done:
-                    queue.popleft()
+        for pair in self._queues.pairs():
+            while (ticket := self._queues.head(pair)) is not None:
+                if ticket.ended:
+                    self._queues.remove(ticket)
                 elif now >= ticket.queued_until:
-                    queue.popleft()
-                    await self._queue_timeout(ticket, ticket.spec.pair)
-                elif await self._place(ticket, *self._freed_slot(ticket)):
+                    await self._queue_timeout(ticket, pair)
+                else:
+                    serving = (n.node_id for n in self._cache.current.nodes_for(pair))
+                    freed = self._queues.take_freed(serving, ticket.excluded)
+                    if not await self._try_place(ticket, freed is not None, freed):
+                        break
                     # The placement awaited Redis: the queue may have changed meanwhile (a session that
                     # closed took its tickets out), so take out this ticket, wherever it is now.
-                    with contextlib.suppress(ValueError):
-                        queue.remove(ticket)
-                else:
-                    break
+                    self._queues.remove(ticket)
         self._metrics.jobs_queued.set(self.queued)
-        self._freed.clear()  # every queue got its turn; what is left freed no waiting job could use
-
-    def _freed_slot(self, ticket: Ticket) -> tuple[bool, str | None]:
-        """A node with a freed slot that can take this job (consumed), as `_place`'s optimistic first."""
-        freed = self._freed
-        serving = {n.node_id for n in self._cache.current.nodes_for(ticket.spec.pair)}
-        for node_id in freed:
-            if node_id in serving and node_id not in ticket.excluded:
-                freed[node_id] -= 1
-                if freed[node_id] <= 0:
-                    del freed[node_id]
-                return True, node_id
-        return False, None
+        self._queues.forget_freed()
 
     async def _queue_timeout(self, ticket: Ticket, pair: LanguagePair) -> None:
-        reason = SkipReason.NO_CAPACITY if self._cache.current.serves(pair) else SkipReason.NO_NODE
-        why = f"no free slot for {pair} within {ticket.queue_timeout_s * 1000:.0f} ms"
-        if reason is SkipReason.NO_NODE:
+        if self._cache.current.serves(pair):
+            why = f"no free slot for {pair} within {ticket.queue_timeout_s * 1000:.0f} ms"
+            await self._finish(ticket, Ending(JobState.SKIPPED, "queue_timeout", why, SkipReason.NO_CAPACITY))
+        else:
             why = f"no registered node serves {pair}"
-        ticket.done = True
-        await self._record_end(ticket, JobState.SKIPPED, reason.value)
-        self._metrics.skips.labels(reason.value).inc()
-        ticket.sink.job_skipped(ticket.spec.index, reason, why)
+            await self._finish(ticket, Ending(JobState.SKIPPED, "no_node", why, SkipReason.NO_NODE))
 
     def _spawn(self, coro: Coroutine[object, object, object]) -> None:
         task = asyncio.create_task(coro)
@@ -591,5 +509,13 @@ class Dispatcher:
             log.error("dispatch task failed", exc_info=task.exception())
 
 
+_SESSION_ENDED = Ending(JobState.SKIPPED, "session_ended", "session ended", None)
+
+
+def _failed(why: str) -> Ending:
+    return Ending(JobState.FAILED, "failed", why, SkipReason.FAILED)
+
+
 def _ids(ticket: Ticket, **extra: object) -> dict[str, object]:
-    return {"job_id": ticket.spec.job_id, "attempt": ticket.attempt, "node_id": ticket.node_id, **extra}
+    a = ticket.attempt
+    return {"job_id": ticket.spec.job_id, "attempt": a.number, "node_id": a.node_id, **extra}

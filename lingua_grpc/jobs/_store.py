@@ -88,7 +88,7 @@ class JobStore:
 
         The slot and the job live in different hash slots, so these are two scripts, and the second runs
         even when the first finds the node full: the attempt number is then spent on a node that holds no
-        slot for it, and the caller moves on with the next attempt (see `Dispatcher._place`).
+        slot for it, and the caller moves on with the next attempt (see `Placer.place`).
         Returns the reservation and the attempt started (as `start`).
         """
         self._round_trip("reserve_start")

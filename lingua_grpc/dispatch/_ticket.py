@@ -1,0 +1,74 @@
+"""A job's life in the dispatcher: its phase, its current attempt, and where its outcome goes."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from lingua_grpc.jobs import JobOutput, JobProgress, JobSpec, SkipReason
+
+
+class JobSink(Protocol):
+    """Where a job's outcome goes: its session."""
+
+    closed: bool
+
+    def job_progress(self, index: int, event: JobProgress) -> None: ...
+
+    def job_done(self, index: int, output: JobOutput, node_id: str, overhead: Overhead) -> None: ...
+
+    def job_skipped(self, index: int, reason: SkipReason, message: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Overhead:
+    """Where a job's time went on the scheduler, for the result's timings."""
+
+    queue_ms: int  # waiting for a free slot
+    dispatch_us: int  # scheduler's own time from utterance end to the job written to the node's stream
+    received_at: float  # monotonic time the node's result arrived (delivery time is measured from here)
+
+
+class Phase(enum.Enum):
+    NEW = "new"  # submitted; being placed for the first time
+    QUEUED = "queued"  # waiting in its pair's queue for a free slot
+    RUNNING = "running"  # its current attempt is on a node
+    BETWEEN = "between"  # an attempt ended without an outcome; being placed again
+    ENDED = "ended"  # its outcome is decided (result, skip, failure, session gone): nothing more happens
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """The job's current attempt, replaced whole when it changes. A number may be spent without reaching a
+    node (then `node_id` is None)."""
+
+    number: int = 0  # the job's attempt number in Redis
+    node_id: str | None = None
+    connection_id: str | None = None  # the node stream it went on
+    placed_at: float = 0.0  # monotonic time it was handed to the node's stream
+    written_at: float = 0.0  # monotonic time the node's stream wrote it
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One job from submission to its end."""
+
+    spec: JobSpec
+    sink: JobSink
+    queue_timeout_s: float
+    preferred_node: str | None = None
+    ended_at: float = 0.0  # monotonic time the utterance ended (as the session decided)
+    phase: Phase = Phase.NEW
+    attempt: Attempt = field(default_factory=Attempt)
+    tries: int = 0  # attempts that reached a node: at most DispatchSettings.max_attempts
+    excluded: set[str] = field(default_factory=set)  # nodes that failed it
+    recorded: bool = False  # the job exists in Redis
+    submitted_at: float = 0.0
+    queued_until: float = 0.0
+    deadline: asyncio.TimerHandle | None = None  # of the running attempt: accept timeout, then job deadline
+
+    @property
+    def ended(self) -> bool:
+        return self.phase is Phase.ENDED
