@@ -253,7 +253,11 @@ def _hold_the_loop(seconds: float) -> None:
 
 
 @pytest.mark.settings(
-    overload_loop_lag_ms=20, overload_loop_busy_percent=0, overload_window_ms=400, loop_lag_interval_ms=10
+    overload_loop_lag_ms=20,
+    overload_loop_busy_percent=0,
+    overload_window_ms=400,
+    loop_lag_interval_ms=10,
+    node_lease_heartbeats=100,  # the held loop starves the in-process node too: its lease must outlast it
 )
 async def test_a_saturated_instance_refuses_new_sessions_with_a_retry_hint_and_says_so(
     scheduler: Scheduler, client: LinguaClient, fleet: Fleet

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator
 
 import grpc
@@ -67,9 +68,19 @@ def result_for(a: node_pb2.AssignJob, text: str) -> node_pb2.ConnectRequest:
     )
 
 
+_WRITE_LOCKS: weakref.WeakKeyDictionary[Call, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+async def send(call: Call, message: node_pb2.ConnectRequest) -> None:
+    """One write at a time per stream: gRPC refuses a write while another is in flight on the same call
+    (GRPC_CALL_ERROR_TOO_MANY_OPERATIONS), and the heartbeat task writes beside the test."""
+    async with _WRITE_LOCKS.setdefault(call, asyncio.Lock()):
+        await call.write(message)
+
+
 async def heartbeat_forever(call: Call) -> None:
     while True:
-        await call.write(node_pb2.ConnectRequest(heartbeat=node_pb2.Heartbeat()))
+        await send(call, node_pb2.ConnectRequest(heartbeat=node_pb2.Heartbeat()))
         await asyncio.sleep(0.1)  # the heartbeat interval the scheduler asked for
 
 
@@ -84,8 +95,8 @@ async def test_a_zombie_result_of_an_old_attempt_is_refused(scheduler: Scheduler
         session = await client.start_session("en", "es")
         await session.send_audio(tone(300) + silence(100), is_final=True)
         first = await next_assignment(zombie)  # attempt 1: accepted, then silence past the deadline
-        await zombie.write(
-            node_pb2.ConnectRequest(job_accepted=node_pb2.JobAccepted(job_id=first.job_id, attempt=1))
+        await send(
+            zombie, node_pb2.ConnectRequest(job_accepted=node_pb2.JobAccepted(job_id=first.job_id, attempt=1))
         )
 
         healthy, _ = await connect(channel, "healthy", max_concurrency=1)
@@ -93,8 +104,8 @@ async def test_a_zombie_result_of_an_old_attempt_is_refused(scheduler: Scheduler
         second = await next_assignment(healthy)
         assert (second.job_id, second.attempt) == (first.job_id, 2)
 
-        await zombie.write(result_for(first, "zombie"))  # the old attempt wakes up with an answer
-        await healthy.write(result_for(second, "healthy"))
+        await send(zombie, result_for(first, "zombie"))  # the old attempt wakes up with an answer
+        await send(healthy, result_for(second, "healthy"))
         await session.end()
         messages = [m async for m in session]
         got = [m.result for m in messages if m.HasField("result")]
@@ -121,11 +132,11 @@ async def test_losing_an_old_connection_of_a_node_leaves_jobs_on_its_new_one_alo
         session = await client.start_session("en", "es")
         await session.send_audio(tone(300) + silence(100), is_final=True)
         job = await next_assignment(node)
-        await node.write(
-            node_pb2.ConnectRequest(job_accepted=node_pb2.JobAccepted(job_id=job.job_id, attempt=1))
+        await send(
+            node, node_pb2.ConnectRequest(job_accepted=node_pb2.JobAccepted(job_id=job.job_id, attempt=1))
         )
         scheduler.dispatcher.node_lost("gpu-1", "an-older-connection-of-gpu-1")  # its detach comes late
-        await node.write(result_for(job, "kept"))
+        await send(node, result_for(job, "kept"))
         await session.end()
         got = [m.result for m in [m async for m in session] if m.HasField("result")]
         assert [(r.source_text, r.attempt) for r in got] == [("kept", 1)]
@@ -166,7 +177,7 @@ async def test_a_job_that_finds_its_node_full_waits_recorded_created_then_runs_o
         assert await store.release("gpu-1", "elsewhere:0", 1)
         job = await next_assignment(node)
         assert (job.job_id, job.attempt) == (job_id, 2)
-        await node.write(result_for(job, "after the wait"))
+        await send(node, result_for(job, "after the wait"))
         await session.end()
         got = [m.result for m in [m async for m in session] if m.HasField("result")]
         assert [(r.source_text, r.attempt) for r in got] == [("after the wait", 2)]
@@ -192,10 +203,10 @@ async def test_a_result_whose_job_record_was_lost_runs_the_job_again_instead_of_
         await session.send_audio(tone(300) + silence(100), is_final=True)
         first = await next_assignment(node)
         assert await redis.delete(JobKeys(key_prefix).job(session.session_id, 0)) == 1
-        await node.write(result_for(first, "unrecorded"))
+        await send(node, result_for(first, "unrecorded"))
         again = await next_assignment(node)
         assert again.job_id == first.job_id
-        await node.write(result_for(again, "recorded"))
+        await send(node, result_for(again, "recorded"))
         await session.end()
         got = [m.result for m in [m async for m in session] if m.HasField("result")]
         assert [r.source_text for r in got] == ["recorded"]
@@ -267,7 +278,7 @@ async def test_a_result_that_cannot_be_recorded_runs_again_and_its_slot_is_freed
             first = await next_assignment(node)
             await redis.acl_setuser("default", enabled=True, nopass=True, commands=["-evalsha"])
             try:
-                await node.write(result_for(first, "unrecorded"))
+                await send(node, result_for(first, "unrecorded"))
                 sample = scheduler.metrics.registry.get_sample_value
 
                 async def release_refused() -> bool:
@@ -280,7 +291,7 @@ async def test_a_result_that_cannot_be_recorded_runs_again_and_its_slot_is_freed
                 await redis.acl_setuser("default", enabled=True, nopass=True, commands=["+@all"])
             again = await next_assignment(node)
             assert again.job_id == first.job_id
-            await node.write(result_for(again, "recorded"))
+            await send(node, result_for(again, "recorded"))
             await session.end()
             got = [m.result for m in [m async for m in session] if m.HasField("result")]
             assert [r.source_text for r in got] == ["recorded"]
@@ -318,14 +329,14 @@ async def test_a_takeover_keeps_the_jobs_the_node_says_it_runs_and_reruns_the_re
         await session.send_audio(tone(300) + silence(100), is_final=True)
         forgotten = await next_assignment(old)
         for job in (kept, forgotten):
-            await old.write(
-                node_pb2.ConnectRequest(job_accepted=node_pb2.JobAccepted(job_id=job.job_id, attempt=1))
+            await send(
+                old, node_pb2.ConnectRequest(job_accepted=node_pb2.JobAccepted(job_id=job.job_id, attempt=1))
             )
 
         request = register_request("gpu-1", max_concurrency=2)
         request.register.running_jobs.extend(running(kept))  # it still runs `kept` only
         new: Call = node_pb2_grpc.NodeServiceStub(channel).Connect()  # type: ignore[call-arg]
-        await new.write(request)
+        await send(new, request)
         assert (await asyncio.wait_for(read_message(new), 5)).WhichOneof("kind") == "registered"
         beats.append(asyncio.create_task(heartbeat_forever(new)))
         other, _ = await connect(channel, "gpu-2", max_concurrency=1)
@@ -333,8 +344,8 @@ async def test_a_takeover_keeps_the_jobs_the_node_says_it_runs_and_reruns_the_re
 
         rerun = await next_assignment(other)  # the unlisted attempt, run again
         assert (rerun.job_id, rerun.attempt) == (forgotten.job_id, 2)
-        await other.write(result_for(rerun, "rerun"))
-        await new.write(result_for(kept, "kept"))  # the listed one answers on the new stream
+        await send(other, result_for(rerun, "rerun"))
+        await send(new, result_for(kept, "kept"))  # the listed one answers on the new stream
         await session.end()
         got = [m.result for m in [m async for m in session] if m.HasField("result")]
         assert [(r.utterance_index, r.source_text, r.attempt, r.node_id) for r in got] == [
