@@ -17,7 +17,8 @@ from lingua_grpc.jobs._model import (
     job_id,
     parse_job_id,
 )
-from lingua_grpc.jobs._store import JobRecord, JobStore, Reservation, slot_member
+from lingua_grpc.jobs._store import JobRecord, JobStore, slot_member
+from lingua_grpc.store import Reservation
 
 __all__ = [
     "LIVE_STATES",

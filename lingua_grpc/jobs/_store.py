@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import enum
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, OutOfMemoryError
+from redis.exceptions import OutOfMemoryError
 
 from lingua_grpc.jobs._model import JobSpec, JobState, parse_job_id
 from lingua_grpc.metrics import SchedulerMetrics
-from lingua_grpc.store import JobKeys, RegistryKeys, ScriptBook
-
-
-class Reservation(enum.Enum):
-    RESERVED = 1
-    ALREADY_HELD = 2
-    FULL = 0
-    DRAINING = -1
-    NODE_GONE = -2
-
-    @property
-    def held(self) -> bool:
-        return self in (Reservation.RESERVED, Reservation.ALREADY_HELD)
+from lingua_grpc.store import JobKeys, RegistryKeys, Reservation, ScriptBook, ScriptCall, Started
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +60,8 @@ class JobStore:
         """
         self._round_trip("start")
         with self._reporting_full():
-            created, attempt = await self._scripts.start_job(
-                keys=self._start_keys(spec), args=self._start_args(spec, current_attempt, node_id)
-            )
-        return _started(created, attempt)
+            started = await self._scripts.run(self._start_call(spec, current_attempt, node_id))
+        return started.created, started.attempt
 
     async def reserve_and_start(
         self, node_id: str, spec: JobSpec, current_attempt: int
@@ -93,19 +76,13 @@ class JobStore:
         """
         self._round_trip("reserve_start")
         with self._reporting_full():
-            reserved, started = await self._pipelined(
-                (
-                    self._scripts.reserve_slot,
-                    self._slot_keys(node_id),
-                    [slot_member(spec.job_id, current_attempt + 1)],
+            reserved, started = await self._scripts.run_pipelined(
+                self._scripts.reserve_slot(
+                    self._nodes, node_id, member=slot_member(spec.job_id, current_attempt + 1)
                 ),
-                (
-                    self._scripts.start_job,
-                    self._start_keys(spec),
-                    self._start_args(spec, current_attempt, node_id),
-                ),
+                self._start_call(spec, current_attempt, node_id),
             )
-        return Reservation(int(reserved)), _started(*started)[1]
+        return reserved, started.attempt
 
     @contextlib.contextmanager
     def _reporting_full(self) -> Iterator[None]:
@@ -124,28 +101,41 @@ class JobStore:
             return False
         return True
 
-    def _start_keys(self, spec: JobSpec) -> list[str]:
-        return [self._jobs.job(spec.session_id, spec.index), self._jobs.audio(spec.session_id, spec.index)]
-
-    def _start_args(self, spec: JobSpec, current_attempt: int, node_id: str) -> list[str | int | bytes]:
-        return [
-            spec.job_id,
+    def _start_call(self, spec: JobSpec, current_attempt: int, node_id: str) -> ScriptCall[Started]:
+        return self._scripts.start_job(
+            self._jobs,
             spec.session_id,
             spec.index,
-            spec.pair.source,
-            spec.pair.target,
-            spec.sample_rate_hz,
-            int(spec.tts),
-            spec.audio,
-            self._job_ttl_ms,
-            self._audio_ttl_ms,
-            current_attempt,
-            node_id,
-        ]
+            job_id=spec.job_id,
+            source_language=spec.pair.source,
+            target_language=spec.pair.target,
+            sample_rate_hz=spec.sample_rate_hz,
+            tts=spec.tts,
+            audio=spec.audio,
+            job_ttl_ms=self._job_ttl_ms,
+            audio_ttl_ms=self._audio_ttl_ms,
+            current_attempt=current_attempt,
+            node_id=node_id,
+        )
 
-    def _slot_keys(self, node_id: str) -> list[str]:
-        k = self._nodes
-        return [k.node(node_id), k.lease(node_id), k.slots(node_id)]
+    def _transition_call(
+        self,
+        job_id: str,
+        attempt: int,
+        allowed: tuple[JobState, ...],
+        to: JobState,
+        fields: dict[str, str | int | bytes],
+    ) -> ScriptCall[bool]:
+        session_id, index = parse_job_id(job_id)
+        return self._scripts.transition_job(
+            self._jobs,
+            session_id,
+            index,
+            attempt=attempt,
+            allowed=tuple(s.value for s in allowed),
+            to=to.value,
+            fields=fields,
+        )
 
     async def complete_and_release(
         self,
@@ -161,50 +151,15 @@ class JobStore:
         scripts, not one; on a single Redis they still share the round trip.
         """
         self._round_trip("complete")
-        applied, released = await self._pipelined(
-            (
-                self._scripts.transition_job,
-                [self._job_key(job_id)],
-                self._transition_args(attempt, allowed, JobState.COMPLETED, fields),
-            ),
-            (
-                self._scripts.release_slot,
-                [self._nodes.node(node_id), self._nodes.slots(node_id)],
-                [slot_member(job_id, attempt)],
-            ),
+        applied, released = await self._scripts.run_pipelined(
+            self._transition_call(job_id, attempt, allowed, JobState.COMPLETED, fields),
+            self._scripts.release_slot(self._nodes, node_id, member=slot_member(job_id, attempt)),
         )
-        return bool(applied), bool(released)
-
-    async def _pipelined(self, *calls: tuple[AsyncScript, list[str], list[Any]]) -> list[Any]:
-        """Runs scripts of different hash slots in one round trip (a pipeline, not a transaction).
-
-        After a Redis restart or SCRIPT FLUSH a script may be missing: only that one is run again, through
-        `Script`, which loads it. The others already ran, and running them twice would be fenced or a no-op.
-        """
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for script, keys, args in calls:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
-        for i, (script, keys, args) in enumerate(calls):
-            if isinstance(replies[i], NoScriptError):
-                replies[i] = await script(keys=keys, args=args)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
+        return applied, released
 
     def _round_trip(self, operation: str) -> None:
         if self._metrics is not None:
             self._metrics.redis_round_trips.labels(operation).inc()
-
-    @staticmethod
-    def _transition_args(
-        attempt: int, allowed: tuple[JobState, ...], to: JobState, fields: dict[str, str | int | bytes]
-    ) -> list[str | int | bytes]:
-        args: list[str | int | bytes] = [attempt, " ".join(s.value for s in allowed), to.value]
-        for name, value in fields.items():
-            args += [name, value]
-        return args
 
     async def transition(
         self,
@@ -216,8 +171,7 @@ class JobStore:
     ) -> bool:
         """Applies the change only for the job's current attempt and an allowed current state."""
         self._round_trip(to.value.lower())
-        args = self._transition_args(attempt, allowed, to, fields)
-        return bool(await self._scripts.transition_job(keys=[self._job_key(job_id)], args=args))
+        return await self._scripts.run(self._transition_call(job_id, attempt, allowed, to, fields))
 
     async def get(self, job_id: str) -> JobRecord | None:
         raw = await self._redis.hgetall(self._job_key(job_id))
@@ -230,23 +184,15 @@ class JobStore:
 
     async def reserve(self, node_id: str, job_id: str, attempt: int) -> Reservation:
         self._round_trip("reserve")
-        result = await self._scripts.reserve_slot(
-            keys=self._slot_keys(node_id), args=[slot_member(job_id, attempt)]
+        return await self._scripts.run(
+            self._scripts.reserve_slot(self._nodes, node_id, member=slot_member(job_id, attempt))
         )
-        return Reservation(int(result))
 
     async def release(self, node_id: str, job_id: str, attempt: int) -> bool:
         self._round_trip("release")
-        k = self._nodes
-        return bool(
-            await self._scripts.release_slot(
-                keys=[k.node(node_id), k.slots(node_id)], args=[slot_member(job_id, attempt)]
-            )
+        return await self._scripts.run(
+            self._scripts.release_slot(self._nodes, node_id, member=slot_member(job_id, attempt))
         )
-
-
-def _started(created: int, attempt: int) -> tuple[bool, int | None]:
-    return bool(created), (int(attempt) if int(attempt) >= 0 else None)
 
 
 def _text(value: bytes | str) -> str:

@@ -14,7 +14,8 @@ from lingua_grpc.registry._model import (
 )
 from lingua_grpc.registry._pools import Pool, PoolSpec, derive_pools, load_pools_file
 from lingua_grpc.registry._snapshot import EMPTY_SNAPSHOT, RegistrySnapshot, build_snapshot
-from lingua_grpc.registry._store import DrainOutcome, HeartbeatOutcome, NodeRegistry, Registered
+from lingua_grpc.registry._store import NodeRegistry, Registered
+from lingua_grpc.store import DrainOutcome, HeartbeatOutcome
 
 __all__ = [
     "EMPTY_SNAPSHOT",

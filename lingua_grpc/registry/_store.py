@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
 from lingua_grpc.registry._model import NodeCapabilities, NodeLoad, NodeRecord, NodeState, Registration
-from lingua_grpc.store import RegistryKeys, ScriptBook
-
-
-class HeartbeatOutcome(enum.Enum):
-    RENEWED = 1
-    UNKNOWN = 0  # not registered, or the lease lapsed: the node must register again
-    SUPERSEDED = -1  # the node registered again on a newer connection
-
-
-class DrainOutcome(enum.Enum):
-    DRAINING = 1
-    ALREADY_DRAINING = 2
-    UNKNOWN = 0
+from lingua_grpc.store import DrainOutcome, HeartbeatOutcome, RegisterOutcome, RegistryKeys, ScriptBook
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,10 +24,6 @@ class NodeRegistry:
         self._keys = keys
         self._scripts = scripts
 
-    def _node_keys(self, node_id: str) -> list[str]:
-        k = self._keys
-        return [k.node(node_id), k.lease(node_id), k.nodes, k.version, k.slots(node_id)]
-
     async def register(
         self,
         registration: Registration,
@@ -50,46 +33,44 @@ class NodeRegistry:
         holder: str = "anonymous",  # the credential's name; "anonymous" is every caller when they are off
     ) -> Registered:
         caps = registration.capabilities
-        version, changed = await self._scripts.register_node(
-            keys=self._node_keys(registration.node_id),
-            args=[
+        version, outcome = await self._scripts.run(
+            self._scripts.register_node(
+                self._keys,
                 registration.node_id,
-                caps.to_json(),
-                caps.max_concurrency,
-                instance_id,
-                connection_id,
-                lease_ms,
-                holder,
-            ],
+                capabilities_json=caps.to_json(),
+                max_concurrency=caps.max_concurrency,
+                instance_id=instance_id,
+                connection_id=connection_id,
+                lease_ms=lease_ms,
+                credential=holder,
+            )
         )
-        if int(changed) < 0:
-            return Registered(int(version), False, held_by_another=True)
-        return Registered(int(version), bool(changed))
+        return Registered(
+            version,
+            outcome is RegisterOutcome.CHANGED,
+            held_by_another=outcome is RegisterOutcome.HELD_BY_ANOTHER,
+        )
 
     async def heartbeat(
         self, node_id: str, connection_id: str, load: NodeLoad, lease_ms: int
     ) -> HeartbeatOutcome:
-        k = self._keys
-        result = await self._scripts.heartbeat_node(
-            keys=[k.node(node_id), k.lease(node_id)], args=[connection_id, load.to_json(), lease_ms]
+        return await self._scripts.run(
+            self._scripts.heartbeat_node(
+                self._keys, node_id, connection_id=connection_id, load_json=load.to_json(), lease_ms=lease_ms
+            )
         )
-        return HeartbeatOutcome(int(result))
 
     async def drain(self, node_id: str) -> tuple[DrainOutcome, int]:
-        k = self._keys
-        status, version = await self._scripts.drain_node(keys=[k.node(node_id), k.version], args=[])
-        return DrainOutcome(int(status)), int(version)
+        return await self._scripts.run(self._scripts.drain_node(self._keys, node_id))
 
     async def deregister(self, node_id: str, connection_id: str = "") -> bool:
         """Removes the node; with a connection id, only if that connection still holds it."""
-        removed, _ = await self._scripts.deregister_node(
-            keys=self._node_keys(node_id), args=[node_id, connection_id]
+        return await self._scripts.run(
+            self._scripts.deregister_node(self._keys, node_id, connection_id=connection_id)
         )
-        return bool(removed)
 
     async def expire(self, node_id: str) -> bool:
-        removed, _ = await self._scripts.expire_node(keys=self._node_keys(node_id), args=[node_id])
-        return bool(removed)
+        return await self._scripts.run(self._scripts.expire_node(self._keys, node_id))
 
     async def expire_lapsed(self) -> list[str]:
         """Removes every node whose lease lapsed, whichever instance held it. Returns their ids."""

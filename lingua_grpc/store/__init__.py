@@ -3,6 +3,27 @@
 from lingua_grpc.store._connection import connect_redis, redis_client
 from lingua_grpc.store._embedded import EmbeddedRedis
 from lingua_grpc.store._keys import JobKeys, RegistryKeys
-from lingua_grpc.store._scripts import ScriptBook
+from lingua_grpc.store._scripts import (
+    DrainOutcome,
+    HeartbeatOutcome,
+    RegisterOutcome,
+    Reservation,
+    ScriptBook,
+    ScriptCall,
+    Started,
+)
 
-__all__ = ["EmbeddedRedis", "JobKeys", "RegistryKeys", "ScriptBook", "connect_redis", "redis_client"]
+__all__ = [
+    "DrainOutcome",
+    "EmbeddedRedis",
+    "HeartbeatOutcome",
+    "JobKeys",
+    "RegisterOutcome",
+    "RegistryKeys",
+    "Reservation",
+    "ScriptBook",
+    "ScriptCall",
+    "Started",
+    "connect_redis",
+    "redis_client",
+]

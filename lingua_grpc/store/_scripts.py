@@ -1,55 +1,265 @@
-"""The Lua scripts of the package's lua/ folder, each registered once and called by SHA through `Script`.
+"""The Lua scripts of the package's lua/ folder, each with a typed call.
 
-`Script` sends EVALSHA and falls back to loading the script on NOSCRIPT (after a Redis restart or SCRIPT
-FLUSH), so callers never deal with script caching. The scripts are package data, read through
-`importlib.resources`, so an installed wheel finds them wherever it runs from.
+Each script is registered once and called by SHA through redis-py's `Script`, which falls back to loading it
+on NOSCRIPT (after a Redis restart or SCRIPT FLUSH). `ScriptBook` has one method per script: it takes named
+arguments (the key layout among them), lays out KEYS and ARGV in the order of the script's header, and says how to decode the reply
+into a value or an enum, so no call site counts ARGV positions or compares integer codes. A call is run
+alone (`run`) or pipelined with calls of other hash slots in one round trip (`run_pipelined`). The scripts
+are package data, read through `importlib.resources`, so an installed wheel finds them wherever it runs.
 """
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.resources import files
 from importlib.resources.abc import Traversable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+
+from lingua_grpc.store._keys import JobKeys, RegistryKeys
 
 LUA_DIR: Traversable = files(__package__) / "lua"
+SCRIPT_NAMES = (
+    "register_node",
+    "heartbeat_node",
+    "drain_node",
+    "deregister_node",
+    "expire_node",
+    "start_job",
+    "transition_job",
+    "reserve_slot",
+    "release_slot",
+)
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptCall(Generic[R]):
+    """One call of a script, ready to run: KEYS and ARGV as its header orders them, and its reply decoder."""
+
+    script: AsyncScript
+    keys: list[str]
+    args: list[Any]
+    decode: Callable[[Any], R]
+
+
+class Reservation(enum.Enum):
+    """reserve_slot's reply."""
+
+    RESERVED = 1
+    ALREADY_HELD = 2
+    FULL = 0
+    DRAINING = -1
+    NODE_GONE = -2
+
+    @property
+    def held(self) -> bool:
+        return self in (Reservation.RESERVED, Reservation.ALREADY_HELD)
+
+
+class HeartbeatOutcome(enum.Enum):
+    """heartbeat_node's reply."""
+
+    RENEWED = 1
+    UNKNOWN = 0  # not registered, or the lease lapsed: the node must register again
+    SUPERSEDED = -1  # the node registered again on a newer connection
+
+
+class DrainOutcome(enum.Enum):
+    """drain_node's status."""
+
+    DRAINING = 1
+    ALREADY_DRAINING = 2
+    UNKNOWN = 0
+
+
+class RegisterOutcome(enum.Enum):
+    """register_node's second reply."""
+
+    CHANGED = 1  # new node, new capabilities, or it was draining: the registry version was bumped
+    UNCHANGED = 0
+    HELD_BY_ANOTHER = -1  # a live registration of the id belongs to another credential: nothing changed
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """start_job's reply."""
+
+    created: bool  # the job was recorded now
+    attempt: int | None  # the attempt started (0: none asked); None when it moved on or the job is final
 
 
 class ScriptBook:
-    """One `AsyncScript` per `.lua` file of the package's lua/ folder, as attributes named after the file."""
-
-    register_node: AsyncScript
-    heartbeat_node: AsyncScript
-    drain_node: AsyncScript
-    deregister_node: AsyncScript
-    expire_node: AsyncScript
-    start_job: AsyncScript
-    transition_job: AsyncScript
-    reserve_slot: AsyncScript
-    release_slot: AsyncScript
-
     def __init__(self, redis: Redis, lua_dir: Traversable = LUA_DIR) -> None:
+        self._redis = redis
         self._scripts: dict[str, AsyncScript] = {}
         for entry in sorted(lua_dir.iterdir(), key=lambda e: e.name):
             if entry.name.endswith(".lua"):
                 self._scripts[entry.name.removesuffix(".lua")] = redis.register_script(entry.read_text())
-        missing = [name for name in self.__annotations__ if name not in self._scripts]
+        missing = [name for name in SCRIPT_NAMES if name not in self._scripts]
         if missing:
             raise FileNotFoundError(f"Lua scripts missing from {lua_dir}: {', '.join(missing)}")
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._scripts[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._scripts)
 
     async def load(self, redis: Redis) -> None:
         """Loads every script now, so the first calls need no NOSCRIPT round trip."""
         for script in self._scripts.values():
             await redis.script_load(script.script)
 
-    @property
-    def names(self) -> list[str]:
-        return sorted(self._scripts)
+    async def run(self, call: ScriptCall[R]) -> R:
+        return call.decode(await call.script(keys=call.keys, args=call.args))
+
+    async def run_pipelined(self, *calls: ScriptCall[Any]) -> list[Any]:
+        """Runs calls of different hash slots in one round trip (a pipeline, not a transaction); returns
+        their decoded replies. After a Redis restart or SCRIPT FLUSH a script may be missing: only that one
+        is run again, through `Script`, which loads it. The others already ran, and running them twice
+        would be fenced or a no-op."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for call in calls:
+                pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        for i, call in enumerate(calls):
+            if isinstance(replies[i], NoScriptError):
+                replies[i] = await call.script(keys=call.keys, args=call.args)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return [call.decode(reply) for call, reply in zip(calls, replies, strict=True)]
+
+    # Registry scripts: every key under the {registry} tag.
+
+    @staticmethod
+    def _node_keys(k: RegistryKeys, node_id: str) -> list[str]:
+        return [k.node(node_id), k.lease(node_id), k.nodes, k.version, k.slots(node_id)]
+
+    def register_node(
+        self,
+        k: RegistryKeys,
+        node_id: str,
+        *,
+        capabilities_json: str,
+        max_concurrency: int,
+        instance_id: str,
+        connection_id: str,
+        lease_ms: int,
+        credential: str,
+    ) -> ScriptCall[tuple[int, RegisterOutcome]]:
+        args = [node_id, capabilities_json, max_concurrency, instance_id, connection_id, lease_ms, credential]
+        return ScriptCall(
+            self._scripts["register_node"],
+            self._node_keys(k, node_id),
+            args,
+            lambda r: (int(r[0]), RegisterOutcome(int(r[1]))),
+        )
+
+    def heartbeat_node(
+        self, k: RegistryKeys, node_id: str, *, connection_id: str, load_json: str, lease_ms: int
+    ) -> ScriptCall[HeartbeatOutcome]:
+        return ScriptCall(
+            self._scripts["heartbeat_node"],
+            [k.node(node_id), k.lease(node_id)],
+            [connection_id, load_json, lease_ms],
+            lambda r: HeartbeatOutcome(int(r)),
+        )
+
+    def drain_node(self, k: RegistryKeys, node_id: str) -> ScriptCall[tuple[DrainOutcome, int]]:
+        return ScriptCall(
+            self._scripts["drain_node"],
+            [k.node(node_id), k.version],
+            [],
+            lambda r: (DrainOutcome(int(r[0])), int(r[1])),
+        )
+
+    def deregister_node(self, k: RegistryKeys, node_id: str, *, connection_id: str = "") -> ScriptCall[bool]:
+        """Removed? With a connection id, only that connection's registration is removed."""
+        return ScriptCall(
+            self._scripts["deregister_node"],
+            self._node_keys(k, node_id),
+            [node_id, connection_id],
+            lambda r: bool(r[0]),
+        )
+
+    def expire_node(self, k: RegistryKeys, node_id: str) -> ScriptCall[bool]:
+        return ScriptCall(
+            self._scripts["expire_node"], self._node_keys(k, node_id), [node_id], lambda r: bool(r[0])
+        )
+
+    def reserve_slot(self, k: RegistryKeys, node_id: str, *, member: str) -> ScriptCall[Reservation]:
+        return ScriptCall(
+            self._scripts["reserve_slot"],
+            [k.node(node_id), k.lease(node_id), k.slots(node_id)],
+            [member],
+            lambda r: Reservation(int(r)),
+        )
+
+    def release_slot(self, k: RegistryKeys, node_id: str, *, member: str) -> ScriptCall[bool]:
+        return ScriptCall(
+            self._scripts["release_slot"], [k.node(node_id), k.slots(node_id)], [member], lambda r: bool(r)
+        )
+
+    # Job scripts: every key under the job's session tag.
+
+    def start_job(
+        self,
+        k: JobKeys,
+        session_id: str,
+        index: int,
+        *,
+        job_id: str,
+        source_language: str,
+        target_language: str,
+        sample_rate_hz: int,
+        tts: bool,
+        audio: bytes,
+        job_ttl_ms: int,
+        audio_ttl_ms: int,
+        current_attempt: int,
+        node_id: str,
+    ) -> ScriptCall[Started]:
+        return ScriptCall(
+            self._scripts["start_job"],
+            [k.job(session_id, index), k.audio(session_id, index)],
+            [
+                job_id,
+                session_id,
+                index,
+                source_language,
+                target_language,
+                sample_rate_hz,
+                int(tts),
+                audio,
+                job_ttl_ms,
+                audio_ttl_ms,
+                current_attempt,
+                node_id,
+            ],
+            lambda r: Started(bool(r[0]), int(r[1]) if int(r[1]) >= 0 else None),
+        )
+
+    def transition_job(
+        self,
+        k: JobKeys,
+        session_id: str,
+        index: int,
+        *,
+        attempt: int,
+        allowed: tuple[str, ...],
+        to: str,
+        fields: dict[str, str | int | bytes],
+    ) -> ScriptCall[bool]:
+        """Applied? Only for the job's current `attempt` and a current state among `allowed`."""
+        args: list[Any] = [attempt, " ".join(allowed), to]
+        for name, value in fields.items():
+            args += [name, value]
+        return ScriptCall(
+            self._scripts["transition_job"], [k.job(session_id, index)], args, lambda r: bool(r)
+        )
