@@ -232,9 +232,11 @@ class Dispatcher:
     def adopt(
         self, node_id: str, connection_id: str, running: Iterable[tuple[str, int]]
     ) -> set[tuple[str, int]]:
-        """The node registered on a new stream (`connection_id`) while it still holds `running` (job id,
-        attempt): those of them still current here move to the new stream and keep running; they are
-        returned. The other attempts of its older stream are left to `node_lost` when that stream ends."""
+        """The node registered on a new stream (`connection_id`, already the node's link) while it still
+        holds `running` (job id, attempt), and its slot set is now exactly those. The attempts still current
+        here move to the new stream and keep running; they are returned. A listed attempt that is not
+        (already run elsewhere, or its session's instance is gone) is cancelled on the node and its slot
+        freed. The other attempts of the older stream are left to `node_lost` when that stream ends."""
         held = set(running)
         moved: set[tuple[str, int]] = set()
         for ticket in self._live.values():
@@ -242,6 +244,9 @@ class Dispatcher:
             if ticket.attempt.node_id == node_id and key in held:
                 ticket.attempt = dataclasses.replace(ticket.attempt, connection_id=connection_id)
                 moved.add(key)
+        for job_id, attempt in held - moved:
+            self._transport.cancel(node_id, job_id, attempt, "this attempt is no longer assigned to the node")
+            self._spawn(self._release(node_id, job_id, attempt))
         return moved
 
     def slot_freed(self, node_id: str | None = None) -> None:

@@ -17,8 +17,8 @@ from lingua_grpc.jobs._model import (
     job_id,
     parse_job_id,
 )
-from lingua_grpc.jobs._store import JobRecord, JobStore, slot_member
-from lingua_grpc.store import Reservation
+from lingua_grpc.jobs._store import JobRecord, JobStore
+from lingua_grpc.store import Reservation, slot_member
 
 __all__ = [
     "LIVE_STATES",

@@ -11,7 +11,15 @@ from redis.exceptions import OutOfMemoryError
 
 from lingua_grpc.jobs._model import JobSpec, JobState, parse_job_id
 from lingua_grpc.metrics import SchedulerMetrics
-from lingua_grpc.store import JobKeys, RegistryKeys, Reservation, ScriptBook, ScriptCall, Started
+from lingua_grpc.store import (
+    JobKeys,
+    RegistryKeys,
+    Reservation,
+    ScriptBook,
+    ScriptCall,
+    Started,
+    slot_member,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,10 +29,6 @@ class JobRecord:
     attempt: int
     node_id: str
     fields: dict[str, str]
-
-
-def slot_member(job_id: str, attempt: int) -> str:
-    return f"{job_id}#{attempt}"
 
 
 class JobStore:

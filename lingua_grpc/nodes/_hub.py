@@ -16,7 +16,6 @@ from lingua_grpc.errors import FailedPrecondition, LeaseExpired, NotFound, Permi
 from lingua_grpc.jobs import Assignment, JobEvent, ResultLimits
 from lingua_grpc.metrics import SchedulerMetrics
 from lingua_grpc.nodes._link import (
-    CancelCommand,
     CloseReason,
     DrainCommand,
     NodeLink,
@@ -170,15 +169,11 @@ class NodeHub:
             raise PermissionDenied(
                 f"node id {link.node_id!r} is held by a live registration of another credential"
             )
-        adopted: set[tuple[str, int]] = set()
-        if registration.running:
-            # Before the older stream closes: the attempts the node says it holds move to the new stream and
-            # keep running; only the others are run elsewhere when the older stream ends. An attempt it holds
-            # that is no longer current here (already run elsewhere) is cancelled: its work would be refused.
-            adopted = self._jobs.adopt(link.node_id, link.connection_id, registration.running)
-            for job_id, attempt in set(registration.running) - adopted:
-                link.send(CancelCommand(job_id, attempt, "this attempt is no longer assigned to the node"))
         previous = self._links.put(link)
+        # Before the older stream closes: the attempts the node says it holds move to the new stream and keep
+        # running; only the others are run elsewhere when the older stream ends. A listed attempt that is no
+        # longer current here is cancelled on the node (its work would be refused) and its slot freed.
+        adopted = self._jobs.adopt(link.node_id, link.connection_id, registration.running)
         if previous is not None:
             previous.close(
                 CloseReason.SUPERSEDED, FailedPrecondition("the node registered on a newer stream")

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from lingua_grpc.registry._model import NodeCapabilities, NodeLoad, NodeRecord, NodeState, Registration
-from lingua_grpc.store import DrainOutcome, HeartbeatOutcome, RegisterOutcome, RegistryKeys, ScriptBook
+from lingua_grpc.store import (
+    DrainOutcome,
+    HeartbeatOutcome,
+    RegisterOutcome,
+    RegistryKeys,
+    ScriptBook,
+    slot_member,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +50,7 @@ class NodeRegistry:
                 connection_id=connection_id,
                 lease_ms=lease_ms,
                 credential=holder,
+                holding=[slot_member(job_id, attempt) for job_id, attempt in registration.running],
             )
         )
         return Registered(

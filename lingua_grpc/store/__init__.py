@@ -2,7 +2,7 @@
 
 from lingua_grpc.store._connection import connect_redis, redis_client
 from lingua_grpc.store._embedded import EmbeddedRedis
-from lingua_grpc.store._keys import JobKeys, RegistryKeys
+from lingua_grpc.store._keys import JobKeys, RegistryKeys, slot_member
 from lingua_grpc.store._scripts import (
     DrainOutcome,
     HeartbeatOutcome,
@@ -26,4 +26,5 @@ __all__ = [
     "Started",
     "connect_redis",
     "redis_client",
+    "slot_member",
 ]

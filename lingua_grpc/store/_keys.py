@@ -56,3 +56,8 @@ class JobKeys:
     @property
     def probe(self) -> str:
         return f"{self.prefix}{{probe}}:write"
+
+
+def slot_member(job_id: str, attempt: int) -> str:
+    """A job attempt as a member of a node's slot set."""
+    return f"{job_id}#{attempt}"

@@ -11,7 +11,7 @@ are package data, read through `importlib.resources`, so an installed wheel find
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from importlib.resources.abc import Traversable
@@ -152,8 +152,12 @@ class ScriptBook:
         connection_id: str,
         lease_ms: int,
         credential: str,
+        holding: Sequence[str] = (),
     ) -> ScriptCall[tuple[int, RegisterOutcome]]:
+        """`holding`: slot members ('job_id#attempt') of the attempts the node runs; its slot set becomes
+        exactly these."""
         args = [node_id, capabilities_json, max_concurrency, instance_id, connection_id, lease_ms, credential]
+        args += list(holding)
         return ScriptCall(
             self._scripts["register_node"],
             self._node_keys(k, node_id),

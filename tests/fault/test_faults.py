@@ -11,7 +11,9 @@ import grpc
 import pytest
 
 from lingua_grpc.pb import registry_pb2, registry_pb2_grpc
-from tests.fault._drill import Drill, answers, results, utterances
+from tests.conftest import wait_until
+from tests.e2e._procs import start_scheduler
+from tests.fault._drill import DRILL_SETTINGS, Drill, answers, results, utterances
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -221,3 +223,39 @@ async def test_redis_down_means_not_serving_and_new_sessions_refused_until_it_is
 async def test_evicting_redis_gets_a_warning_at_start(drill: Drill) -> None:
     scheduler = await drill.start(redis_args=("--maxmemory-policy", "allkeys-lru"))
     await scheduler.log_contains("maxmemory-policy=allkeys-lru")
+
+
+async def test_scheduler_killed_with_jobs_running_then_restarted_gets_the_nodes_whole_capacity_back(
+    drill: Drill,
+) -> None:
+    """kill -9 leaves the dead instance's slots held in Redis; the node registers again within its lease,
+    lists what it runs, and the slot set becomes exactly that: the next utterances get the whole node."""
+    long_lease = ("--node-lease-heartbeats", "50")  # the node re-registers before its lease could lapse
+    first = await drill.start(*long_lease)
+    node = await drill.node("gpu-1", "--synthetic-latency-ms", "400", max_concurrency=2)
+    doomed = [asyncio.create_task(drill.session(utterances(1))) for _ in range(2)]
+    client = drill.redis_client()
+
+    async def both_slots_held() -> bool:
+        return int(client.hget("lingua:v1:{registry}:node:gpu-1", "reserved") or 0) == 2
+
+    await wait_until(both_slots_held, what="both of the node's slots held")
+    first.send(signal.SIGKILL)
+    await asyncio.gather(*doomed, return_exceptions=True)  # their scheduler is gone (UNAVAILABLE)
+    assert drill.redis is not None
+    restarted = await start_scheduler(
+        drill.tmp, "--redis-url", drill.redis.url, *DRILL_SETTINGS, *long_lease, "--listen", first.grpc
+    )
+    drill.procs.append(restarted)
+    drill.scheduler = restarted
+    await restarted.log_contains("node registered", timeout_s=15)
+
+    # Two utterances at once take both slots at once: none waits for a slot a dead job still holds.
+    replies = await asyncio.gather(*(drill.session(utterances(1)) for _ in range(2)))
+    for messages in replies:
+        assert answers(messages) == [(0, "result")]
+        assert results(messages)[0].timings.queue_ms < 500
+    # The dead instance's jobs keep their last state until their TTL: ending them is the recovery of a dead
+    # instance's work by a survivor (issue 11), not the node's registration.
+    await drill.assert_redis_clean(jobs_final=False)
+    assert node.popen.poll() is None  # the node kept running throughout

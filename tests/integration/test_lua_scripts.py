@@ -237,3 +237,31 @@ async def test_a_burst_beyond_the_pool_waits_for_connections_instead_of_failing(
         assert replies == [None] * 20
     finally:
         await client.aclose()
+
+
+async def test_registering_again_makes_the_slot_set_exactly_what_the_node_runs(
+    redis: Redis, keys: RegistryKeys, key_prefix: str
+) -> None:
+    """A scheduler killed with jobs running leaves their slots held; when the node registers again (with a
+    restarted scheduler) and lists what it runs, the slot set becomes exactly that: no capacity stays lost."""
+    import dataclasses
+
+    from lingua_grpc.jobs import JobStore, Reservation
+    from lingua_grpc.store import JobKeys
+
+    scripts = ScriptBook(redis)
+    registry = NodeRegistry(redis, keys, scripts)
+    store = JobStore(redis, JobKeys(key_prefix), keys, scripts, job_ttl_ms=60_000, audio_ttl_ms=60_000)
+    await registry.register(registration("gpu-1", max_concurrency=2), "dead", "c1", LEASE_MS)
+    assert (await store.reserve("gpu-1", "s:0", 1)).held and (await store.reserve("gpu-1", "s:1", 1)).held
+    assert await store.reserve("gpu-1", "s:2", 1) is Reservation.FULL
+
+    still_running = dataclasses.replace(registration("gpu-1", max_concurrency=2), running=(("s:1", 1),))
+    await registry.register(still_running, "restarted", "c2", LEASE_MS)
+    assert await redis.smembers(keys.slots("gpu-1")) == {b"s:1#1"}
+    assert int(await redis.hget(keys.node("gpu-1"), "reserved") or -1) == 1
+    assert (await store.reserve("gpu-1", "s:2", 1)).held  # the dead job's slot is capacity again
+
+    await registry.register(registration("gpu-1", max_concurrency=2), "restarted", "c3", LEASE_MS)
+    assert await redis.smembers(keys.slots("gpu-1")) == set()
+    assert int(await redis.hget(keys.node("gpu-1"), "reserved") or -1) == 0

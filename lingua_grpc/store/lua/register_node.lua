@@ -1,9 +1,11 @@
 -- register_node: adds a node to the registry, or refreshes its registration (a reconnect).
 -- KEYS[1] node hash      KEYS[2] node lease      KEYS[3] node index (set)      KEYS[4] registry version
--- KEYS[5] node slots (unused here; passed so every node script names the same keys)
+-- KEYS[5] node slots (set of job attempts holding a slot)
 -- ARGV[1] node id        ARGV[2] capabilities, canonical JSON                  ARGV[3] max concurrency
 -- ARGV[4] scheduler instance id holding the stream                             ARGV[5] connection id
 -- ARGV[6] lease in ms      ARGV[7] name of the credential registering ('anonymous' without credentials)
+-- ARGV[8...] the job attempts the node says it holds, as 'job_id#attempt': the slot set becomes exactly these
+--            (a scheduler killed with jobs running leaves their slots held; the node knows what it runs)
 -- Returns {registry version, 1 when the version was bumped (new node, new capabilities, was draining) else 0,
 --          or -1 when a live registration of the node id is held under another credential (nothing changed)}.
 -- The newest connection of the same credential wins: heartbeats and deregistration of an older connection
@@ -26,6 +28,11 @@ redis.call('HSET', KEYS[1],
   'node_id', ARGV[1], 'capabilities', ARGV[2], 'max_concurrency', ARGV[3], 'state', 'up',
   'instance', ARGV[4], 'connection', ARGV[5], 'last_heartbeat_ms', now_ms, 'credential', ARGV[7])
 redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[6])
+redis.call('DEL', KEYS[5])
+for i = 8, #ARGV do
+  redis.call('SADD', KEYS[5], ARGV[i])
+end
+redis.call('HSET', KEYS[1], 'reserved', redis.call('SCARD', KEYS[5]))
 redis.call('SADD', KEYS[3], ARGV[1])
 local version
 if changed == 1 then
