@@ -140,7 +140,9 @@ class Register(_message.Message):
         """The job attempts this node still holds when it registers again (a reconnect, or a new stream that takes
         over from an older one): jobs it is running, and jobs it finished whose result it has not sent yet.
         Each listed attempt stays assigned to the node and its messages are accepted on the new stream; an
-        attempt the scheduler had on this node and that is not listed is run elsewhere. Empty on a first start.
+        attempt the scheduler had on this node and that is not listed is run elsewhere; a listed attempt the
+        scheduler no longer runs is cancelled (`cancel_job`). The node's slots in use become exactly the listed
+        attempts, so a scheduler that died with jobs running leaves no capacity held. Empty on a first start.
         At most `max_concurrency` entries.
         """
 
