@@ -19,6 +19,7 @@ from lingua_grpc.api import NodeServicer, RegistryServicer, SessionServicer
 from lingua_grpc.clock import Clock, SystemClock
 from lingua_grpc.config import Settings
 from lingua_grpc.dispatch import Dispatcher, DispatchSettings
+from lingua_grpc.fleet import Holdings, InstanceHeartbeat, InstanceRegistry
 from lingua_grpc.health import NotServing, Readiness
 from lingua_grpc.jobs import JobStore, ResultLimits
 from lingua_grpc.looplag import Saturation, Signal, watch_loop
@@ -214,7 +215,10 @@ class Scheduler:
         node_pb2_grpc.add_NodeServiceServicer_to_server(
             NodeServicer(hub, self.gate, s.heartbeat_interval_ms, s.node_lease_ms, s.instance_id), server
         )
-        registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(cache, hub), server)
+        instances = InstanceRegistry(redis, keys, scripts)
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(
+            RegistryServicer(cache, hub, instances), server
+        )
         session_pb2_grpc.add_SessionServiceServicer_to_server(
             SessionServicer(self.sessions, s.max_chunk_bytes, s.session_idle_timeout_ms), server
         )
@@ -234,6 +238,19 @@ class Scheduler:
         await server.start()
         stack.push_async_callback(self._stop_server, server)
         await self.readiness.start()
+        sessions = self.sessions
+        heartbeat = InstanceHeartbeat(
+            instances,
+            s.instance_id,
+            s.advertise_address or f"{host}:{port}",
+            s.instance_heartbeat_ms / 1000,
+            s.instance_lease_ms,
+            self.clock.now_ms(),
+            lambda: Holdings(len(links), sessions.open_sessions, dispatcher.running),
+            self.metrics,
+        )
+        await heartbeat.start()
+        stack.push_async_callback(heartbeat.stop)  # first to go: a stopping instance leaves the fleet's list
 
         metrics_addr = None
         if s.metrics_port >= 0:

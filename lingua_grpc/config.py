@@ -72,6 +72,14 @@ class Settings:
     instance_id: str = _setting("", "id of this scheduler instance in Redis; empty derives host-pid-random")
     metrics_host: str = _setting("127.0.0.1", "address the Prometheus metrics endpoint binds")
     metrics_port: int = _setting(9464, "port of the Prometheus metrics endpoint; 0 picks a free one, -1 off")
+    advertise_address: str = _setting(
+        "",
+        "address this instance gives the fleet for clients and nodes (HOST:PORT); empty: the listen address",
+    )
+    instance_heartbeat_ms: int = _setting(2000, "how often this instance renews its record in Redis")
+    instance_lease_ms: int = _setting(
+        10000, "an instance whose record is not renewed this long is dead to the fleet"
+    )
     heartbeat_interval_ms: int = _setting(5000, "how often nodes send heartbeats")
     node_lease_heartbeats: int = _setting(3, "missed heartbeats after which a node is dropped")
     lease_check_interval_ms: int = _setting(1000, "how often expired node leases are looked for in Redis")
@@ -261,6 +269,10 @@ class Settings:
                 out.append(f"{name} must be 0 (off) or more")
         if not 0 <= self.overload_loop_busy_percent <= 100:
             out.append("overload_loop_busy_percent must be 0 (off) to 100")
+        if self.instance_lease_ms < 2 * self.instance_heartbeat_ms:
+            out.append(
+                "instance_lease_ms must be at least 2 x instance_heartbeat_ms (one late renewal is not death)"
+            )
         if self.node_lease_heartbeats < 2:
             out.append("node_lease_heartbeats must be at least 2 (one late heartbeat must not drop a node)")
         try:
@@ -284,6 +296,7 @@ class Settings:
             "queue_retry_ms",
             "slot_release_retry_ms",
             "loop_lag_interval_ms",
+            "instance_heartbeat_ms",
             "max_node_concurrency",
             "node_max_pairs",
             "node_max_languages",

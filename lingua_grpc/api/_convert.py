@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lingua_grpc.fleet import InstanceRecord
 from lingua_grpc.jobs import (
     Assignment,
     JobAccepted,
@@ -293,3 +294,17 @@ def output_to_proto(out: Output) -> session_pb2.StreamResponse:
             )
         )
     raise TypeError(f"no protobuf form for {out!r}")
+
+
+def instance_to_proto(r: InstanceRecord) -> registry_pb2.SchedulerInstance:
+    return registry_pb2.SchedulerInstance(
+        instance_id=r.instance_id,
+        address=r.address,
+        alive=r.alive,
+        lease_remaining_ms=r.lease_remaining_ms,
+        started_unix_ms=r.started_ms,
+        last_heartbeat_unix_ms=r.last_heartbeat_ms,
+        nodes_connected=r.holdings.nodes,
+        sessions_open=r.holdings.sessions,
+        jobs_running=r.holdings.jobs,
+    )

@@ -9,6 +9,7 @@ import grpc
 from lingua_grpc.api import _convert as convert
 from lingua_grpc.api._errors import domain_errors
 from lingua_grpc.errors import InvalidArgument
+from lingua_grpc.fleet import InstanceRegistry
 from lingua_grpc.nodes import NodeHub
 from lingua_grpc.pb import registry_pb2, registry_pb2_grpc
 from lingua_grpc.registry import NodeRecord, SnapshotCache
@@ -17,9 +18,10 @@ Context = grpc.aio.ServicerContext[object, object]
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, cache: SnapshotCache, hub: NodeHub) -> None:
+    def __init__(self, cache: SnapshotCache, hub: NodeHub, instances: InstanceRegistry) -> None:
         self._cache = cache
         self._hub = hub
+        self._instances = instances
 
     async def GetSnapshot(
         self, request: registry_pb2.GetSnapshotRequest, context: Context
@@ -67,3 +69,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             node=convert.node_to_proto(record, snapshot.pools_by_node.get(record.node_id, ())),
             version=version,
         )
+
+    async def ListInstances(
+        self, request: registry_pb2.ListInstancesRequest, context: Context
+    ) -> registry_pb2.ListInstancesResponse:
+        records = await self._instances.list()
+        return registry_pb2.ListInstancesResponse(instances=[convert.instance_to_proto(r) for r in records])

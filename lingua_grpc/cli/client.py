@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("snapshot", help="print the current registry snapshot")
     sub.add_parser("nodes", help="list registered nodes")
     sub.add_parser("pools", help="list pools")
+    sub.add_parser("instances", help="list the fleet's scheduler instances (lease, address, what each holds)")
     sub.add_parser("watch", help="print one snapshot per registry version until interrupted")
     drain = sub.add_parser("drain", help="drain a node: no new jobs, running ones finish, then it leaves")
     drain.add_argument("node_id")
@@ -88,6 +89,8 @@ async def _registry(args: argparse.Namespace) -> int:
                 _print(await stub.ListNodes(registry_pb2.ListNodesRequest()))
             elif args.command == "pools":
                 _print(await stub.ListPools(registry_pb2.ListPoolsRequest()))
+            elif args.command == "instances":
+                _print(await stub.ListInstances(registry_pb2.ListInstancesRequest()))
             elif args.command == "drain":
                 _print(
                     await stub.DrainNode(

@@ -6,6 +6,9 @@ Registry keys (tag `{registry}`), with the default prefix:
     lingua:v1:{registry}:node:<id>      node hash: capabilities, state, instance, load, reserved...
     lingua:v1:{registry}:lease:<id>     lease, expires (PX) unless heartbeats renew it
     lingua:v1:{registry}:slots:<id>     set of job attempts holding one of the node's slots
+    lingua:v1:{registry}:instances      set of scheduler instance ids
+    lingua:v1:{registry}:instance:<id>  instance hash: address, started, last heartbeat, what it holds
+    lingua:v1:{registry}:ilease:<id>    instance lease, expires (PX) unless its heartbeats renew it
 Job keys (tag `{s:<session_id>}`: a session's jobs share one slot):
     lingua:v1:{s:<session_id>}:job:<index>     job hash: state, attempt, node, timestamps, result
     lingua:v1:{s:<session_id>}:audio:<index>   the utterance's audio, kept for re-dispatch (TTL)
@@ -41,6 +44,16 @@ class RegistryKeys:
 
     def slots(self, node_id: str) -> str:
         return f"{self._tag}:slots:{node_id}"
+
+    @property
+    def instances(self) -> str:
+        return f"{self._tag}:instances"
+
+    def instance(self, instance_id: str) -> str:
+        return f"{self._tag}:instance:{instance_id}"
+
+    def instance_lease(self, instance_id: str) -> str:
+        return f"{self._tag}:ilease:{instance_id}"
 
 
 @dataclass(frozen=True, slots=True)

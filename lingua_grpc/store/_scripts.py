@@ -34,6 +34,8 @@ SCRIPT_NAMES = (
     "transition_job",
     "reserve_slot",
     "release_slot",
+    "heartbeat_instance",
+    "deregister_instance",
 )
 
 R = TypeVar("R")
@@ -208,6 +210,34 @@ class ScriptBook:
     def release_slot(self, k: RegistryKeys, node_id: str, *, member: str) -> ScriptCall[bool]:
         return ScriptCall(
             self._scripts["release_slot"], [k.node(node_id), k.slots(node_id)], [member], lambda r: bool(r)
+        )
+
+    def heartbeat_instance(
+        self,
+        k: RegistryKeys,
+        instance_id: str,
+        *,
+        address: str,
+        lease_ms: int,
+        started_ms: int,
+        nodes: int,
+        sessions: int,
+        jobs: int,
+    ) -> ScriptCall[bool]:
+        """Was the instance not recorded (new, or its record lost)?"""
+        return ScriptCall(
+            self._scripts["heartbeat_instance"],
+            [k.instance(instance_id), k.instance_lease(instance_id), k.instances],
+            [instance_id, address, lease_ms, started_ms, nodes, sessions, jobs],
+            lambda r: bool(r),
+        )
+
+    def deregister_instance(self, k: RegistryKeys, instance_id: str) -> ScriptCall[bool]:
+        return ScriptCall(
+            self._scripts["deregister_instance"],
+            [k.instance(instance_id), k.instance_lease(instance_id), k.instances],
+            [instance_id],
+            lambda r: bool(r),
         )
 
     # Job scripts: every key under the job's session tag.

@@ -396,3 +396,98 @@ class DrainNodeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DrainNodeResponse: _TypeAlias = DrainNodeResponse  # noqa: Y015
+
+@_typing.final
+class SchedulerInstance(_message.Message):
+    """A scheduler instance of the fleet."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    ALIVE_FIELD_NUMBER: _builtins.int
+    LEASE_REMAINING_MS_FIELD_NUMBER: _builtins.int
+    STARTED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    LAST_HEARTBEAT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    NODES_CONNECTED_FIELD_NUMBER: _builtins.int
+    SESSIONS_OPEN_FIELD_NUMBER: _builtins.int
+    JOBS_RUNNING_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    """Its id (`--instance-id`), as nodes in snapshots name it (`Node.scheduler_instance_id`)."""
+    address: _builtins.str
+    """The address it advertises for clients and nodes (`--advertise-address`, else its listen address)."""
+    alive: _builtins.bool
+    """Whether its lease is alive (it heartbeats every `instance_heartbeat_ms`)."""
+    lease_remaining_ms: _builtins.int
+    """Time left on its lease, in ms; 0 when it lapsed."""
+    started_unix_ms: _builtins.int
+    """When it started, in ms since the Unix epoch."""
+    last_heartbeat_unix_ms: _builtins.int
+    """When its last heartbeat was recorded, in ms since the Unix epoch."""
+    nodes_connected: _builtins.int
+    """Node streams it held at its last heartbeat."""
+    sessions_open: _builtins.int
+    """Client sessions open on it at its last heartbeat."""
+    jobs_running: _builtins.int
+    """Jobs it had running on nodes at its last heartbeat."""
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+        alive: _builtins.bool = ...,
+        lease_remaining_ms: _builtins.int = ...,
+        started_unix_ms: _builtins.int = ...,
+        last_heartbeat_unix_ms: _builtins.int = ...,
+        nodes_connected: _builtins.int = ...,
+        sessions_open: _builtins.int = ...,
+        jobs_running: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "alive", b"alive", "instance_id", b"instance_id", "jobs_running", b"jobs_running", "last_heartbeat_unix_ms", b"last_heartbeat_unix_ms", "lease_remaining_ms", b"lease_remaining_ms", "nodes_connected", b"nodes_connected", "sessions_open", b"sessions_open", "started_unix_ms", b"started_unix_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SchedulerInstance: _TypeAlias = SchedulerInstance  # noqa: Y015
+
+@_typing.final
+class ListInstancesRequest(_message.Message):
+    """Request for ListInstances."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInstancesRequest: _TypeAlias = ListInstancesRequest  # noqa: Y015
+
+@_typing.final
+class ListInstancesResponse(_message.Message):
+    """Response of ListInstances."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___SchedulerInstance]:
+        """Every instance with a record in Redis, sorted by id."""
+
+    def __init__(
+        self,
+        *,
+        instances: _abc.Iterable[Global___SchedulerInstance] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInstancesResponse: _TypeAlias = ListInstancesResponse  # noqa: Y015

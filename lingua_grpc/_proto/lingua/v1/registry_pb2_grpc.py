@@ -60,6 +60,11 @@ class RegistryServiceStub:
                 request_serializer=lingua_dot_v1_dot_registry__pb2.DrainNodeRequest.SerializeToString,
                 response_deserializer=lingua_dot_v1_dot_registry__pb2.DrainNodeResponse.FromString,
                 _registered_method=True)
+        self.ListInstances = channel.unary_unary(
+                '/lingua.v1.RegistryService/ListInstances',
+                request_serializer=lingua_dot_v1_dot_registry__pb2.ListInstancesRequest.SerializeToString,
+                response_deserializer=lingua_dot_v1_dot_registry__pb2.ListInstancesResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -101,6 +106,15 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListInstances(self, request, context):
+        """The scheduler instances of the fleet (all those sharing this Redis), each with its lease and what it
+        holds. An instance that stopped cleanly is gone from the list; one that died shows `alive` false until a
+        survivor takes over what it left.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +142,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.DrainNode,
                     request_deserializer=lingua_dot_v1_dot_registry__pb2.DrainNodeRequest.FromString,
                     response_serializer=lingua_dot_v1_dot_registry__pb2.DrainNodeResponse.SerializeToString,
+            ),
+            'ListInstances': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInstances,
+                    request_deserializer=lingua_dot_v1_dot_registry__pb2.ListInstancesRequest.FromString,
+                    response_serializer=lingua_dot_v1_dot_registry__pb2.ListInstancesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +285,33 @@ class RegistryService:
             '/lingua.v1.RegistryService/DrainNode',
             lingua_dot_v1_dot_registry__pb2.DrainNodeRequest.SerializeToString,
             lingua_dot_v1_dot_registry__pb2.DrainNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInstances(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lingua.v1.RegistryService/ListInstances',
+            lingua_dot_v1_dot_registry__pb2.ListInstancesRequest.SerializeToString,
+            lingua_dot_v1_dot_registry__pb2.ListInstancesResponse.FromString,
             options,
             channel_credentials,
             insecure,

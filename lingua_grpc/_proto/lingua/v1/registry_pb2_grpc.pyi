@@ -43,6 +43,11 @@ class RegistryServiceStub:
     """Node pools, one or more per language pair."""
     DrainNode: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DrainNodeRequest, _registry_pb2.DrainNodeResponse]
     """Stops sending new jobs to a node; it finishes running jobs and leaves. NOT_FOUND for an unknown node."""
+    ListInstances: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListInstancesRequest, _registry_pb2.ListInstancesResponse]
+    """The scheduler instances of the fleet (all those sharing this Redis), each with its lease and what it
+    holds. An instance that stopped cleanly is gone from the list; one that died shows `alive` false until a
+    survivor takes over what it left.
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -59,6 +64,11 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """Node pools, one or more per language pair."""
     DrainNode: _aio.UnaryUnaryMultiCallable[_registry_pb2.DrainNodeRequest, _registry_pb2.DrainNodeResponse]  # type: ignore[assignment]
     """Stops sending new jobs to a node; it finishes running jobs and leaves. NOT_FOUND for an unknown node."""
+    ListInstances: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListInstancesRequest, _registry_pb2.ListInstancesResponse]  # type: ignore[assignment]
+    """The scheduler instances of the fleet (all those sharing this Redis), each with its lease and what it
+    holds. An instance that stopped cleanly is gone from the list; one that died shows `alive` false until a
+    survivor takes over what it left.
+    """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Read and steer the node registry."""
@@ -102,5 +112,16 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.DrainNodeResponse, _abc.Awaitable[_registry_pb2.DrainNodeResponse]]:
         """Stops sending new jobs to a node; it finishes running jobs and leaves. NOT_FOUND for an unknown node."""
+
+    @_abc_1.abstractmethod
+    def ListInstances(
+        self,
+        request: _registry_pb2.ListInstancesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListInstancesResponse, _abc.Awaitable[_registry_pb2.ListInstancesResponse]]:
+        """The scheduler instances of the fleet (all those sharing this Redis), each with its lease and what it
+        holds. An instance that stopped cleanly is gone from the list; one that died shows `alive` false until a
+        survivor takes over what it left.
+        """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

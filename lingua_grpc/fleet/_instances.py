@@ -1,0 +1,154 @@
+"""Scheduler instances in Redis: each one records itself with a lease, its address and what it holds, so
+every instance (and an operator, through RegistryService.ListInstances) sees the whole fleet."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from lingua_grpc.metrics import SchedulerMetrics
+from lingua_grpc.store import RegistryKeys, ScriptBook
+from lingua_grpc.tasks import cancel_and_wait, raise_if_cancelling
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Holdings:
+    """What an instance holds: node streams, client sessions, jobs running on nodes."""
+
+    nodes: int = 0
+    sessions: int = 0
+    jobs: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    instance_id: str
+    address: str
+    alive: bool
+    lease_remaining_ms: int
+    started_ms: int
+    last_heartbeat_ms: int
+    holdings: Holdings
+
+
+class InstanceRegistry:
+    def __init__(self, redis: Redis, keys: RegistryKeys, scripts: ScriptBook) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._scripts = scripts
+
+    async def heartbeat(
+        self, instance_id: str, address: str, lease_ms: int, started_ms: int, holdings: Holdings
+    ) -> bool:
+        """Records the instance and renews its lease; True when it was not recorded before."""
+        return await self._scripts.run(
+            self._scripts.heartbeat_instance(
+                self._keys,
+                instance_id,
+                address=address,
+                lease_ms=lease_ms,
+                started_ms=started_ms,
+                nodes=holdings.nodes,
+                sessions=holdings.sessions,
+                jobs=holdings.jobs,
+            )
+        )
+
+    async def deregister(self, instance_id: str) -> bool:
+        return await self._scripts.run(self._scripts.deregister_instance(self._keys, instance_id))
+
+    async def list(self) -> list[InstanceRecord]:
+        ids = sorted(_text(m) for m in await self._redis.smembers(self._keys.instances))
+        if not ids:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for instance_id in ids:
+                pipe.hgetall(self._keys.instance(instance_id))
+                pipe.pttl(self._keys.instance_lease(instance_id))
+            replies = await pipe.execute()
+        out = []
+        for i, instance_id in enumerate(ids):
+            raw, pttl = replies[2 * i], int(replies[2 * i + 1])
+            if not raw:
+                continue  # removed between the two reads
+            f = {_text(k): _text(v) for k, v in raw.items()}
+            out.append(
+                InstanceRecord(
+                    instance_id,
+                    f.get("address", ""),
+                    alive=pttl > 0,
+                    lease_remaining_ms=max(0, pttl),
+                    started_ms=int(f.get("started_ms", 0)),
+                    last_heartbeat_ms=int(f.get("last_heartbeat_ms", 0)),
+                    holdings=Holdings(
+                        int(f.get("nodes", 0)), int(f.get("sessions", 0)), int(f.get("jobs", 0))
+                    ),
+                )
+            )
+        return out
+
+
+class InstanceHeartbeat:
+    """Keeps this instance's record and lease alive: one heartbeat at `start`, so the instance is listed at
+    once, then one every `interval_s`; `stop` removes the record (a clean stop leaves nothing behind)."""
+
+    def __init__(
+        self,
+        registry: InstanceRegistry,
+        instance_id: str,
+        address: str,
+        interval_s: float,
+        lease_ms: int,
+        started_ms: int,
+        holdings: Callable[[], Holdings],
+        metrics: SchedulerMetrics,
+    ) -> None:
+        self._registry = registry
+        self._instance_id = instance_id
+        self._address = address
+        self._interval_s = interval_s
+        self._lease_ms = lease_ms
+        self._started_ms = started_ms
+        self._holdings = holdings
+        self._metrics = metrics
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._beat()
+        self._task = asyncio.create_task(self._run(), name="instance-heartbeat")
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task)
+        try:
+            await self._registry.deregister(self._instance_id)
+        except RedisError as exc:  # its lease lapses on its own; survivors see it dead then
+            log.warning("instance not deregistered; its lease will lapse", extra={"error": repr(exc)})
+
+    async def _beat(self) -> None:
+        new = await self._registry.heartbeat(
+            self._instance_id, self._address, self._lease_ms, self._started_ms, self._holdings()
+        )
+        if new:
+            log.info("instance recorded in the fleet", extra={"instance_id": self._instance_id})
+
+    async def _run(self) -> None:
+        while True:
+            raise_if_cancelling()
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self._beat()
+            except (RedisError, OSError) as exc:
+                raise_if_cancelling()
+                self._metrics.redis_errors.labels("instance_heartbeat").inc()
+                log.warning("instance heartbeat not recorded", extra={"error": repr(exc)})
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,110 @@
+"""Scheduler instances sharing one Redis see each other: each records itself with a lease, its address and
+what it holds; a clean stop removes it, a dead one shows as not alive."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import grpc
+import pytest
+
+from lingua_grpc.app import Scheduler
+from lingua_grpc.client import LinguaClient
+from lingua_grpc.pb import registry_pb2, registry_pb2_grpc
+from lingua_grpc.registry import LanguagePair
+from tests.conftest import RedisServer, wait_until
+from tests.e2e._procs import start_scheduler
+from tests.integration._fleet import Fleet
+from tests.integration.test_scheduler_grpc import fast_settings
+
+pytestmark = pytest.mark.integration
+
+
+async def list_instances(address: str) -> list[registry_pb2.SchedulerInstance]:
+    async with grpc.aio.insecure_channel(address) as channel:
+        reply = await registry_pb2_grpc.RegistryServiceStub(channel).ListInstances(
+            registry_pb2.ListInstancesRequest()
+        )
+    return list(reply.instances)
+
+
+async def test_instances_on_one_redis_list_each_other_with_what_they_hold(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    settings = fast_settings(redis_server.url, key_prefix, instance_heartbeat_ms=50, instance_lease_ms=300)
+    a = Scheduler(settings.with_overrides(instance_id="sched-a"))
+    b = Scheduler(settings.with_overrides(instance_id="sched-b", advertise_address="sched-b.internal:443"))
+    a_addr, b_addr = (await a.start()).grpc, (await b.start()).grpc
+    fleet = Fleet(a_addr)
+    try:
+        await fleet.add("gpu-1")
+
+        async def b_sees_the_node() -> bool:
+            assert b.cache is not None
+            return b.cache.current.serves(LanguagePair("en", "es"))
+
+        await wait_until(b_sees_the_node, what="the node of sched-a in sched-b's snapshot")
+        async with LinguaClient(b_addr) as client:
+            session = await client.start_session("en", "es")
+
+            async def both_report_their_holdings() -> bool:
+                seen = {i.instance_id: i for i in await list_instances(b_addr)}
+                return (
+                    set(seen) == {"sched-a", "sched-b"}
+                    and seen["sched-a"].nodes_connected == 1
+                    and seen["sched-b"].sessions_open == 1
+                )
+
+            await wait_until(both_report_their_holdings, what="both instances listed with what they hold")
+            listed = {i.instance_id: i for i in await list_instances(a_addr)}
+            assert listed["sched-a"].address == a_addr
+            assert listed["sched-b"].address == "sched-b.internal:443"
+            assert all(
+                i.alive and i.lease_remaining_ms > 0 and i.started_unix_ms > 0 for i in listed.values()
+            )
+            await session.end()
+        await b.stop(grace_s=0.5)  # a clean stop leaves the list at once
+        assert [i.instance_id for i in await list_instances(a_addr)] == ["sched-a"]
+    finally:
+        await fleet.stop()
+        await a.stop(grace_s=0.5)
+        await b.stop(grace_s=0.5)
+
+
+async def test_an_instance_killed_with_9_is_listed_not_alive_once_its_lease_lapses(
+    redis_server: RedisServer, key_prefix: str, tmp_path: Path
+) -> None:
+    lease = ("--instance-heartbeat-ms", "50", "--instance-lease-ms", "300")
+    a = Scheduler(
+        fast_settings(
+            redis_server.url,
+            key_prefix,
+            instance_id="sched-a",
+            instance_heartbeat_ms=50,
+            instance_lease_ms=300,
+        )
+    )
+    a_addr = (await a.start()).grpc
+    b = await start_scheduler(
+        tmp_path,
+        "--redis-url",
+        redis_server.url,
+        "--key-prefix",
+        key_prefix,
+        "--instance-id",
+        "sched-b",
+        *lease,
+    )
+    try:
+
+        async def listed(alive: bool) -> bool:
+            seen = {i.instance_id: i for i in await list_instances(a_addr)}
+            return "sched-b" in seen and seen["sched-b"].alive is alive
+
+        await wait_until(lambda: listed(alive=True), what="sched-b listed alive")
+        b.send(signal.SIGKILL)  # no renewal, no deregistration
+        await wait_until(lambda: listed(alive=False), what="sched-b listed not alive after its lease")
+    finally:
+        b.send(signal.SIGKILL)
+        await a.stop(grace_s=0.5)
