@@ -129,7 +129,20 @@ def register(node_id: str) -> node_pb2.ConnectRequest:
 
 
 async def try_register(secured: Secured, node_id: str, token: str) -> grpc.StatusCode:
-    """Registers as a hand-written node would; the status the scheduler ends the stream with."""
+    """Registers as a hand-written node would; the status the scheduler ends the stream with.
+
+    A refusal that reaches the client while its first write is still in flight surfaces as a client-side
+    INTERNAL "Internal error from Core" (grpcio loses the server's status then; see tests/fuzz): that one
+    race is tried again, a few times at most.
+    """
+    for _ in range(3):
+        code = await _register_once(secured, node_id, token)
+        if code != grpc.StatusCode.INTERNAL:
+            return code
+    return code
+
+
+async def _register_once(secured: Secured, node_id: str, token: str) -> grpc.StatusCode:
     async with open_channel(secured.scheduler.grpc, secured.security(token)) as channel:
         call = node_pb2_grpc.NodeServiceStub(channel).Connect()  # type: ignore[call-arg]
         try:
@@ -154,7 +167,7 @@ async def test_a_rogue_node_without_credentials_gets_no_job_and_no_place(
     assert await try_register(secured, "gpu-a-1", "tok-client") == grpc.StatusCode.PERMISSION_DENIED
     snapshot = (await operator.GetSnapshot(registry_pb2.GetSnapshotRequest())).snapshot
     assert list(snapshot.nodes) == []
-    assert await secured.scheduler.metric("lingua_auth_refusals_total", role="node", reason="missing") == 1
+    assert await secured.scheduler.metric("lingua_auth_refusals_total", role="node", reason="missing") >= 1
     log = secured.scheduler.log()
     assert "tok-client" not in log and "guessed-token" not in log, "tokens never reach the logs"
     assert "client-app" in log, "refusals name the credential"
