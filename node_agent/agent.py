@@ -52,6 +52,12 @@ class AgentConfig:
     fault: str | None = None
     fault_utterances: frozenset[int] | None = None  # None: every utterance
 
+    @property
+    def schedulers(self) -> list[str]:
+        """`scheduler` is one HOST:PORT or several, comma-separated: the agent moves to the next when one
+        fails. (A DNS name with several addresses is one entry: gRPC tries its addresses in turn.)"""
+        return [a.strip() for a in self.scheduler.split(",") if a.strip()]
+
     def faulty(self, utterance_index: int) -> str | None:
         if self.fault is None or (
             self.fault_utterances is not None and utterance_index not in self.fault_utterances
@@ -118,18 +124,26 @@ class NodeAgent:
 
     async def run(self) -> int:
         """Runs until drained (returns 0) or the registration is refused (returns 2)."""
-        failures = 0
+        addresses = self.config.schedulers
+        turn, failures = 0, 0
         while not self._draining.is_set():
+            address = addresses[turn % len(addresses)]
             try:
-                registered = await self._connect_once()
+                registered = await self._connect_once(address)
                 failures = 0 if registered else failures + 1
             except RegistrationRefused as exc:
                 log.error("registration refused: %s", exc)
                 return 2
             if self._draining.is_set():
                 break
-            delay = 0.0 if failures == 0 else self._backoff(failures)
-            log.info("reconnecting", extra={"scheduler": self.config.scheduler, "in_s": round(delay, 3)})
+            if len(addresses) > 1 or not registered:
+                turn += 1  # the next scheduler; with one, the same one again
+            # A lost stream is followed at once; failed attempts wait only once every address has failed.
+            delay = 0.0 if failures < len(addresses) else self._backoff(failures - len(addresses) + 1)
+            log.info(
+                "reconnecting",
+                extra={"scheduler": addresses[turn % len(addresses)], "in_s": round(delay, 3)},
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._draining.wait(), delay or 0.001)
         await self._wait_for_jobs()
@@ -140,10 +154,10 @@ class NodeAgent:
         ceiling = min(self.config.reconnect_max_s, self.config.reconnect_initial_s * 2 ** (failures - 1))
         return random.uniform(ceiling / 2, ceiling)
 
-    async def _connect_once(self) -> bool:
+    async def _connect_once(self, address: str) -> bool:
         """One stream, from registration to its end. Returns whether registration succeeded."""
         registered = False
-        async with open_channel(self.config.scheduler, self.config.security) as channel:
+        async with open_channel(address, self.config.security) as channel:
             call = node_pb2_grpc.NodeServiceStub(channel).Connect()  # type: ignore[call-arg]
             conn = _Connection(call)
             writer: asyncio.Task[None] | None = None
@@ -171,7 +185,7 @@ class NodeAgent:
                 log.info(
                     "registered",
                     extra={
-                        "scheduler": self.config.scheduler,
+                        "scheduler": address,
                         "heartbeat_interval_ms": first.registered.heartbeat_interval_ms,
                         "lease_ms": first.registered.lease_ms,
                         "registry_version": first.registered.registry_version,

@@ -33,7 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
         " ones finish, then it leaves and exits 0. Every flag can also be set as LINGUA_NODE_<FLAG>.",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("--scheduler", default=_env("SCHEDULER", "127.0.0.1:50051"), help="scheduler HOST:PORT")
+    p.add_argument(
+        "--scheduler",
+        default=_env("SCHEDULER", "127.0.0.1:50051"),
+        help="scheduler HOST:PORT, or several comma-separated: the agent moves to the next when one fails,"
+        " keeping its running jobs",
+    )
     p.add_argument("--node-id", default=_env("NODE_ID", socket.gethostname()), help="unique node name")
     p.add_argument(
         "--token",

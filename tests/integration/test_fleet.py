@@ -3,6 +3,7 @@ what it holds; a clean stop removes it, a dead one shows as not alive."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from pathlib import Path
 
@@ -13,9 +14,12 @@ from lingua_grpc.app import Scheduler
 from lingua_grpc.client import LinguaClient
 from lingua_grpc.pb import registry_pb2, registry_pb2_grpc
 from lingua_grpc.registry import LanguagePair
+from node_agent.agent import AgentConfig, NodeAgent
+from node_agent.engines import SyntheticEngine
+from tests.audio import tone
 from tests.conftest import RedisServer, wait_until
 from tests.e2e._procs import start_scheduler
-from tests.integration._fleet import Fleet
+from tests.integration._fleet import Fleet, answers, capabilities, collect
 from tests.integration.test_scheduler_grpc import fast_settings
 
 pytestmark = pytest.mark.integration
@@ -108,3 +112,39 @@ async def test_an_instance_killed_with_9_is_listed_not_alive_once_its_lease_laps
     finally:
         b.send(signal.SIGKILL)
         await a.stop(grace_s=0.5)
+
+
+async def test_a_node_given_two_schedulers_moves_to_the_second_when_the_first_goes(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    settings = fast_settings(redis_server.url, key_prefix)
+    a = Scheduler(settings.with_overrides(instance_id="sched-a"))
+    b = Scheduler(settings.with_overrides(instance_id="sched-b"))
+    a_addr, b_addr = (await a.start()).grpc, (await b.start()).grpc
+    agent = NodeAgent(
+        AgentConfig(f"{a_addr},{b_addr}", "gpu-1", capabilities(2), reconnect_initial_s=0.05),
+        SyntheticEngine(),
+    )
+    running = asyncio.create_task(agent.run())
+    try:
+        await asyncio.wait_for(agent.registered.wait(), 5)
+        assert b.cache is not None
+
+        async def held_by(instance: str) -> bool:
+            assert b.cache is not None
+            node = (await b.cache.refresh()).nodes.get("gpu-1")
+            return node is not None and node.instance_id == instance
+
+        await wait_until(lambda: held_by("sched-a"), what="gpu-1 on sched-a")
+        await a.stop(grace_s=0.2)  # the node's stream ends: it goes to the next scheduler of its list
+        await wait_until(lambda: held_by("sched-b"), what="gpu-1 moved to sched-b")
+        async with LinguaClient(b_addr) as client:
+            session = await client.start_session("en", "es")
+            await session.send_audio(tone(400), is_final=True)
+            await session.end()
+            assert answers(await collect(session)) == [(0, "result")]
+    finally:
+        agent.drain("test over")
+        await asyncio.wait_for(running, 10)
+        await a.stop(grace_s=0.2)
+        await b.stop(grace_s=0.2)
