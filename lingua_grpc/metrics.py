@@ -72,6 +72,25 @@ class SchedulerMetrics:
             ["operation"],
             registry=r,
         )
+        latency_buckets = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+        self.dispatch_seconds = Histogram(
+            "lingua_dispatch_seconds",
+            "Scheduler's own time from utterance end to the job written to a node's stream, queueing excluded",
+            buckets=latency_buckets,
+            registry=r,
+        )
+        self.queue_wait_seconds = Histogram(
+            "lingua_queue_wait_seconds",
+            "Time a completed job waited for a free node slot",
+            buckets=latency_buckets,
+            registry=r,
+        )
+        self.end_to_end_seconds = Histogram(
+            "lingua_end_to_end_seconds",
+            "Utterance end (as segmentation decided) to its result handed to the client's stream",
+            buckets=latency_buckets,
+            registry=r,
+        )
         self.loop_lag = Histogram(
             "lingua_event_loop_lag_seconds",
             "How late a timer callback ran on the scheduler's event loop (every await pays this when busy)",

@@ -334,6 +334,8 @@ class Dispatcher:
         dispatch = max(0.0, attempt.written_at - (ticket.ended_at or ticket.submitted_at) - queued)
         ticket.preferred_node = node_id
         ticket.phase = Phase.ENDED  # recorded COMPLETED by the script above
+        self._metrics.queue_wait_seconds.observe(queued)
+        self._metrics.dispatch_seconds.observe(dispatch)
         overhead = Overhead(int(queued * 1000), int(dispatch * 1_000_000), received_at)
         ticket.sink.job_done(ticket.spec.index, output, node_id, overhead)
 

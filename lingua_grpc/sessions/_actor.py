@@ -339,6 +339,8 @@ class SessionActor:
             if answer.result is not None:
                 done = answer.result
                 self._metrics.results_sent.inc()
+                if meta is not None:
+                    self._metrics.end_to_end_seconds.observe(now - meta.ended_at)
                 self._emit(
                     ResultOut(
                         answer.index,

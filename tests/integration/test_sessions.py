@@ -294,3 +294,16 @@ async def test_voiced_only_client_is_cut_by_arrival_gaps(client: LinguaClient, f
     messages = await collect(session)
     assert answers(messages) == [(0, "result"), (1, "result"), (2, "result")]
     assert all(m.result.audio_duration_ms == 300 for m in messages if m.HasField("result"))
+
+
+async def test_latency_histograms_count_every_result(
+    scheduler: Scheduler, client: LinguaClient, fleet: Fleet
+) -> None:
+    await fleet.add("gpu-1")
+    session = await client.start_session("en", "es")
+    await stream(session, THREE_UTTERANCES)
+    assert answers(await collect(session)) == [(0, "result"), (1, "result"), (2, "result")]
+    registry = scheduler.metrics.registry
+    for name in ("lingua_end_to_end_seconds", "lingua_dispatch_seconds", "lingua_queue_wait_seconds"):
+        assert registry.get_sample_value(f"{name}_count") == 3, name
+    assert (registry.get_sample_value("lingua_end_to_end_seconds_sum") or 0) > 0
