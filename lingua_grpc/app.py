@@ -115,7 +115,6 @@ class Scheduler:
             watch_loop(self._loop_sample, s.loop_lag_interval_ms / 1000), name="loop-watch"
         )
         stack.push_async_callback(cancel_and_wait, lag_watch)
-        stack.push_async_callback(self._stop_storage_probe)
         pool_specs = load_pools_file(s.pools_file) if s.pools_file else ()
         redis_url = s.redis_url
         embedded = None
@@ -130,6 +129,7 @@ class Scheduler:
             s.redis_max_connections,
         )
         stack.push_async_callback(redis.aclose)
+        stack.push_async_callback(self._stop_storage_probe)  # it writes to Redis: stopped before it closes
         await self._warn_on_eviction_policy(redis)
         keys = RegistryKeys(s.key_prefix)
         scripts = ScriptBook(redis)
@@ -245,6 +245,7 @@ class Scheduler:
             s.advertise_address or f"{host}:{port}",
             s.instance_heartbeat_ms / 1000,
             s.instance_lease_ms,
+            s.instance_lease_ms + s.job_ttl_ms,  # a dead instance stays listed while its jobs could matter
             self.clock.now_ms(),
             lambda: Holdings(len(links), sessions.open_sessions, dispatcher.running),
             self.metrics,

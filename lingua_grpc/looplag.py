@@ -25,13 +25,8 @@ import enum
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Protocol
 
 from lingua_grpc.clock import Clock
-
-
-class Observer(Protocol):
-    def observe(self, amount: float) -> None: ...
 
 
 class Signal(enum.Enum):

@@ -321,10 +321,16 @@ class NodeAgent:
             self._held.append(message)
 
     def _holding(self) -> list[tuple[str, int]]:
-        """Job attempts this node holds: running, or finished with messages not sent yet."""
-        held = {(job.job_id, job.attempt) for job in self._jobs.values()}
-        held.update(key for message in self._held if (key := _job_of(message)) is not None)
-        return sorted(held)
+        """Job attempts this node holds: running, then finished with a result or failure not sent yet; at
+        most max_concurrency (the scheduler refuses a longer list; an unlisted attempt just runs again). A
+        rejection waiting to be sent is not held."""
+        running = [(job.job_id, job.attempt) for job in self._jobs.values()]
+        finished = [
+            key
+            for m in self._held
+            if m.WhichOneof("kind") != "job_rejected" and (key := _job_of(m)) is not None
+        ]
+        return list(dict.fromkeys(running + finished))[: self.config.capabilities.max_concurrency]
 
     async def _run_job(self, conn: _Connection, a: node_pb2.AssignJob) -> None:
         ids: dict[str, object] = {"job_id": a.job_id, "attempt": a.attempt}

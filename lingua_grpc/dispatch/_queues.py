@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from lingua_grpc.dispatch._ticket import Ticket
 from lingua_grpc.registry import LanguagePair
@@ -54,9 +54,6 @@ class PairQueues:
     def head(self, pair: LanguagePair) -> Ticket | None:
         queue = self._queues.get(pair)
         return queue[0] if queue else None
-
-    def __iter__(self) -> Iterator[Ticket]:
-        return iter([t for q in self._queues.values() for t in q])
 
     # Slots freed since the queues' last turn: a queued job tries such a node first.
     def slot_freed(self, node_id: str) -> None:

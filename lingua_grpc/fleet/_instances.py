@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from lingua_grpc.metrics import SchedulerMetrics
-from lingua_grpc.store import RegistryKeys, ScriptBook
+from lingua_grpc.store import RegistryKeys, ScriptBook, text
 from lingua_grpc.tasks import cancel_and_wait, raise_if_cancelling
 
 log = logging.getLogger(__name__)
@@ -45,15 +45,23 @@ class InstanceRegistry:
         self._scripts = scripts
 
     async def heartbeat(
-        self, instance_id: str, address: str, lease_ms: int, started_ms: int, holdings: Holdings
+        self,
+        instance_id: str,
+        address: str,
+        lease_ms: int,
+        record_ttl_ms: int,
+        started_ms: int,
+        holdings: Holdings,
     ) -> bool:
-        """Records the instance and renews its lease; True when it was not recorded before."""
+        """Records the instance and renews its lease; True when it was not recorded before. The record
+        outlives its last renewal by `record_ttl_ms`, then expires."""
         return await self._scripts.run(
             self._scripts.heartbeat_instance(
                 self._keys,
                 instance_id,
                 address=address,
                 lease_ms=lease_ms,
+                record_ttl_ms=record_ttl_ms,
                 started_ms=started_ms,
                 nodes=holdings.nodes,
                 sessions=holdings.sessions,
@@ -65,7 +73,7 @@ class InstanceRegistry:
         return await self._scripts.run(self._scripts.deregister_instance(self._keys, instance_id))
 
     async def list(self) -> list[InstanceRecord]:
-        ids = sorted(_text(m) for m in await self._redis.smembers(self._keys.instances))
+        ids = sorted(text(m) for m in await self._redis.smembers(self._keys.instances))
         if not ids:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -73,12 +81,13 @@ class InstanceRegistry:
                 pipe.hgetall(self._keys.instance(instance_id))
                 pipe.pttl(self._keys.instance_lease(instance_id))
             replies = await pipe.execute()
-        out = []
+        out, expired = [], []
         for i, instance_id in enumerate(ids):
             raw, pttl = replies[2 * i], int(replies[2 * i + 1])
             if not raw:
-                continue  # removed between the two reads
-            f = {_text(k): _text(v) for k, v in raw.items()}
+                expired.append(instance_id)  # its record expired (or it left between the two reads)
+                continue
+            f = {text(k): text(v) for k, v in raw.items()}
             out.append(
                 InstanceRecord(
                     instance_id,
@@ -106,6 +115,7 @@ class InstanceHeartbeat:
         address: str,
         interval_s: float,
         lease_ms: int,
+        record_ttl_ms: int,
         started_ms: int,
         holdings: Callable[[], Holdings],
         metrics: SchedulerMetrics,
@@ -115,6 +125,7 @@ class InstanceHeartbeat:
         self._address = address
         self._interval_s = interval_s
         self._lease_ms = lease_ms
+        self._record_ttl_ms = record_ttl_ms
         self._started_ms = started_ms
         self._holdings = holdings
         self._metrics = metrics
@@ -122,6 +133,7 @@ class InstanceHeartbeat:
 
     async def start(self) -> None:
         await self._beat()
+        await self._registry.list()  # drops the ids of instances whose records expired
         self._task = asyncio.create_task(self._run(), name="instance-heartbeat")
 
     async def stop(self) -> None:
@@ -133,7 +145,12 @@ class InstanceHeartbeat:
 
     async def _beat(self) -> None:
         new = await self._registry.heartbeat(
-            self._instance_id, self._address, self._lease_ms, self._started_ms, self._holdings()
+            self._instance_id,
+            self._address,
+            self._lease_ms,
+            self._record_ttl_ms,
+            self._started_ms,
+            self._holdings(),
         )
         if new:
             log.info("instance recorded in the fleet", extra={"instance_id": self._instance_id})
@@ -148,7 +165,3 @@ class InstanceHeartbeat:
                 raise_if_cancelling()
                 self._metrics.redis_errors.labels("instance_heartbeat").inc()
                 log.warning("instance heartbeat not recorded", extra={"error": repr(exc)})
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

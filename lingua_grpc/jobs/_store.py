@@ -19,6 +19,7 @@ from lingua_grpc.store import (
     ScriptCall,
     Started,
     slot_member,
+    text,
 )
 
 
@@ -181,7 +182,7 @@ class JobStore:
         raw = await self._redis.hgetall(self._job_key(job_id))
         if not raw:
             return None
-        fields = {_text(k): _text(v) for k, v in raw.items() if k != b"tts_audio"}
+        fields = {text(k): text(v) for k, v in raw.items() if k != b"tts_audio"}
         return JobRecord(
             job_id, JobState(fields["state"]), int(fields["attempt"]), fields.get("node_id", ""), fields
         )
@@ -197,7 +198,3 @@ class JobStore:
         return await self._scripts.run(
             self._scripts.release_slot(self._nodes, node_id, member=slot_member(job_id, attempt))
         )
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

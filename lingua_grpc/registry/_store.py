@@ -15,6 +15,7 @@ from lingua_grpc.store import (
     RegistryKeys,
     ScriptBook,
     slot_member,
+    text,
 )
 
 
@@ -82,7 +83,7 @@ class NodeRegistry:
 
     async def expire_lapsed(self) -> list[str]:
         """Removes every node whose lease lapsed, whichever instance held it. Returns their ids."""
-        node_ids = [_text(m) for m in await self._redis.smembers(self._keys.nodes)]
+        node_ids = [text(m) for m in await self._redis.smembers(self._keys.nodes)]
         if not node_ids:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -107,7 +108,7 @@ class NodeRegistry:
                 pipe.get(k.version)
                 pipe.smembers(k.nodes)
                 version_before, members = await pipe.execute()
-            node_ids = sorted(_text(m) for m in members)
+            node_ids = sorted(text(m) for m in members)
             async with self._redis.pipeline(transaction=True) as pipe:
                 for node_id in node_ids:
                     pipe.hgetall(k.node(node_id))
@@ -126,10 +127,6 @@ class NodeRegistry:
             fields, ttl = await pipe.execute()
         records = _records([node_id], [fields, ttl])
         return records[0] if records else None
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _records(node_ids: Sequence[str], replies: Sequence[object]) -> list[NodeRecord]:

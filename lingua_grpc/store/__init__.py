@@ -1,6 +1,6 @@
 """Redis: key layout, Lua scripts, connections and the embedded redis-server."""
 
-from lingua_grpc.store._connection import connect_redis, redis_client
+from lingua_grpc.store._connection import connect_redis, redis_client, text
 from lingua_grpc.store._embedded import EmbeddedRedis
 from lingua_grpc.store._keys import JobKeys, RegistryKeys, slot_member
 from lingua_grpc.store._scripts import (
@@ -27,4 +27,5 @@ __all__ = [
     "connect_redis",
     "redis_client",
     "slot_member",
+    "text",
 ]

@@ -63,3 +63,8 @@ def _redacted(url: str) -> str:
         return url
     scheme, _, rest = url.partition("://")
     return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply (bytes without decode_responses) as text."""
+    return value.decode() if isinstance(value, bytes) else value

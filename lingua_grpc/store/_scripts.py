@@ -108,10 +108,6 @@ class ScriptBook:
         if missing:
             raise FileNotFoundError(f"Lua scripts missing from {lua_dir}: {', '.join(missing)}")
 
-    @property
-    def names(self) -> list[str]:
-        return sorted(self._scripts)
-
     async def load(self, redis: Redis) -> None:
         """Loads every script now, so the first calls need no NOSCRIPT round trip."""
         for script in self._scripts.values():
@@ -219,6 +215,7 @@ class ScriptBook:
         *,
         address: str,
         lease_ms: int,
+        record_ttl_ms: int,
         started_ms: int,
         nodes: int,
         sessions: int,
@@ -228,7 +225,7 @@ class ScriptBook:
         return ScriptCall(
             self._scripts["heartbeat_instance"],
             [k.instance(instance_id), k.instance_lease(instance_id), k.instances],
-            [instance_id, address, lease_ms, started_ms, nodes, sessions, jobs],
+            [instance_id, address, lease_ms, started_ms, nodes, sessions, jobs, record_ttl_ms],
             lambda r: bool(r),
         )
 

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from redis.asyncio import Redis
 
 from lingua_grpc.app import Scheduler
 from lingua_grpc.client import LinguaClient
 from lingua_grpc.pb import registry_pb2, registry_pb2_grpc
 from lingua_grpc.registry import LanguagePair
+from lingua_grpc.store import RegistryKeys
 from node_agent.agent import AgentConfig, NodeAgent
 from node_agent.engines import SyntheticEngine
 from tests.audio import tone
@@ -109,6 +111,11 @@ async def test_an_instance_killed_with_9_is_listed_not_alive_once_its_lease_laps
         await wait_until(lambda: listed(alive=True), what="sched-b listed alive")
         b.send(signal.SIGKILL)  # no renewal, no deregistration
         await wait_until(lambda: listed(alive=False), what="sched-b listed not alive after its lease")
+        redis = Redis.from_url(redis_server.url)
+        try:  # and its record expires in time: a process killed -9 leaves nothing for good
+            assert await redis.pttl(RegistryKeys(key_prefix).instance("sched-b")) > 0
+        finally:
+            await redis.aclose()
     finally:
         b.send(signal.SIGKILL)
         await a.stop(grace_s=0.5)
