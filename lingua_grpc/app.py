@@ -19,7 +19,17 @@ from lingua_grpc.api import NodeServicer, RegistryServicer, SessionServicer
 from lingua_grpc.clock import Clock, SystemClock
 from lingua_grpc.config import Settings
 from lingua_grpc.dispatch import Dispatcher, DispatchSettings
-from lingua_grpc.fleet import Holdings, InstanceHeartbeat, InstanceRegistry
+from lingua_grpc.fleet import (
+    Courier,
+    FleetTransport,
+    Holdings,
+    Inbox,
+    InboxSettings,
+    InstanceHeartbeat,
+    InstanceRegistry,
+    Recovery,
+    Relay,
+)
 from lingua_grpc.health import NotServing, Readiness
 from lingua_grpc.jobs import JobStore, ResultLimits
 from lingua_grpc.looplag import Saturation, Signal, watch_loop
@@ -36,7 +46,14 @@ from lingua_grpc.pb import (
 from lingua_grpc.registry import NodeRegistry, SnapshotCache, load_pools_file
 from lingua_grpc.security import AccessGate, AuthInterceptor, CredentialBook, is_loopback
 from lingua_grpc.sessions import SessionLimits, SessionManager
-from lingua_grpc.store import EmbeddedRedis, JobKeys, RegistryKeys, ScriptBook, connect_redis
+from lingua_grpc.store import (
+    EmbeddedRedis,
+    InstanceKeys,
+    JobKeys,
+    RegistryKeys,
+    ScriptBook,
+    connect_redis,
+)
 from lingua_grpc.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -90,6 +107,7 @@ class Scheduler:
         self._grace_s = settings.shutdown_grace_ms / 1000
         self._stopped = asyncio.Event()
         self._stopping = False
+        self._background: set[asyncio.Task[None]] = set()
         # Read at construction, so a bad auth file stops the start before anything else runs.
         self.gate = AccessGate(
             CredentialBook.load(settings.auth_file) if settings.auth_file else None, self.metrics
@@ -97,6 +115,7 @@ class Scheduler:
         self.cache: SnapshotCache | None = None
         self.hub: NodeHub | None = None
         self.dispatcher: Dispatcher | None = None
+        self.relay: Relay | None = None
         self.sessions: SessionManager | None = None
         self.endpoints: Endpoints | None = None
 
@@ -155,12 +174,20 @@ class Scheduler:
             s.job_audio_ttl_ms,
             self.metrics,
             self._storage_full,
+            InstanceKeys(s.key_prefix, s.instance_id),
         )
+        inbox_settings = InboxSettings(
+            s.fleet_inbox_max_entries, s.fleet_inbox_read_count, s.fleet_inbox_block_ms
+        )
+        courier = Courier(scripts, s.key_prefix, inbox_settings, self.metrics)
+        await courier.start()
+        stack.push_async_callback(courier.stop)  # last of the fleet's parts: the others send through it
         links = NodeLinks()
+        transport = FleetTransport(s.instance_id, links, cache, courier, self.clock)
         dispatcher = self.dispatcher = Dispatcher(
             store,
             cache,
-            links,
+            transport,
             DispatchSettings(
                 s.job_max_attempts,
                 s.accept_timeout_ms,
@@ -174,11 +201,23 @@ class Scheduler:
         )
         await dispatcher.start()
         stack.push_async_callback(dispatcher.stop)
+        relay = self.relay = Relay(s.instance_id, dispatcher, links, courier, store, self.metrics, self.clock)
+        stack.push_async_callback(relay.stop)
+        inbox = Inbox(
+            redis,
+            InstanceKeys(s.key_prefix, s.instance_id),
+            relay.apply,
+            inbox_settings,
+            self.metrics,
+            self.clock,
+        )
+        await inbox.start()
+        stack.push_async_callback(inbox.stop)
         hub = self.hub = NodeHub(
             registry,
             cache,
             links,
-            dispatcher,
+            relay,
             HubSettings(
                 instance_id=s.instance_id,
                 heartbeat_interval_ms=s.heartbeat_interval_ms,
@@ -249,8 +288,26 @@ class Scheduler:
             self.clock.now_ms(),
             lambda: Holdings(len(links), sessions.open_sessions, dispatcher.running),
             self.metrics,
+            self._claimed_as_dead,
         )
         await heartbeat.start()
+        recovery = Recovery(
+            redis,
+            s.key_prefix,
+            scripts,
+            instances,
+            store,
+            relay,
+            transport,
+            courier,
+            s.instance_id,
+            s.instance_lease_ms + s.job_ttl_ms,
+            s.instance_heartbeat_ms / 1000,
+            self.metrics,
+            self.clock,
+        )
+        await recovery.start()
+        stack.push_async_callback(recovery.stop)
         stack.push_async_callback(heartbeat.stop)  # first to go: a stopping instance leaves the fleet's list
 
         metrics_addr = None
@@ -321,6 +378,12 @@ class Scheduler:
         if not self.settings.auth_file:
             raise ValueError("no --auth-file: there are no credentials to reload")
         return self.gate.reload(CredentialBook.load(self.settings.auth_file))
+
+    def _claimed_as_dead(self) -> None:
+        if not self._stopping:
+            task = asyncio.create_task(self.stop(grace_s=0), name="stop-claimed")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def _redis_state_changed(self, reachable: bool) -> None:
         if not self._stopping:

@@ -80,6 +80,13 @@ class Settings:
     instance_lease_ms: int = _setting(
         10000, "an instance whose record is not renewed this long is dead to the fleet"
     )
+    fleet_inbox_max_entries: int = _setting(
+        100000, "most hand-offs an instance's inbox holds; past it, others place work elsewhere"
+    )
+    fleet_inbox_read_count: int = _setting(256, "most hand-offs an instance reads from its inbox at once")
+    fleet_inbox_block_ms: int = _setting(
+        1000, "how long one read of the inbox waits for a hand-off (it returns at once when one comes)"
+    )
     heartbeat_interval_ms: int = _setting(5000, "how often nodes send heartbeats")
     node_lease_heartbeats: int = _setting(3, "missed heartbeats after which a node is dropped")
     lease_check_interval_ms: int = _setting(1000, "how often expired node leases are looked for in Redis")
@@ -297,6 +304,9 @@ class Settings:
             "slot_release_retry_ms",
             "loop_lag_interval_ms",
             "instance_heartbeat_ms",
+            "fleet_inbox_max_entries",
+            "fleet_inbox_read_count",
+            "fleet_inbox_block_ms",
             "max_node_concurrency",
             "node_max_pairs",
             "node_max_languages",

@@ -138,6 +138,45 @@ class SchedulerMetrics:
             registry=r,
         )
 
+        self.handoff_seconds = Histogram(
+            "lingua_handoff_seconds",
+            "Time a message spent going between instances through Redis (to_holder: an attempt from its"
+            " session's instance to the node's; to_owner: the node's answer back), by the senders' wall clocks",
+            ["direction"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.handoffs = Counter(
+            "lingua_handoffs_total",
+            "Messages handed to other instances, by kind (assign, cancel, event, lost) and outcome"
+            " (delivered, gone: the instance's lease lapsed, full: its inbox is at its bound)",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.inbox_depth = Gauge(
+            "lingua_inbox_depth",
+            "Messages waiting in this instance's inbox (read but not yet applied included)",
+            registry=r,
+        )
+        self.relayed_attempts = Gauge(
+            "lingua_relayed_attempts",
+            "Attempts running on this instance's node streams for sessions of other instances",
+            registry=r,
+        )
+        self.recovered = Counter(
+            "lingua_recovered_total",
+            "What this instance took over from dead instances: instances, results_recorded, jobs_ended,"
+            " handoffs_returned, slots_released",
+            ["what"],
+            registry=r,
+        )
+        self.slots_reconciled = Counter(
+            "lingua_slots_reconciled_total",
+            "Node slots freed because nothing ran their attempt any more (a node's registration listed"
+            " fewer attempts than its slot set held, or a dead instance's attempt was ended)",
+            registry=r,
+        )
+
     def serve(self, host: str, port: int) -> int:
         """Starts the HTTP endpoint in a daemon thread; returns the port it listens on."""
         self._server, _thread = start_http_server(port, addr=host, registry=self.registry)

@@ -35,6 +35,7 @@ from lingua_grpc.jobs import (
     JobState,
     JobStore,
     SkipReason,
+    result_fields,
 )
 from lingua_grpc.metrics import SchedulerMetrics
 from lingua_grpc.registry import LanguagePair, SnapshotCache
@@ -233,10 +234,9 @@ class Dispatcher:
         self, node_id: str, connection_id: str, running: Iterable[tuple[str, int]]
     ) -> set[tuple[str, int]]:
         """The node registered on a new stream (`connection_id`, already the node's link) while it still
-        holds `running` (job id, attempt), and its slot set is now exactly those. The attempts still current
-        here move to the new stream and keep running; they are returned. A listed attempt that is not
-        (already run elsewhere, or its session's instance is gone) is cancelled on the node and its slot
-        freed. The other attempts of the older stream are left to `node_lost` when that stream ends."""
+        holds `running` (job id, attempt). The attempts of this instance's jobs among them move to the new
+        stream and keep running; they are returned (the caller settles the others). The other attempts of
+        the older stream are left to `node_lost` when that stream ends."""
         held = set(running)
         moved: set[tuple[str, int]] = set()
         for ticket in self._live.values():
@@ -244,10 +244,14 @@ class Dispatcher:
             if ticket.attempt.node_id == node_id and key in held:
                 ticket.attempt = dataclasses.replace(ticket.attempt, connection_id=connection_id)
                 moved.add(key)
-        for job_id, attempt in held - moved:
-            self._transport.cancel(node_id, job_id, attempt, "this attempt is no longer assigned to the node")
-            self._spawn(self._release(node_id, job_id, attempt))
         return moved
+
+    def attempt_lost(self, job_id: str, attempt: int, why: str, node_failed: bool) -> None:
+        """The instance holding the node's stream could not run this attempt: it runs again (elsewhere,
+        when the node itself failed it: `node_failed`)."""
+        ticket = self._live.get(job_id)
+        if ticket is not None and ticket.attempt.number == attempt:
+            self._spawn(self._attempt_failed(ticket, why, exclude=node_failed))
 
     def slot_freed(self, node_id: str | None = None) -> None:
         """A slot may be free (of this node, when known): queued jobs try it first."""
@@ -303,15 +307,7 @@ class Dispatcher:
         attempt = self._leave_node(ticket)
         try:
             applied, released = await self._store.complete_and_release(
-                output.job_id,
-                output.attempt,
-                node_id,
-                LIVE_STATES,
-                source_text=output.source_text,
-                translated_text=output.translated_text,
-                asr_ms=output.asr_ms,
-                translation_ms=output.translation_ms,
-                tts_ms=output.tts_ms,
+                output.job_id, output.attempt, node_id, LIVE_STATES, **result_fields(output)
             )
         except RedisError as exc:
             # The result could not be recorded: the job must not be lost with it. It runs again once
@@ -331,7 +327,8 @@ class Dispatcher:
             )
             return
         queued = attempt.placed_at - ticket.submitted_at
-        dispatch = max(0.0, attempt.written_at - (ticket.ended_at or ticket.submitted_at) - queued)
+        written = attempt.written_at or attempt.placed_at  # another instance's node: when it was handed off
+        dispatch = max(0.0, written - (ticket.ended_at or ticket.submitted_at) - queued)
         ticket.preferred_node = node_id
         ticket.phase = Phase.ENDED  # recorded COMPLETED by the script above
         self._metrics.queue_wait_seconds.observe(queued)
@@ -339,13 +336,13 @@ class Dispatcher:
         overhead = Overhead(int(queued * 1000), int(dispatch * 1_000_000), received_at)
         ticket.sink.job_done(ticket.spec.index, output, node_id, overhead)
 
-    async def _attempt_failed(self, ticket: Ticket, why: str) -> None:
+    async def _attempt_failed(self, ticket: Ticket, why: str, exclude: bool = True) -> None:
         """The running attempt ended without an outcome (rejected, failed, deadline, node lost): it is
-        cancelled on its node, its slot freed, and the job placed again elsewhere."""
+        cancelled on its node, its slot freed, and the job placed again (elsewhere, with `exclude`)."""
         if self._live.get(ticket.spec.job_id) is not ticket:
             return
         attempt = self._end_attempt(ticket, why)
-        if attempt.node_id is not None:
+        if exclude and attempt.node_id is not None:
             ticket.excluded.add(attempt.node_id)
         await self._run_again(ticket, why, through_queue=False)
 

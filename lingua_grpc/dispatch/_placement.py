@@ -22,10 +22,11 @@ log = logging.getLogger(__name__)
 
 
 class JobTransport(Protocol):
-    """How an attempt reaches a node: the node streams this instance holds."""
+    """How an attempt reaches a node: its stream on this instance, or the instance holding it."""
 
-    def deliver(self, node_id: str, assignment: Assignment) -> str | None:
-        """Sends the attempt; returns the id of the connection it went on, or None if it could not."""
+    async def deliver(self, node_id: str, assignment: Assignment) -> str | None:
+        """Sends the attempt; returns the id of the connection it went on (for another instance's node,
+        `via:<instance>`), or None if it could not."""
         ...
 
     def cancel(self, node_id: str, job_id: str, attempt: int, reason: str) -> None: ...
@@ -113,7 +114,7 @@ class Placer:
                     number, unplaced = started, True
                     continue
             deadline_ms = self._clock.now_ms() + self._job_deadline_ms
-            connection_id = self._transport.deliver(node_id, Assignment(spec, started, deadline_ms))
+            connection_id = await self._transport.deliver(node_id, Assignment(spec, started, deadline_ms))
             if connection_id is None:
                 await self._store.release(node_id, spec.job_id, started)
                 number, unplaced = started, True

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from lingua_grpc.metrics import SchedulerMetrics
-from lingua_grpc.store import RegistryKeys, ScriptBook, text
+from lingua_grpc.store import InstanceKeys, RegistryKeys, ScriptBook, text
 from lingua_grpc.tasks import cancel_and_wait, raise_if_cancelling
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,17 @@ class InstanceRegistry:
             )
         )
 
+    async def renew_inbox(self, instance_id: str, lease_ms: int, keep_ms: int, first: bool) -> bool:
+        """Renews the instance's inbox lease (others hand it work while it holds); False when a survivor
+        claimed the instance as dead. `first`: this process's first renewal."""
+        keys = InstanceKeys(self._keys.prefix, instance_id)
+        return await self._scripts.run(
+            self._scripts.renew_inbox(keys, lease_ms=lease_ms, keep_ms=keep_ms, first=first)
+        )
+
     async def deregister(self, instance_id: str) -> bool:
+        """Removes the instance's record and its inbox lease (nothing more is handed to it)."""
+        await self._redis.delete(InstanceKeys(self._keys.prefix, instance_id).lease)
         return await self._scripts.run(self._scripts.deregister_instance(self._keys, instance_id))
 
     async def list(self) -> list[InstanceRecord]:
@@ -119,7 +129,10 @@ class InstanceHeartbeat:
         started_ms: int,
         holdings: Callable[[], Holdings],
         metrics: SchedulerMetrics,
+        on_claimed: Callable[[], None],
     ) -> None:
+        """`on_claimed` is called (once) when a survivor has claimed this instance as dead: it was paused
+        or cut off past its lease, and what it held has been taken over; it must stop."""
         self._registry = registry
         self._instance_id = instance_id
         self._address = address
@@ -129,6 +142,8 @@ class InstanceHeartbeat:
         self._started_ms = started_ms
         self._holdings = holdings
         self._metrics = metrics
+        self._on_claimed = on_claimed
+        self._first = True
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -143,7 +158,19 @@ class InstanceHeartbeat:
         except RedisError as exc:  # its lease lapses on its own; survivors see it dead then
             log.warning("instance not deregistered; its lease will lapse", extra={"error": repr(exc)})
 
-    async def _beat(self) -> None:
+    async def _beat(self) -> bool:
+        """One renewal; False when this instance was claimed as dead (nothing renewed)."""
+        first, self._first = self._first, False
+        if not await self._registry.renew_inbox(
+            self._instance_id, self._lease_ms, self._record_ttl_ms, first
+        ):
+            log.error(
+                "this instance was declared dead by the fleet (its lease lapsed and a survivor took over"
+                " what it held): stopping",
+                extra={"instance_id": self._instance_id},
+            )
+            self._on_claimed()
+            return False
         new = await self._registry.heartbeat(
             self._instance_id,
             self._address,
@@ -154,13 +181,15 @@ class InstanceHeartbeat:
         )
         if new:
             log.info("instance recorded in the fleet", extra={"instance_id": self._instance_id})
+        return True
 
     async def _run(self) -> None:
         while True:
             raise_if_cancelling()
             await asyncio.sleep(self._interval_s)
             try:
-                await self._beat()
+                if not await self._beat():
+                    return
             except (RedisError, OSError) as exc:
                 raise_if_cancelling()
                 self._metrics.redis_errors.labels("instance_heartbeat").inc()

@@ -16,6 +16,7 @@ from lingua_grpc.jobs._model import (
     Stage,
     job_id,
     parse_job_id,
+    result_fields,
 )
 from lingua_grpc.jobs._store import JobRecord, JobStore
 from lingua_grpc.store import Reservation, slot_member
@@ -39,5 +40,6 @@ __all__ = [
     "Stage",
     "job_id",
     "parse_job_id",
+    "result_fields",
     "slot_member",
 ]

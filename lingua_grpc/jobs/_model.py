@@ -126,6 +126,17 @@ class JobFailed:
 JobEvent = JobAccepted | JobRejected | JobProgress | JobOutput | JobFailed
 
 
+def result_fields(output: JobOutput) -> dict[str, str | int | bytes]:
+    """What a job's record keeps of its result."""
+    return {
+        "source_text": output.source_text,
+        "translated_text": output.translated_text,
+        "asr_ms": output.asr_ms,
+        "translation_ms": output.translation_ms,
+        "tts_ms": output.tts_ms,
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class ResultLimits:
     """Largest result a node may return (settings `node_max_result_*`): what passes reaches the client in

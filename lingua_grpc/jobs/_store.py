@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -12,6 +12,7 @@ from redis.exceptions import OutOfMemoryError
 from lingua_grpc.jobs._model import JobSpec, JobState, parse_job_id
 from lingua_grpc.metrics import SchedulerMetrics
 from lingua_grpc.store import (
+    InstanceKeys,
     JobKeys,
     RegistryKeys,
     Reservation,
@@ -43,8 +44,13 @@ class JobStore:
         audio_ttl_ms: int,
         metrics: SchedulerMetrics | None = None,
         on_full: Callable[[], None] | None = None,
+        instance: InstanceKeys | None = None,
     ) -> None:
-        """`on_full` is called each time Redis refuses to record a job for memory (OOM)."""
+        """`on_full` is called each time Redis refuses to record a job for memory (OOM). `instance`: the
+        instance whose sessions' jobs these are (recorded as their owner, the sessions in its index, so a
+        survivor finds them if it dies); None records no owner."""
+        self._instance = instance
+        self._indexed: set[str] = set()  # sessions already in the instance's index
         self._metrics = metrics
         self._on_full = on_full
         self._redis = redis
@@ -65,6 +71,7 @@ class JobStore:
         """
         self._round_trip("start")
         with self._reporting_full():
+            await self._index(spec.session_id)
             started = await self._scripts.run(self._start_call(spec, current_attempt, node_id))
         return started.created, started.attempt
 
@@ -81,6 +88,7 @@ class JobStore:
         """
         self._round_trip("reserve_start")
         with self._reporting_full():
+            await self._index(spec.session_id)
             reserved, started = await self._scripts.run_pipelined(
                 self._scripts.reserve_slot(
                     self._nodes, node_id, member=slot_member(spec.job_id, current_attempt + 1)
@@ -88,6 +96,22 @@ class JobStore:
                 self._start_call(spec, current_attempt, node_id),
             )
         return reserved, started.attempt
+
+    async def _index(self, session_id: str) -> None:
+        """Puts the session in its instance's index before its first job is recorded."""
+        if self._instance is not None and session_id not in self._indexed:
+            await self._redis.sadd(self._instance.sessions, session_id)
+            self._indexed.add(session_id)
+
+    async def session_closed(self, session_id: str) -> None:
+        """The session ended here: it leaves the instance's index (its jobs are final or being ended)."""
+        if self._instance is not None and session_id in self._indexed:
+            self._indexed.discard(session_id)
+            await self._redis.srem(self._instance.sessions, session_id)
+
+    async def live_jobs(self, session_id: str) -> list[int]:
+        """Indexes of the session's jobs not yet final, in order."""
+        return sorted(int(text(i)) for i in await self._redis.smembers(self._jobs.live(session_id)))
 
     @contextlib.contextmanager
     def _reporting_full(self) -> Iterator[None]:
@@ -121,6 +145,7 @@ class JobStore:
             audio_ttl_ms=self._audio_ttl_ms,
             current_attempt=current_attempt,
             node_id=node_id,
+            owner=self._instance.instance_id if self._instance is not None else "",
         )
 
     def _transition_call(
@@ -186,6 +211,23 @@ class JobStore:
         return JobRecord(
             job_id, JobState(fields["state"]), int(fields["attempt"]), fields.get("node_id", ""), fields
         )
+
+    async def owners(self, attempts: Iterable[tuple[str, int, str]]) -> dict[tuple[str, int], str]:
+        """Of the attempts (job id, attempt, node id) still current and running on that node, the instance
+        owning each one's session (one round trip)."""
+        wanted = list(attempts)
+        if not wanted:
+            return {}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id, _, _ in wanted:
+                pipe.hmget(self._job_key(job_id), "state", "attempt", "node_id", "owner")
+            replies = await pipe.execute()
+        live = {s.value for s in (JobState.ASSIGNED, JobState.ACCEPTED)}
+        out: dict[tuple[str, int], str] = {}
+        for (job_id, attempt, node_id), (state, current, on, owner) in zip(wanted, replies, strict=True):
+            if state is not None and text(state) in live and int(current) == attempt and text(on) == node_id:
+                out[(job_id, attempt)] = text(owner or b"")
+        return out
 
     async def reserve(self, node_id: str, job_id: str, attempt: int) -> Reservation:
         self._round_trip("reserve")

@@ -57,7 +57,7 @@ class JobListener(Protocol):
 
     def node_lost(self, node_id: str, connection_id: str | None = None) -> None: ...
 
-    def adopt(
+    async def adopt(
         self, node_id: str, connection_id: str, running: Iterable[tuple[str, int]]
     ) -> set[tuple[str, int]]: ...
 
@@ -171,7 +171,7 @@ class NodeHub:
         # Before the older stream closes: the attempts the node says it holds move to the new stream and keep
         # running; only the others are run elsewhere when the older stream ends. A listed attempt that is no
         # longer current here is cancelled on the node (its work would be refused) and its slot freed.
-        adopted = self._jobs.adopt(link.node_id, link.connection_id, registration.running)
+        adopted = await self._jobs.adopt(link.node_id, link.connection_id, registration.running)
         if previous is not None:
             previous.close(
                 CloseReason.SUPERSEDED, FailedPrecondition("the node registered on a newer stream")

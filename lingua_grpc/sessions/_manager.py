@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from redis.exceptions import RedisError
 
 from lingua_grpc.clock import Clock
 from lingua_grpc.dispatch import Dispatcher
@@ -62,6 +65,7 @@ class SessionManager:
         self._owners: dict[str, str] = {}  # session id -> the credential that opened it
         self._by_owner: collections.Counter[str] = collections.Counter()
         self.accepting = True
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def delivered(self, delivery_s: float) -> None:
         """A result reached its client's stream `delivery_s` after its node sent it (admission's signal).
@@ -158,6 +162,12 @@ class SessionManager:
         )
         return actor
 
+    async def _unindex(self, session_id: str) -> None:
+        try:
+            await self._store.session_closed(session_id)
+        except RedisError as exc:  # left in the index: a survivor finds its jobs final, and the index expires
+            log.warning("session not removed from the instance's index", extra={"error": repr(exc)})
+
     def close_all(self, reason: str) -> None:
         """Ends every session with UNAVAILABLE after what it already has queued for its client."""
         for actor in list(self._sessions.values()):
@@ -171,5 +181,8 @@ class SessionManager:
             if not self._by_owner[owner]:
                 del self._by_owner[owner]
             self._dispatcher.cancel_session(actor.session_id)
+            task = asyncio.create_task(self._unindex(actor.session_id), name="session-unindex")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
             self._metrics.sessions_open.set(len(self._sessions))
             log.info("session ended", extra={"session_id": actor.session_id})

@@ -2,9 +2,11 @@
 
 from lingua_grpc.store._connection import connect_redis, redis_client, text
 from lingua_grpc.store._embedded import EmbeddedRedis
-from lingua_grpc.store._keys import JobKeys, RegistryKeys, slot_member
+from lingua_grpc.store._keys import InstanceKeys, JobKeys, RegistryKeys, slot_member
 from lingua_grpc.store._scripts import (
+    Claim,
     DrainOutcome,
+    HandOff,
     HeartbeatOutcome,
     RegisterOutcome,
     Reservation,
@@ -14,9 +16,12 @@ from lingua_grpc.store._scripts import (
 )
 
 __all__ = [
+    "Claim",
     "DrainOutcome",
     "EmbeddedRedis",
+    "HandOff",
     "HeartbeatOutcome",
+    "InstanceKeys",
     "JobKeys",
     "RegisterOutcome",
     "RegistryKeys",

@@ -9,9 +9,15 @@ Registry keys (tag `{registry}`), with the default prefix:
     lingua:v1:{registry}:instances      set of scheduler instance ids
     lingua:v1:{registry}:instance:<id>  instance hash: address, started, last heartbeat, what it holds
     lingua:v1:{registry}:ilease:<id>    instance lease, expires (PX) unless its heartbeats renew it
+Instance keys (tag `{i:<instance_id>}`: each instance's traffic on its own slot):
+    lingua:v1:{i:<id>}:inbox        stream of hand-offs to the instance (consumer group `lingua`)
+    lingua:v1:{i:<id>}:lease        inbox lease: others hand it work only while this exists
+    lingua:v1:{i:<id>}:claim        set by the one survivor that took over what the dead instance left
+    lingua:v1:{i:<id>}:sessions     set of the session ids the instance owns
 Job keys (tag `{s:<session_id>}`: a session's jobs share one slot):
-    lingua:v1:{s:<session_id>}:job:<index>     job hash: state, attempt, node, timestamps, result
+    lingua:v1:{s:<session_id>}:job:<index>     job hash: state, attempt, node, owner, timestamps, result
     lingua:v1:{s:<session_id>}:audio:<index>   the utterance's audio, kept for re-dispatch (TTL)
+    lingua:v1:{s:<session_id>}:live            set of the indexes of the session's non-final jobs
     lingua:v1:{probe}:write                     written (short TTL) to learn whether Redis takes writes again
 """
 
@@ -57,6 +63,32 @@ class RegistryKeys:
 
 
 @dataclass(frozen=True, slots=True)
+class InstanceKeys:
+    prefix: str
+    instance_id: str
+
+    @property
+    def _tag(self) -> str:
+        return f"{self.prefix}{{i:{self.instance_id}}}"
+
+    @property
+    def inbox(self) -> str:
+        return f"{self._tag}:inbox"
+
+    @property
+    def lease(self) -> str:
+        return f"{self._tag}:lease"
+
+    @property
+    def claim(self) -> str:
+        return f"{self._tag}:claim"
+
+    @property
+    def sessions(self) -> str:
+        return f"{self._tag}:sessions"
+
+
+@dataclass(frozen=True, slots=True)
 class JobKeys:
     prefix: str
 
@@ -65,6 +97,9 @@ class JobKeys:
 
     def audio(self, session_id: str, index: int) -> str:
         return f"{self.prefix}{{s:{session_id}}}:audio:{index}"
+
+    def live(self, session_id: str) -> str:
+        return f"{self.prefix}{{s:{session_id}}}:live"
 
     @property
     def probe(self) -> str:

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from lingua_grpc.store._keys import JobKeys, RegistryKeys
+from lingua_grpc.store._keys import InstanceKeys, JobKeys, RegistryKeys
 
 LUA_DIR: Traversable = files(__package__) / "lua"
 SCRIPT_NAMES = (
@@ -36,6 +36,9 @@ SCRIPT_NAMES = (
     "release_slot",
     "heartbeat_instance",
     "deregister_instance",
+    "handoff",
+    "renew_inbox",
+    "claim_instance",
 )
 
 R = TypeVar("R")
@@ -87,6 +90,32 @@ class RegisterOutcome(enum.Enum):
     CHANGED = 1  # new node, new capabilities, or it was draining: the registry version was bumped
     UNCHANGED = 0
     HELD_BY_ANOTHER = -1  # a live registration of the id belongs to another credential: nothing changed
+
+
+class Claim(enum.Enum):
+    """claim_instance's reply."""
+
+    CLAIMED = 1  # this survivor takes over what the dead instance left
+    ALIVE = 0  # its inbox lease still holds
+    TAKEN = -1  # another survivor claimed it
+
+
+@dataclass(frozen=True, slots=True)
+class HandOff:
+    """handoff's reply: the entry id, or why the message did not land."""
+
+    entry_id: str | None
+    full: bool = False  # the inbox is at its bound
+
+    @property
+    def delivered(self) -> bool:
+        return self.entry_id is not None
+
+
+def _hand_off(reply: Any) -> HandOff:
+    if isinstance(reply, bytes | str):
+        return HandOff(reply.decode() if isinstance(reply, bytes) else reply)
+    return HandOff(None, full=int(reply) == -1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +266,33 @@ class ScriptBook:
             lambda r: bool(r),
         )
 
+    # Instance scripts: every key under the instance's own tag.
+
+    def handoff(
+        self, k: InstanceKeys, *, max_entries: int, fields: dict[str, str | int | bytes]
+    ) -> ScriptCall[HandOff]:
+        args: list[Any] = [max_entries]
+        for name, value in fields.items():
+            args += [name, value]
+        return ScriptCall(self._scripts["handoff"], [k.lease, k.inbox], args, _hand_off)
+
+    def renew_inbox(
+        self, k: InstanceKeys, *, lease_ms: int, keep_ms: int, first: bool = False
+    ) -> ScriptCall[bool]:
+        """Renewed? False: a survivor claimed this instance as dead. `first`: a process starting under this
+        id (its predecessor's claim is cleared)."""
+        return ScriptCall(
+            self._scripts["renew_inbox"],
+            [k.lease, k.claim, k.inbox, k.sessions],
+            [lease_ms, keep_ms, int(first)],
+            lambda r: bool(r),
+        )
+
+    def claim_instance(self, k: InstanceKeys, *, claimer: str, keep_ms: int) -> ScriptCall[Claim]:
+        return ScriptCall(
+            self._scripts["claim_instance"], [k.lease, k.claim], [claimer, keep_ms], lambda r: Claim(int(r))
+        )
+
     # Job scripts: every key under the job's session tag.
 
     def start_job(
@@ -255,10 +311,11 @@ class ScriptBook:
         audio_ttl_ms: int,
         current_attempt: int,
         node_id: str,
+        owner: str,
     ) -> ScriptCall[Started]:
         return ScriptCall(
             self._scripts["start_job"],
-            [k.job(session_id, index), k.audio(session_id, index)],
+            [k.job(session_id, index), k.audio(session_id, index), k.live(session_id)],
             [
                 job_id,
                 session_id,
@@ -272,6 +329,7 @@ class ScriptBook:
                 audio_ttl_ms,
                 current_attempt,
                 node_id,
+                owner,
             ],
             lambda r: Started(bool(r[0]), int(r[1]) if int(r[1]) >= 0 else None),
         )
@@ -292,5 +350,8 @@ class ScriptBook:
         for name, value in fields.items():
             args += [name, value]
         return ScriptCall(
-            self._scripts["transition_job"], [k.job(session_id, index)], args, lambda r: bool(r)
+            self._scripts["transition_job"],
+            [k.job(session_id, index), k.live(session_id)],
+            args,
+            lambda r: bool(r),
         )

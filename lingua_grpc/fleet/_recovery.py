@@ -1,0 +1,184 @@
+"""Nothing held by the dead: every instance looks for instances whose lease lapsed; exactly one survivor (a
+Lua claim) takes over what each left.
+
+What a dead instance leaves, and what becomes of it:
+- hand-offs in its inbox: an attempt handed to it for a node it held goes back to its owner, which runs it
+  again at once; a node's result for one of its jobs is recorded (its session's next owner finds it); a
+  failure frees the attempt's slot;
+- its sessions' jobs not yet final: ended SKIPPED (reason owner_lost), each running attempt cancelled on its
+  node and its slot freed (fenced by the attempt: a result recorded meanwhile stays);
+- node streams it held: the nodes register again elsewhere, with the attempts they run (their slot sets
+  become exactly those); a node that does not comes off the registry when its lease lapses;
+- its record: removed from the fleet's list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from lingua_grpc.clock import Clock
+from lingua_grpc.fleet._inbox import Courier, entries_of
+from lingua_grpc.fleet._instances import InstanceRegistry
+from lingua_grpc.fleet._messages import Assign, Lost, Relayed, decode
+from lingua_grpc.fleet._relay import FleetTransport, Relay
+from lingua_grpc.jobs import LIVE_STATES, JobState, JobStore, job_id
+from lingua_grpc.metrics import SchedulerMetrics
+from lingua_grpc.store import Claim, InstanceKeys, ScriptBook, text
+from lingua_grpc.tasks import cancel_and_wait, raise_if_cancelling
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """What one survivor took over from one dead instance."""
+
+    instance_id: str
+    handoffs_returned: int = 0  # attempts handed to it, sent back to their owners
+    results_recorded: int = 0  # node results for its jobs, found in its inbox and recorded
+    slots_released: int = 0
+    jobs_ended: int = 0
+
+
+class Recovery:
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str,
+        scripts: ScriptBook,
+        instances: InstanceRegistry,
+        store: JobStore,
+        relay: Relay,
+        transport: FleetTransport,
+        courier: Courier,
+        instance_id: str,
+        claim_keep_ms: int,
+        interval_s: float,
+        metrics: SchedulerMetrics,
+        clock: Clock,
+    ) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._scripts = scripts
+        self._instances = instances
+        self._store = store
+        self._relay = relay
+        self._transport = transport
+        self._courier = courier
+        self._id = instance_id
+        self._claim_keep_ms = claim_keep_ms
+        self._interval_s = interval_s
+        self._metrics = metrics
+        self._clock = clock
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="fleet-recovery")
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task)
+
+    async def _run(self) -> None:
+        while True:
+            raise_if_cancelling()
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self.sweep()
+            except (RedisError, OSError) as exc:
+                raise_if_cancelling()
+                self._metrics.redis_errors.labels("recovery").inc()
+                log.warning("recovery sweep failed", extra={"error": repr(exc)})
+
+    async def sweep(self) -> list[Recovered]:
+        """Takes over each dead instance this survivor is first to claim."""
+        out = []
+        for record in await self._instances.list():
+            if not record.alive and record.instance_id != self._id:
+                recovered = await self.recover(record.instance_id)
+                if recovered is not None:
+                    out.append(recovered)
+        return out
+
+    async def recover(self, dead: str) -> Recovered | None:
+        keys = InstanceKeys(self._prefix, dead)
+        claim = await self._scripts.run(
+            self._scripts.claim_instance(keys, claimer=self._id, keep_ms=self._claim_keep_ms)
+        )
+        if claim is not Claim.CLAIMED:
+            return None
+        log.warning("taking over what a dead instance left", extra={"instance_id": dead})
+        returned, results, released = await self._inbox(keys)
+        ended, freed = await self._jobs(keys)
+        await self._instances.deregister(dead)
+        done = Recovered(dead, returned, results, released + freed, ended)
+        for what in ("handoffs_returned", "slots_released", "jobs_ended"):  # results: counted as recorded
+            self._metrics.recovered.labels(what).inc(getattr(done, what))
+        self._metrics.recovered.labels("instances").inc()
+        self._metrics.slots_reconciled.inc(released + freed)
+        log.warning(
+            "dead instance taken over",
+            extra={
+                "instance_id": dead,
+                "handoffs_returned": returned,
+                "results_recorded": results,
+                "slots_released": released + freed,
+                "jobs_ended": ended,
+            },
+        )
+        return done
+
+    async def _inbox(self, keys: InstanceKeys) -> tuple[int, int, int]:
+        """Applies what was handed to the dead instance and never applied; the entries leave its inbox."""
+        returned = results = released = 0
+        entries = entries_of(await self._redis.xrange(keys.inbox))
+        for _, fields in entries:
+            try:
+                message = decode(fields)
+            except (ValueError, KeyError):
+                continue
+            if isinstance(message, Assign):
+                a = message.assignment
+                why = f"instance {keys.instance_id}, holding node {message.node_id}, died"
+                lost = Lost(
+                    self._id, message.node_id, a.spec.job_id, a.attempt, why, False, self._clock.now_ms()
+                )
+                await self._courier.send(message.owner, lost)
+                returned += 1
+            elif isinstance(message, Relayed):
+                results += await self._relay.settle_orphan(message.node_id, message.event)
+            elif isinstance(message, Lost):
+                released += await self._store.release(message.node_id, message.job_id, message.attempt)
+        if entries:
+            await self._redis.xdel(keys.inbox, *[entry_id for entry_id, _ in entries])
+        return returned, results, released
+
+    async def _jobs(self, keys: InstanceKeys) -> tuple[int, int]:
+        """Ends the dead instance's sessions' jobs that are not final; frees their attempts' slots."""
+        ended = freed = 0
+        sessions = [text(s) for s in await self._redis.smembers(keys.sessions)]
+        for session_id in sessions:
+            for index in await self._store.live_jobs(session_id):
+                record = await self._store.get(job_id(session_id, index))
+                if record is None or record.state not in (JobState.CREATED, *LIVE_STATES):
+                    continue
+                if not await self._store.transition(
+                    record.job_id,
+                    record.attempt,
+                    (JobState.CREATED, *LIVE_STATES),
+                    JobState.SKIPPED,
+                    reason="owner_lost",
+                ):
+                    continue  # it moved on meanwhile (a result landed): nothing to end
+                ended += 1
+                if record.state in LIVE_STATES and record.node_id:
+                    why = f"its session's instance {keys.instance_id} died"
+                    self._transport.cancel(record.node_id, record.job_id, record.attempt, why)
+                    freed += await self._store.release(record.node_id, record.job_id, record.attempt)
+        if sessions:
+            await self._redis.srem(keys.sessions, *sessions)
+        return ended, freed
