@@ -244,6 +244,10 @@ class Dispatcher:
             if ticket.attempt.node_id == node_id and key in held:
                 ticket.attempt = dataclasses.replace(ticket.attempt, connection_id=connection_id)
                 moved.add(key)
+                # The node runs it: accepted, whether or not its acceptance reached this instance (it may
+                # have gone to a stream, or an instance, that is gone). The job deadline runs from now.
+                self._arm_deadline(ticket, self._settings.job_deadline_ms)
+                self._spawn(self._record_accepted(ticket, ticket.attempt.number))
         return moved
 
     def attempt_lost(self, job_id: str, attempt: int, why: str, node_failed: bool) -> None:

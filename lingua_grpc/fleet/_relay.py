@@ -22,6 +22,7 @@ from lingua_grpc.fleet._messages import Assign, Cancel, Lost, Message, Relayed
 from lingua_grpc.jobs import (
     LIVE_STATES,
     Assignment,
+    JobAccepted,
     JobEvent,
     JobFailed,
     JobOutput,
@@ -153,6 +154,9 @@ class Relay:
             return
         if isinstance(event, JobOutput | JobFailed | JobRejected):
             self._forget(key)
+        await self._relay(route, node_id, event)
+
+    async def _relay(self, route: Route, node_id: str, event: JobEvent) -> None:
         outcome = await self._courier.send(
             route.owner, Relayed(self._id, node_id, event, self._clock.now_ms())
         )
@@ -191,8 +195,11 @@ class Relay:
         for job_id, attempt, _ in foreign:
             owner = owners.get((job_id, attempt))
             if owner and owner != self._id:
-                self._routes[(job_id, attempt)] = Route(owner, node_id, connection_id)
+                route = self._routes[(job_id, attempt)] = Route(owner, node_id, connection_id)
                 kept.add((job_id, attempt))
+                # The node runs it: its owner hears it accepted (the node's own word may have been lost
+                # with the instance that held it), so the job deadline, not the accept timeout, applies.
+                self._spawn(self._relay(route, node_id, JobAccepted(job_id, attempt)))
             else:
                 self._cancel_on_node(node_id, job_id, attempt)
         self._metrics.relayed_attempts.set(len(self._routes))

@@ -51,11 +51,25 @@ class Drill:
         self.procs.append(self.scheduler)
         return self.scheduler
 
-    async def node(self, node_id: str, *args: str, max_concurrency: int = 2) -> Proc:
+    async def another_scheduler(self, *args: str) -> SchedulerProc:
+        """One more instance on the drill's Redis (the drill's `scheduler` stays the first)."""
+        assert self.redis is not None
+        proc = await start_scheduler(self.tmp, "--redis-url", self.redis.url, *DRILL_SETTINGS, *args)
+        self.procs.append(proc)
+        return proc
+
+    async def node(
+        self,
+        node_id: str,
+        *args: str,
+        max_concurrency: int = 2,
+        schedulers: Sequence[SchedulerProc] = (),
+    ) -> Proc:
+        """A node agent on `schedulers` (in that order; default: the drill's scheduler)."""
         assert self.scheduler is not None
         proc = start_node(
             self.tmp,
-            self.scheduler.grpc,
+            ",".join(s.grpc for s in schedulers or (self.scheduler,)),
             node_id,
             "--max-concurrency",
             str(max_concurrency),
@@ -94,10 +108,13 @@ class Drill:
         options: session_pb2.SessionOptions | None = None,
         pace_s: float = 0.0,
         during: object = None,
+        scheduler: SchedulerProc | None = None,
     ) -> list[session_pb2.StreamResponse]:
-        """Streams `pcm` in 100 ms chunks (`pace_s` apart) and returns everything the scheduler sent."""
-        assert self.scheduler is not None
-        async with LinguaClient(self.scheduler.grpc) as client:
+        """Streams `pcm` in 100 ms chunks (`pace_s` apart) to `scheduler` (default: the drill's) and returns
+        everything it sent."""
+        scheduler = scheduler or self.scheduler
+        assert scheduler is not None
+        async with LinguaClient(scheduler.grpc) as client:
             session = await client.start_session("en", "es", options=options)
 
             async def send() -> None:

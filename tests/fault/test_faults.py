@@ -231,7 +231,8 @@ async def test_scheduler_killed_with_jobs_running_then_restarted_gets_the_nodes_
     """kill -9 leaves the dead instance's slots held in Redis; the node registers again within its lease,
     lists what it runs, and the slot set becomes exactly that: the next utterances get the whole node."""
     long_lease = ("--node-lease-heartbeats", "50")  # the node re-registers before its lease could lapse
-    first = await drill.start(*long_lease)
+    fleet = ("--instance-heartbeat-ms", "100", "--instance-lease-ms", "600")
+    first = await drill.start(*long_lease, *fleet)
     node = await drill.node("gpu-1", "--synthetic-latency-ms", "400", max_concurrency=2)
     doomed = [asyncio.create_task(drill.session(utterances(1))) for _ in range(2)]
     client = drill.redis_client()
@@ -244,7 +245,14 @@ async def test_scheduler_killed_with_jobs_running_then_restarted_gets_the_nodes_
     await asyncio.gather(*doomed, return_exceptions=True)  # their scheduler is gone (UNAVAILABLE)
     assert drill.redis is not None
     restarted = await start_scheduler(
-        drill.tmp, "--redis-url", drill.redis.url, *DRILL_SETTINGS, *long_lease, "--listen", first.grpc
+        drill.tmp,
+        "--redis-url",
+        drill.redis.url,
+        *DRILL_SETTINGS,
+        *long_lease,
+        *fleet,
+        "--listen",
+        first.grpc,
     )
     drill.procs.append(restarted)
     drill.scheduler = restarted
@@ -258,7 +266,11 @@ async def test_scheduler_killed_with_jobs_running_then_restarted_gets_the_nodes_
     replies = await asyncio.gather(*(drill.session(utterances(1)) for _ in range(2)))
     for messages in replies:
         assert answers(messages) == [(0, "result")]
-    # The dead instance's jobs keep their last state until their TTL: ending them is the recovery of a dead
-    # instance's work by a survivor (issue 11), not the node's registration.
-    await drill.assert_redis_clean(jobs_final=False)
+
+    # The dead instance's jobs are ended by the new one once the dead one's lease lapsed (it is a survivor).
+    async def dead_one_taken_over() -> bool:
+        return await restarted.metric("lingua_recovered_total", what="instances") == 1
+
+    await wait_until(dead_one_taken_over, what="the restarted instance took over the dead one")
+    await drill.assert_redis_clean()
     assert node.popen.poll() is None  # the node kept running throughout
