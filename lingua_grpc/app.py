@@ -249,6 +249,9 @@ class Scheduler:
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
+                # gRPC shares ports by default on Linux: two schedulers started on one port by mistake
+                # would split its calls silently. Only --workers' processes share one (`reuse_port`).
+                ("grpc.so_reuseport", int(s.reuse_port)),
             ],
         )
         node_pb2_grpc.add_NodeServiceServicer_to_server(

@@ -56,6 +56,16 @@ class Settings:
         "gRPC address to serve (HOST:PORT; port 0 picks a free one); outside loopback it needs --auth-file"
         " and --tls-cert/--tls-key, or --insecure",
     )
+    workers: int = _setting(
+        1,
+        "scheduler processes serving --listen together (SO_REUSEPORT), each an instance of the fleet"
+        " named <instance-id>-w<N>; with no --redis-url they share one embedded redis-server",
+    )
+    reuse_port: bool = _setting(
+        False,
+        "let other processes listen on the same port (SO_REUSEPORT); --workers sets it for its processes."
+        " Off, a port already in use is an error at start",
+    )
     auth_file: str = _setting(
         "", "TOML file of credentials (token SHA-256s, roles, node ids); empty: no credentials asked"
     )
@@ -304,6 +314,7 @@ class Settings:
             "slot_release_retry_ms",
             "loop_lag_interval_ms",
             "instance_heartbeat_ms",
+            "workers",
             "fleet_inbox_max_entries",
             "fleet_inbox_read_count",
             "fleet_inbox_block_ms",

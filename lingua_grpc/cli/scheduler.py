@@ -10,6 +10,7 @@ import sys
 
 from lingua_grpc import __version__
 from lingua_grpc.app import Scheduler
+from lingua_grpc.cli._workers import supervise
 from lingua_grpc.config import Settings
 from lingua_grpc.logs import configure_logging
 
@@ -60,7 +61,11 @@ async def serve(settings: Settings) -> int:
                 f"lingua-scheduler listening on {endpoints.grpc} (metrics {metrics_note}, redis {redis_note})",
                 flush=True,
             )
-            await stop_wait
+            stopped = asyncio.create_task(scheduler.wait_stopped())
+            await asyncio.wait({stop_wait, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not stop_wait.done():  # it stopped on its own: the fleet declared it dead
+                return 1
             log.info("signal received, shutting down")
         else:
             start.cancel()  # a signal while still waiting for Redis
@@ -79,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     try:
+        if settings.workers > 1:
+            return asyncio.run(supervise(settings, list(sys.argv[1:] if argv is None else argv)))
         return asyncio.run(serve(settings))
     except (OSError, ValueError) as exc:  # a port in use, an unreadable TLS file...
         log.error("cannot start: %s", exc)

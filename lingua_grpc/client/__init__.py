@@ -15,7 +15,7 @@ grpc.aio.AioRpcError with the scheduler's status code and message.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -66,9 +66,17 @@ class Session:
 
 class LinguaClient:
     def __init__(
-        self, address: str, token: str = "", tls_ca: str = "", tls_cert: str = "", tls_key: str = ""
+        self,
+        address: str,
+        token: str = "",
+        tls_ca: str = "",
+        tls_cert: str = "",
+        tls_key: str = "",
+        options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        self._channel = open_channel(address, ChannelSecurity(token, tls_ca, tls_cert, tls_key))
+        """`options`: more gRPC channel arguments (keepalive, `grpc.use_local_subchannel_pool` for a
+        connection of its own rather than one shared with the process's other channels to `address`)."""
+        self._channel = open_channel(address, ChannelSecurity(token, tls_ca, tls_cert, tls_key), options)
         self._stub = session_pb2_grpc.SessionServiceStub(self._channel)
 
     async def __aenter__(self) -> LinguaClient:
