@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) redis ## Create .venv, install the package with dev tools, install redis-server if missing
 
-redis: ## Install redis-server from Debian's packages when it is not on PATH (as root, or through sudo)
-	@scripts/apt-ensure.sh redis-server=redis-server
+redis: ## Install redis-server (and redis-cli, for the Redis Cluster tests) from Debian's packages when missing (as root, or through sudo)
+	@scripts/apt-ensure.sh redis-server=redis-server redis-cli=redis-tools
 	@redis-server --version
 
 proto: $(STAMP) ## Regenerate Python code from proto/ (commit the result)

@@ -146,6 +146,7 @@ class Scheduler:
             s.redis_socket_timeout_ms / 1000,
             s.redis_backoff_max_ms / 1000,
             s.redis_max_connections,
+            cluster=s.redis_cluster,
         )
         stack.push_async_callback(redis.aclose)
         stack.push_async_callback(self._stop_storage_probe)  # it writes to Redis: stopped before it closes

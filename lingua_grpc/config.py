@@ -78,6 +78,10 @@ class Settings:
     redis_url: str = _setting(
         "", "Redis to use (redis://HOST:PORT/DB); empty starts a private embedded redis-server"
     )
+    redis_cluster: bool = _setting(
+        False,
+        "--redis-url is a seed node of a Redis Cluster (every script and transaction stays in one slot)",
+    )
     key_prefix: str = _setting("lingua:v1:", "prefix of every Redis key")
     instance_id: str = _setting("", "id of this scheduler instance in Redis; empty derives host-pid-random")
     metrics_host: str = _setting("127.0.0.1", "address the Prometheus metrics endpoint binds")
@@ -269,6 +273,10 @@ class Settings:
             out.append("tls_cert and tls_key go together (the listener's certificate and its key)")
         if self.tls_client_ca and not self.tls_cert:
             out.append("tls_client_ca needs tls_cert/tls_key: client certificates are checked over TLS")
+        if self.redis_cluster and not self.redis_url:
+            out.append(
+                "redis_cluster needs redis_url: a seed node of the cluster (the embedded Redis is one server)"
+            )
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             out.append(f"redis_url must start with redis://, rediss:// or unix://, got {self.redis_url!r}")
         if not self.key_prefix or any(c in self.key_prefix for c in "{} "):

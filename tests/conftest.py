@@ -89,6 +89,74 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     stop_redis_server(server)
 
 
+@dataclass
+class RedisClusterServers:
+    """A real Redis Cluster on loopback: masters only, every hash slot covered."""
+
+    servers: list[RedisServer]
+
+    @property
+    def url(self) -> str:
+        """A seed node: the client discovers the others."""
+        return self.servers[0].url
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is a free port too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port + 10000)) != 0:
+                return port
+
+
+def start_redis_cluster(workdir: Path, masters: int = 3) -> RedisClusterServers:
+    ports = [cluster_port() for _ in range(masters)]
+    servers = [
+        start_redis_server(
+            workdir,
+            port,
+            *("--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"),
+            *("--cluster-node-timeout", "5000"),
+        )
+        for port in ports
+    ]
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        pytest.fail("redis-cli is not installed (Debian package redis-tools, with redis-server)")
+    created = subprocess.run(
+        [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0"]
+        + ["--cluster-yes"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if created.returncode != 0:
+        pytest.fail(f"redis-cli --cluster create failed: {created.stdout}{created.stderr}")
+    deadline = time.monotonic() + 20
+    for port in ports:  # every node must agree the cluster is up before a client may use it
+        while True:
+            info = subprocess.run(
+                [cli, "-p", str(port), "cluster", "info"], capture_output=True, text=True, timeout=10
+            ).stdout
+            if "cluster_state:ok" in info:
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(f"Redis Cluster not ok on {port}: {info}")
+            time.sleep(0.05)  # polling another process: the cluster's nodes are still meeting
+    return RedisClusterServers(servers)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    cluster = start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    yield cluster
+    for server in cluster.servers:
+        stop_redis_server(server)
+
+
 @pytest.fixture
 async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
     client = Redis.from_url(redis_server.url)

@@ -101,15 +101,19 @@ class NodeRegistry:
         return int(raw or 0)
 
     async def read(self, max_attempts: int = 5) -> tuple[int, list[NodeRecord]]:
-        """A consistent read of every node: retried when the version moves during the read."""
+        """A consistent read of every node: retried when the version moves during the read.
+
+        Pipelines, not transactions: every change of membership or capabilities bumps the version, so
+        reading the version before and after brackets the read (and a Redis Cluster client, whose
+        transactions redis-py's async client mishandles, reads the same way)."""
         k = self._keys
         for _ in range(max_attempts):
-            async with self._redis.pipeline(transaction=True) as pipe:
+            async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.get(k.version)
                 pipe.smembers(k.nodes)
                 version_before, members = await pipe.execute()
             node_ids = sorted(text(m) for m in members)
-            async with self._redis.pipeline(transaction=True) as pipe:
+            async with self._redis.pipeline(transaction=False) as pipe:
                 for node_id in node_ids:
                     pipe.hgetall(k.node(node_id))
                     pipe.pttl(k.lease(node_id))
@@ -121,7 +125,7 @@ class NodeRegistry:
 
     async def read_node(self, node_id: str) -> NodeRecord | None:
         k = self._keys
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(k.node(node_id))
             pipe.pttl(k.lease(node_id))
             fields, ttl = await pipe.execute()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 
+from typing import cast
+
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -34,11 +37,35 @@ def redis_client(url: str, socket_timeout_s: float, max_connections: int = 64) -
     return Redis(connection_pool=pool)
 
 
+def redis_cluster_client(url: str, socket_timeout_s: float, max_connections: int = 64) -> Redis:
+    """A Redis Cluster client seeded by `url` (one node; it discovers the others). Typed as `Redis`: it
+    takes the same commands, scripts and pipelines, and every script and transaction here touches one hash
+    slot (see keys.py), which is what the cluster asks."""
+    cluster = RedisCluster.from_url(
+        url,
+        decode_responses=False,
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=socket_timeout_s,
+        max_connections=max_connections,
+        retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries=3),
+    )
+    return cast(Redis, cluster)
+
+
 async def connect_redis(
-    url: str, socket_timeout_s: float, backoff_max_s: float, max_connections: int = 64
+    url: str,
+    socket_timeout_s: float,
+    backoff_max_s: float,
+    max_connections: int = 64,
+    cluster: bool = False,
 ) -> Redis:
-    """Connects and PINGs, waiting with capped exponential backoff for as long as Redis is unreachable."""
-    client = redis_client(url, socket_timeout_s, max_connections)
+    """Connects and PINGs, waiting with capped exponential backoff for as long as Redis is unreachable.
+    `cluster`: `url` is a seed node of a Redis Cluster."""
+    client = (
+        redis_cluster_client(url, socket_timeout_s, max_connections)
+        if cluster
+        else redis_client(url, socket_timeout_s, max_connections)
+    )
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(TRANSIENT_REDIS_ERRORS),
         wait=wait_exponential_jitter(multiplier=0.1, max=backoff_max_s),

@@ -14,8 +14,15 @@ from tests.integration.test_scheduler_grpc import fast_settings
 
 
 @pytest.fixture
+def redis_backend() -> str:
+    """Which Redis the scheduler uses: "single" (the session's redis-server) or "cluster" (a real Redis
+    Cluster of three masters). A test module runs on both by overriding this fixture with params."""
+    return "single"
+
+
+@pytest.fixture
 async def scheduler(
-    redis_server: RedisServer, key_prefix: str, request: pytest.FixtureRequest
+    redis_server: RedisServer, key_prefix: str, request: pytest.FixtureRequest, redis_backend: str
 ) -> AsyncIterator[Scheduler]:
     """`@pytest.mark.settings(name=value, ...)` on a test changes these settings for it."""
     marker = request.node.get_closest_marker("settings")
@@ -25,7 +32,11 @@ async def scheduler(
         "job_deadline_ms": 5000,
         **(marker.kwargs if marker else {}),
     }
-    s = Scheduler(fast_settings(redis_server.url, key_prefix, **changes))
+    url = redis_server.url
+    if redis_backend == "cluster":
+        url = request.getfixturevalue("redis_cluster").url
+        changes["redis_cluster"] = True
+    s = Scheduler(fast_settings(url, key_prefix, **changes))
     await s.start()
     yield s
     await s.stop(grace_s=0.5)

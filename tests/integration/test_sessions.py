@@ -20,6 +20,12 @@ from tests.integration._fleet import THREE_UTTERANCES, Fleet, answers, collect, 
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(params=["single", "cluster"])
+def redis_backend(request: pytest.FixtureRequest) -> str:
+    """The session suite runs on one redis-server and again on a real Redis Cluster (three masters)."""
+    return str(request.param)
+
+
 async def test_every_utterance_once_in_order_with_progress_first(client: LinguaClient, fleet: Fleet) -> None:
     await fleet.add("gpu-1")
     session = await client.start_session("en", "es")
