@@ -127,8 +127,15 @@ def start_redis_cluster(workdir: Path, masters: int = 3) -> RedisClusterServers:
     if cli is None:
         pytest.fail("redis-cli is not installed (Debian package redis-tools, with redis-server)")
     created = subprocess.run(
-        [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0"]
-        + ["--cluster-yes"],
+        [
+            cli,
+            "--cluster",
+            "create",
+            *(f"127.0.0.1:{p}" for p in ports),
+            "--cluster-replicas",
+            "0",
+            "--cluster-yes",
+        ],
         capture_output=True,
         text=True,
         timeout=60,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-
 from typing import cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
