@@ -177,6 +177,7 @@ class NodeHub:
                 CloseReason.SUPERSEDED, FailedPrecondition("the node registered on a newer stream")
             )
         self._metrics.node_registrations.inc()
+        self._metrics.slots_reconciled.inc(result.slots_freed)
         self._metrics.nodes_connected.set(len(self._links))
         log.info(
             "node registered",
@@ -188,9 +189,10 @@ class NodeHub:
                 "registry_version": result.version,
                 "running_jobs": len(registration.running),
                 "adopted_jobs": len(adopted),
+                "slots_freed": result.slots_freed,
             },
         )
-        if result.changed:
+        if result.changed or result.slots_freed:
             await self._refresh_quietly()
         return Attached(link, result.version)
 

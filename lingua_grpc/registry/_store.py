@@ -24,6 +24,7 @@ class Registered:
     version: int
     changed: bool
     held_by_another: bool = False  # a live registration of the id belongs to another credential: refused
+    slots_freed: int = 0  # slots held by attempts the node no longer runs, freed by this registration
 
 
 class NodeRegistry:
@@ -41,7 +42,7 @@ class NodeRegistry:
         holder: str = "anonymous",  # the credential's name; "anonymous" is every caller when they are off
     ) -> Registered:
         caps = registration.capabilities
-        version, outcome = await self._scripts.run(
+        version, outcome, freed = await self._scripts.run(
             self._scripts.register_node(
                 self._keys,
                 registration.node_id,
@@ -58,6 +59,7 @@ class NodeRegistry:
             version,
             outcome is RegisterOutcome.CHANGED,
             held_by_another=outcome is RegisterOutcome.HELD_BY_ANOTHER,
+            slots_freed=freed,
         )
 
     async def heartbeat(

@@ -188,16 +188,16 @@ class ScriptBook:
         lease_ms: int,
         credential: str,
         holding: Sequence[str] = (),
-    ) -> ScriptCall[tuple[int, RegisterOutcome]]:
+    ) -> ScriptCall[tuple[int, RegisterOutcome, int]]:
         """`holding`: slot members ('job_id#attempt') of the attempts the node runs; its slot set becomes
-        exactly these."""
+        exactly these. Replies (version, outcome, slots freed: held by attempts the node no longer runs)."""
         args = [node_id, capabilities_json, max_concurrency, instance_id, connection_id, lease_ms, credential]
         args += list(holding)
         return ScriptCall(
             self._scripts["register_node"],
             self._node_keys(k, node_id),
             args,
-            lambda r: (int(r[0]), RegisterOutcome(int(r[1]))),
+            lambda r: (int(r[0]), RegisterOutcome(int(r[1])), int(r[2])),
         )
 
     def heartbeat_node(

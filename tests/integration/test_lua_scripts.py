@@ -257,7 +257,8 @@ async def test_registering_again_makes_the_slot_set_exactly_what_the_node_runs(
     assert await store.reserve("gpu-1", "s:2", 1) is Reservation.FULL
 
     still_running = dataclasses.replace(registration("gpu-1", max_concurrency=2), running=(("s:1", 1),))
-    await registry.register(still_running, "restarted", "c2", LEASE_MS)
+    reconciled = await registry.register(still_running, "restarted", "c2", LEASE_MS)
+    assert reconciled.slots_freed == 1  # counted (lingua_slots_reconciled_total)
     assert await redis.smembers(keys.slots("gpu-1")) == {b"s:1#1"}
     assert int(await redis.hget(keys.node("gpu-1"), "reserved") or -1) == 1
     assert (await store.reserve("gpu-1", "s:2", 1)).held  # the dead job's slot is capacity again

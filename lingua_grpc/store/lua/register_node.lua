@@ -7,7 +7,8 @@
 -- ARGV[8...] the job attempts the node says it holds, as 'job_id#attempt': the slot set becomes exactly these
 --            (a scheduler killed with jobs running leaves their slots held; the node knows what it runs)
 -- Returns {registry version, 1 when the version was bumped (new node, new capabilities, was draining) else 0,
---          or -1 when a live registration of the node id is held under another credential (nothing changed)}.
+--          or -1 when a live registration of the node id is held under another credential (nothing changed),
+--          how many slots were freed because the node no longer runs their attempts}.
 -- The newest connection of the same credential wins: heartbeats and deregistration of an older connection
 -- are refused afterwards.
 local t = redis.call('TIME')
@@ -16,7 +17,7 @@ local changed = 1
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local cur = redis.call('HMGET', KEYS[1], 'capabilities', 'max_concurrency', 'state', 'credential')
   if cur[4] and cur[4] ~= ARGV[7] and redis.call('EXISTS', KEYS[2]) == 1 then
-    return {tonumber(redis.call('GET', KEYS[4]) or '0'), -1}
+    return {tonumber(redis.call('GET', KEYS[4]) or '0'), -1, 0}
   end
   if cur[1] == ARGV[2] and cur[2] == ARGV[3] and cur[3] == 'up' then
     changed = 0
@@ -28,9 +29,16 @@ redis.call('HSET', KEYS[1],
   'node_id', ARGV[1], 'capabilities', ARGV[2], 'max_concurrency', ARGV[3], 'state', 'up',
   'instance', ARGV[4], 'connection', ARGV[5], 'last_heartbeat_ms', now_ms, 'credential', ARGV[7])
 redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[6])
+local before = redis.call('SMEMBERS', KEYS[5])
 redis.call('DEL', KEYS[5])
 for i = 8, #ARGV do
   redis.call('SADD', KEYS[5], ARGV[i])
+end
+local freed = 0
+for _, member in ipairs(before) do
+  if redis.call('SISMEMBER', KEYS[5], member) == 0 then
+    freed = freed + 1
+  end
 end
 redis.call('HSET', KEYS[1], 'reserved', redis.call('SCARD', KEYS[5]))
 redis.call('SADD', KEYS[3], ARGV[1])
@@ -40,4 +48,4 @@ if changed == 1 then
 else
   version = tonumber(redis.call('GET', KEYS[4]) or '0')
 end
-return {version, changed}
+return {version, changed, freed}
