@@ -202,6 +202,20 @@ async def scheduler_samples(metrics_url: str) -> dict[tuple[str, str], float]:
     return out
 
 
+async def handoff_mean_ms(metrics_url: str, direction: str) -> float:
+    """Mean time a hand-off spent between instances (lingua_handoff_seconds), in one direction."""
+    text = await asyncio.to_thread(lambda: urllib.request.urlopen(metrics_url, timeout=5).read().decode())
+    total = count = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("direction") == direction:
+                if sample.name == "lingua_handoff_seconds_sum":
+                    total = sample.value
+                elif sample.name == "lingua_handoff_seconds_count":
+                    count = sample.value
+    return total / count * 1000 if count else float("nan")
+
+
 def lag_quantile_ms(
     before: dict[tuple[str, str], float], after: dict[tuple[str, str], float], q: float
 ) -> float:
@@ -445,6 +459,8 @@ async def run(args: argparse.Namespace) -> Report:
     report = Report(config={k: v for k, v in vars(args).items() if k != "func"})
     procs: list[Proc] = []
     scheduler: Proc | None = None
+    holder: Proc | None = None  # the second instance, holding the nodes (--nodes-on-second-instance)
+    holder_metrics_url = ""
     redis_url = args.redis_url
     metrics_url = args.metrics_url
     try:
@@ -473,11 +489,37 @@ async def run(args: argparse.Namespace) -> Report:
             match = re.search(r"listening on (\S+) \(metrics (\S+), redis embedded (\S+)\)", line)
             assert match, line
             address, metrics_url, redis_url = match[1], match[2], match[3]
-            procs += [start_node(address, f"bench-{i}", args) for i in range(args.nodes)]
+            node_address = address
+            if args.nodes_on_second_instance:
+                # A second instance on the same Redis holds every node stream: each job is handed off to it
+                # and its node's answers handed back (the fleet's cross-instance path).
+                holder, holder_line = spawn(
+                    [
+                        str(BIN / "lingua-scheduler"),
+                        *("--listen", "127.0.0.1:0", "--metrics-port", "0", "--log-level", "WARNING"),
+                        *("--redis-url", redis_url),
+                        *shlex.split(args.scheduler_args),
+                    ],
+                    "listening on",
+                    args.log_dir,
+                    "holder",
+                )
+                procs.append(holder)
+                held = re.search(r"listening on (\S+) \(metrics (\S+),", holder_line)
+                assert held, holder_line
+                node_address, holder_metrics_url = held[1], held[2]
+            procs += [start_node(node_address, f"bench-{i}", args) for i in range(args.nodes)]
             await wait_for_nodes(address, args.nodes)
         redis = Redis.from_url(redis_url) if redis_url else None
         try:
             await load_phase(args, address, scheduler, redis, report, metrics_url)
+            if holder is not None:
+                jobs = max(report.load["utterances_completed"], 1)
+                to_holder = await handoff_mean_ms(holder_metrics_url, "to_holder")
+                to_owner = await handoff_mean_ms(metrics_url, "to_owner")
+                report.load["handoff_to_holder_mean_ms"] = to_holder
+                report.load["handoff_to_owner_mean_ms"] = to_owner
+                report.load["holder_cpu_s_per_1000_jobs"] = holder.cpu_s() / jobs * 1000
             await idle_phase(args, address, scheduler, report)
             if not args.skip_baselines:
                 # Each baseline where its ratio means something: the echo beside chunk ingest as fast as
@@ -586,6 +628,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--echo-messages-per-stream", type=int, default=2000, help="cap of the echo baseline")
     p.add_argument(
         "--reservations", type=int, default=2000, help="reserve+release pairs in the Redis baseline"
+    )
+    p.add_argument(
+        "--nodes-on-second-instance",
+        action="store_true",
+        help="start a second scheduler instance on the same Redis and connect the nodes to it: every job"
+        " is handed off between instances (the fleet's cross-instance path)",
     )
     p.add_argument("--skip-baselines", action="store_true")
     p.add_argument("--json", metavar="PATH", help="write the report as JSON")
