@@ -177,6 +177,7 @@ class Recovery:
                 ended += 1
                 if record.state in LIVE_STATES and record.node_id:
                     why = f"its session's instance {keys.instance_id} died"
+                    self._relay.forget(record.job_id, record.attempt)  # when this instance relayed it
                     self._transport.cancel(record.node_id, record.job_id, record.attempt, why)
                     freed += await self._store.release(record.node_id, record.job_id, record.attempt)
         if sessions:

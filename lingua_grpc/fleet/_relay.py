@@ -205,6 +205,10 @@ class Relay:
         self._metrics.relayed_attempts.set(len(self._routes))
         return kept
 
+    def forget(self, job_id: str, attempt: int) -> None:
+        """This instance no longer relays the attempt (it was ended for its dead owner)."""
+        self._forget((job_id, attempt))
+
     def assignment_written(self, job_id: str, attempt: int) -> None:
         if (job_id, attempt) not in self._routes:
             self._dispatcher.assignment_written(job_id, attempt)

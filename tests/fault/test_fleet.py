@@ -127,6 +127,7 @@ async def test_the_instance_owning_sessions_killed_while_their_jobs_run_on_anoth
     with pytest.raises(Exception, match=r"UNAVAILABLE|Socket closed|Connection"):
         await doomed
     await recovered(b)
+    assert await b.metric("lingua_relayed_attempts") == 0  # nothing left relayed for the dead owner
     states = await drill.assert_redis_clean()
     assert len(states) == 2
     assert set(states.values()) <= {"COMPLETED", "SKIPPED"}
