@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lingua_grpc.client import LinguaClient
 from tests.audio import silence, tone
+from tests.conftest import wait_until
 from tests.e2e._procs import start_node, start_scheduler
 from tests.fault._drill import answers
 
@@ -36,11 +37,11 @@ def alive(pid: int) -> bool:
     return True
 
 
-def results_sent(metrics_url: str) -> float:
+def metric(metrics_url: str, name: str) -> float:
     text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "lingua_results_sent_total":
+            if sample.name == name:
                 return float(sample.value)
     return 0.0
 
@@ -52,6 +53,15 @@ async def test_two_workers_behind_one_address_serve_sessions_from_both_and_stop_
     node = start_node(tmp_path, scheduler.grpc, "gpu-1", "--synthetic-latency-ms", "50")
     try:
         await node.log_contains("registered")
+
+        async def every_worker_sees_the_node() -> bool:
+            versions = [
+                await asyncio.to_thread(metric, url, "lingua_registry_version")
+                for url in scheduler.metrics.split(",")
+            ]
+            return all(v >= 1 for v in versions)
+
+        await wait_until(every_worker_sees_the_node, what="the node in both workers' snapshots")
         workers = worker_pids(scheduler.popen.pid)
         assert len(workers) == 2
 
@@ -66,7 +76,10 @@ async def test_two_workers_behind_one_address_serve_sessions_from_both_and_stop_
 
         replies = await asyncio.wait_for(asyncio.gather(*(one_session() for _ in range(16))), 60)
         assert replies == [[(0, "result")]] * 16
-        per_worker = [await asyncio.to_thread(results_sent, url) for url in scheduler.metrics.split(",")]
+        per_worker = [
+            await asyncio.to_thread(metric, url, "lingua_results_sent_total")
+            for url in scheduler.metrics.split(",")
+        ]
         assert len(per_worker) == 2 and sum(per_worker) == 16
         assert all(n > 0 for n in per_worker), f"one worker served every session: {per_worker}"
         scheduler.send(signal.SIGTERM)
