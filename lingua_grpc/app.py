@@ -307,6 +307,7 @@ class Scheduler:
             s.instance_id,
             s.instance_lease_ms + s.job_ttl_ms,
             s.instance_heartbeat_ms / 1000,
+            s.fleet_inbox_read_count,
             self.metrics,
             self.clock,
         )

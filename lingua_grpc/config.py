@@ -279,6 +279,8 @@ class Settings:
             )
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             out.append(f"redis_url must start with redis://, rediss:// or unix://, got {self.redis_url!r}")
+        if any(c in self.instance_id for c in "{} "):
+            out.append("instance_id must have no spaces or braces (it goes inside a Redis hash tag)")
         if not self.key_prefix or any(c in self.key_prefix for c in "{} "):
             out.append("key_prefix must be non-empty without spaces or braces (braces are hash tags)")
         for name in (

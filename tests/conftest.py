@@ -113,16 +113,27 @@ def cluster_port() -> int:
 
 
 def start_redis_cluster(workdir: Path, masters: int = 3) -> RedisClusterServers:
-    ports = [cluster_port() for _ in range(masters)]
-    servers = [
-        start_redis_server(
-            workdir,
-            port,
-            *("--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"),
-            *("--cluster-node-timeout", "5000"),
-        )
-        for port in ports
-    ]
+    servers: list[RedisServer] = []
+    try:
+        for _ in range(masters):
+            port = cluster_port()
+            servers.append(
+                start_redis_server(
+                    workdir,
+                    port,
+                    *("--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"),
+                    *("--cluster-node-timeout", "5000"),
+                )
+            )
+        _create_cluster([s.port for s in servers])
+    except BaseException:  # a cluster that did not come up leaves no redis-server behind
+        for server in servers:
+            stop_redis_server(server)
+        raise
+    return RedisClusterServers(servers)
+
+
+def _create_cluster(ports: list[int]) -> None:
     cli = shutil.which("redis-cli")
     if cli is None:
         pytest.fail("redis-cli is not installed (Debian package redis-tools, with redis-server)")
@@ -153,7 +164,6 @@ def start_redis_cluster(workdir: Path, masters: int = 3) -> RedisClusterServers:
             if time.monotonic() > deadline:
                 pytest.fail(f"Redis Cluster not ok on {port}: {info}")
             time.sleep(0.05)  # polling another process: the cluster's nodes are still meeting
-    return RedisClusterServers(servers)
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from lingua_grpc.config import Settings
 from lingua_grpc.store import EmbeddedRedis
-from lingua_grpc.store._embedded import free_port
+from lingua_grpc.store._embedded import die_with_parent, free_port
 
 log = logging.getLogger("lingua_grpc.scheduler")
 
@@ -116,7 +116,10 @@ async def supervise(settings: Settings, argv: list[str]) -> int:
 
 async def _start(worker: Worker) -> None:
     """Starts the worker and waits for its banner (its first line: it serves)."""
-    worker.proc = await asyncio.create_subprocess_exec(*worker.argv, stdout=asyncio.subprocess.PIPE)
+    # A supervisor killed -9 takes its workers with it: none is left holding the port.
+    worker.proc = await asyncio.create_subprocess_exec(
+        *worker.argv, stdout=asyncio.subprocess.PIPE, preexec_fn=die_with_parent
+    )
     assert worker.proc.stdout is not None
     worker.banner = (await worker.proc.stdout.readline()).decode().strip()
 

@@ -257,6 +257,12 @@ class Dispatcher:
         if ticket is not None and ticket.attempt.number == attempt:
             self._spawn(self._attempt_failed(ticket, why, exclude=node_failed))
 
+    def free_slot(self, node_id: str, job_id: str, attempt: int) -> None:
+        """Frees an attempt's slot in the background (retried while Redis is unreachable), then lets
+        queued jobs try it: for attempts this instance does not run (relayed, or listed by a node but no
+        longer current)."""
+        self._spawn(self._release(node_id, job_id, attempt))
+
     def slot_freed(self, node_id: str | None = None) -> None:
         """A slot may be free (of this node, when known): queued jobs try it first."""
         if node_id is not None:

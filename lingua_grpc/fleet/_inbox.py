@@ -96,9 +96,12 @@ class Courier:
             ]
             try:
                 replies = await self._scripts.run_pipelined(*calls)
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # Redis failed (or a bug): the batch fails, its senders are told
                 raise_if_cancelling()
-                self._metrics.redis_errors.labels("handoff").inc()
+                if isinstance(exc, RedisError | OSError):
+                    self._metrics.redis_errors.labels("handoff").inc()
+                else:
+                    log.exception("hand-off batch failed")
                 for _, _, future in batch:
                     if not future.done():
                         future.set_exception(RedisError(f"hand-off not written: {exc!r}"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -59,9 +60,11 @@ class Recovery:
         instance_id: str,
         claim_keep_ms: int,
         interval_s: float,
+        batch: int,
         metrics: SchedulerMetrics,
         clock: Clock,
     ) -> None:
+        """`batch`: inbox entries read at once from a dead instance's inbox."""
         self._redis = redis
         self._prefix = prefix
         self._scripts = scripts
@@ -73,6 +76,7 @@ class Recovery:
         self._id = instance_id
         self._claim_keep_ms = claim_keep_ms
         self._interval_s = interval_s
+        self._batch = batch
         self._metrics = metrics
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
@@ -135,8 +139,7 @@ class Recovery:
     async def _inbox(self, keys: InstanceKeys) -> tuple[int, int, int]:
         """Applies what was handed to the dead instance and never applied; the entries leave its inbox."""
         returned = results = released = 0
-        entries = entries_of(await self._redis.xrange(keys.inbox))
-        for _, fields in entries:
+        async for fields in self._entries(keys):
             try:
                 message = decode(fields)
             except (ValueError, KeyError):
@@ -153,9 +156,18 @@ class Recovery:
                 results += await self._relay.settle_orphan(message.node_id, message.event)
             elif isinstance(message, Lost):
                 released += await self._store.release(message.node_id, message.job_id, message.attempt)
-        if entries:
-            await self._redis.xdel(keys.inbox, *[entry_id for entry_id, _ in entries])
         return returned, results, released
+
+    async def _entries(self, keys: InstanceKeys) -> AsyncIterator[dict[bytes, bytes]]:
+        """The dead inbox's entries, a batch at a time (each may carry an utterance's audio), each batch
+        deleted once it was applied. Entries a new incarnation of the instance adds meanwhile stay."""
+        after = "-"
+        while entries := entries_of(await self._redis.xrange(keys.inbox, min=after, count=self._batch)):
+            for _, fields in entries:
+                yield fields
+            ids = [entry_id for entry_id, _ in entries]
+            await self._redis.xdel(keys.inbox, *ids)
+            after = "(" + ids[-1].decode()
 
     async def _jobs(self, keys: InstanceKeys) -> tuple[int, int]:
         """Ends the dead instance's sessions' jobs that are not final; frees their attempts' slots."""

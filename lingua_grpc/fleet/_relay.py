@@ -255,7 +255,7 @@ class Relay:
                 )
             return applied
         if isinstance(event, JobFailed | JobRejected):
-            await self._release(node_id, event.job_id, event.attempt)
+            self._dispatcher.free_slot(node_id, event.job_id, event.attempt)
         return False
 
     def _tell_lost(self, route: Route, key: Key, why: str, node_gone: bool) -> None:
@@ -267,23 +267,13 @@ class Relay:
             if f.cancelled() or f.exception() is not None:
                 return
             if not f.result().delivered:  # the owner is gone: nobody will release this attempt's slot
-                self._spawn(self._release(route.node_id, job_id, attempt))
+                self._dispatcher.free_slot(route.node_id, job_id, attempt)
 
         future.add_done_callback(done)
 
     def _cancel_on_node(self, node_id: str, job_id: str, attempt: int) -> None:
         self._links.cancel(node_id, job_id, attempt, "this attempt is no longer assigned to the node")
-        self._spawn(self._release(node_id, job_id, attempt))
-
-    async def _release(self, node_id: str, job_id: str, attempt: int) -> None:
-        try:
-            if await self._store.release(node_id, job_id, attempt):
-                self._dispatcher.slot_freed(node_id)
-        except RedisError as exc:
-            log.warning(
-                "slot not released; it is reconciled when the node registers again",
-                extra={"job_id": job_id, "attempt": attempt, "node_id": node_id, "error": repr(exc)},
-            )
+        self._dispatcher.free_slot(node_id, job_id, attempt)
 
     def _forget(self, key: Key) -> None:
         if self._routes.pop(key, None) is not None:
@@ -292,4 +282,9 @@ class Relay:
     def _spawn(self, coro: Coroutine[object, object, object]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[object]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("relay task failed", exc_info=task.exception())

@@ -100,6 +100,7 @@ class JobStore:
     async def _index(self, session_id: str) -> None:
         """Puts the session in its instance's index before its first job is recorded."""
         if self._instance is not None and session_id not in self._indexed:
+            self._round_trip("index_session")  # once per session, before its first job
             await self._redis.sadd(self._instance.sessions, session_id)
             self._indexed.add(session_id)
 

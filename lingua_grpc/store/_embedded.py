@@ -20,9 +20,9 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    # Linux only: the child gets SIGTERM when the scheduler dies, even by SIGKILL, so no redis-server is
-    # left behind holding a port.
+def die_with_parent() -> None:
+    # Linux only: the child gets SIGTERM when its parent dies, even by SIGKILL, so no child (redis-server,
+    # a --workers scheduler) is left behind holding a port.
     if sys.platform.startswith("linux"):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -74,7 +74,7 @@ class EmbeddedRedis:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=server_log,
                     stderr=asyncio.subprocess.STDOUT,
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=die_with_parent,
                 )
                 if await self._wait_ready(ready_timeout_s):
                     log.info("embedded redis-server started", extra={"redis_url": self.url, "pid": self.pid})

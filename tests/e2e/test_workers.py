@@ -88,3 +88,16 @@ async def test_two_workers_behind_one_address_serve_sessions_from_both_and_stop_
     finally:
         node.kill()
         scheduler.kill()
+
+
+async def test_workers_die_with_their_supervisor_killed_9(tmp_path: Path) -> None:
+    """No worker is left behind holding the port when the supervisor itself is killed -9."""
+    scheduler = await start_scheduler(tmp_path, "--workers", "2")
+    workers = worker_pids(scheduler.popen.pid)
+    assert len(workers) == 2
+    scheduler.kill()
+
+    async def workers_gone() -> bool:
+        return not any(alive(w) for w in workers)
+
+    await wait_until(workers_gone, what="both workers gone after their supervisor was killed")
