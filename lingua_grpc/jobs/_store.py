@@ -50,7 +50,6 @@ class JobStore:
         instance whose sessions' jobs these are (recorded as their owner, the sessions in its index, so a
         survivor finds them if it dies); None records no owner."""
         self._instance = instance
-        self._indexed: set[str] = set()  # sessions already in the instance's index
         self._metrics = metrics
         self._on_full = on_full
         self._redis = redis
@@ -71,7 +70,6 @@ class JobStore:
         """
         self._round_trip("start")
         with self._reporting_full():
-            await self._index(spec.session_id)
             started = await self._scripts.run(self._start_call(spec, current_attempt, node_id))
         return started.created, started.attempt
 
@@ -88,7 +86,6 @@ class JobStore:
         """
         self._round_trip("reserve_start")
         with self._reporting_full():
-            await self._index(spec.session_id)
             reserved, started = await self._scripts.run_pipelined(
                 self._scripts.reserve_slot(
                     self._nodes, node_id, member=slot_member(spec.job_id, current_attempt + 1)
@@ -97,17 +94,14 @@ class JobStore:
             )
         return reserved, started.attempt
 
-    async def _index(self, session_id: str) -> None:
-        """Puts the session in its instance's index before its first job is recorded."""
-        if self._instance is not None and session_id not in self._indexed:
-            self._round_trip("index_session")  # once per session, before its first job
+    async def session_opened(self, session_id: str) -> None:
+        """The session is in its instance's index (a survivor that takes over the instance finds its jobs)."""
+        if self._instance is not None:
             await self._redis.sadd(self._instance.sessions, session_id)
-            self._indexed.add(session_id)
 
     async def session_closed(self, session_id: str) -> None:
         """The session ended here: it leaves the instance's index (its jobs are final or being ended)."""
-        if self._instance is not None and session_id in self._indexed:
-            self._indexed.discard(session_id)
+        if self._instance is not None:
             await self._redis.srem(self._instance.sessions, session_id)
 
     async def live_jobs(self, session_id: str) -> list[int]:

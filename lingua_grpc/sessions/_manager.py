@@ -6,7 +6,7 @@ import asyncio
 import collections
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
@@ -153,6 +153,7 @@ class SessionManager:
             on_overflow,
         )
         self._sessions[session_id] = actor
+        self._spawn(self._index(session_id))
         self._owners[session_id] = owner
         self._by_owner[owner] += 1
         self._metrics.sessions_open.set(len(self._sessions))
@@ -162,11 +163,23 @@ class SessionManager:
         )
         return actor
 
+    async def _index(self, session_id: str) -> None:
+        # Off the utterance path: the index only matters if this instance dies with the session's jobs.
+        try:
+            await self._store.session_opened(session_id)
+        except RedisError as exc:  # its jobs then end with their TTL, not at a survivor's takeover
+            log.warning("session not put in the instance's index", extra={"error": repr(exc)})
+
     async def _unindex(self, session_id: str) -> None:
         try:
             await self._store.session_closed(session_id)
         except RedisError as exc:  # left in the index: a survivor finds its jobs final, and the index expires
             log.warning("session not removed from the instance's index", extra={"error": repr(exc)})
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def close_all(self, reason: str) -> None:
         """Ends every session with UNAVAILABLE after what it already has queued for its client."""
@@ -181,8 +194,6 @@ class SessionManager:
             if not self._by_owner[owner]:
                 del self._by_owner[owner]
             self._dispatcher.cancel_session(actor.session_id)
-            task = asyncio.create_task(self._unindex(actor.session_id), name="session-unindex")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._unindex(actor.session_id))
             self._metrics.sessions_open.set(len(self._sessions))
             log.info("session ended", extra={"session_id": actor.session_id})

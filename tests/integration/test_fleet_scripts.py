@@ -76,6 +76,7 @@ async def test_a_sessions_non_final_jobs_are_listed_until_they_end(
         audio_ttl_ms=60_000,
         instance=InstanceKeys(key_prefix, "sched-a"),
     )
+    await store.session_opened("s1")
     for index in (0, 1, 2):
         await store.start(JobSpec("s1", index, LanguagePair("en", "es"), 16000, False, b"\x00\x00"), 0)
     assert await store.live_jobs("s1") == [0, 1, 2]
