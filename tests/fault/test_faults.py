@@ -81,9 +81,13 @@ async def test_only_node_rejects_everything_gives_explicit_skips(drill: Drill) -
 
 async def test_node_slower_than_the_deadline(drill: Drill) -> None:
     scheduler = await drill.start()
-    await drill.node("stuck", "--inject-fault", "hang")
+    stuck = await drill.node("stuck", "--inject-fault", "hang")
+    # The session starts while the stuck node is the only one, so a job surely meets it (with two idle
+    # nodes the pick is random, and a session sticks to the node that answered it).
+    session = asyncio.create_task(drill.session(utterances(3)))
+    await stuck.log_contains("injected fault")
     await drill.node("quick")
-    messages = await drill.session(utterances(3))
+    messages = await session
     assert answers(messages) == ALL_RESULTS
     assert {r.node_id for r in results(messages)} == {"quick"}
     await drill.assert_redis_clean()
