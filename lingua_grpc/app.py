@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -45,7 +46,14 @@ from lingua_grpc.pb import (
 )
 from lingua_grpc.registry import NodeRegistry, SnapshotCache, load_pools_file
 from lingua_grpc.security import AccessGate, AuthInterceptor, CredentialBook, is_loopback
-from lingua_grpc.sessions import SessionLimits, SessionManager
+from lingua_grpc.sessions import (
+    Resumability,
+    ResumeTokens,
+    SessionLimits,
+    SessionManager,
+    SessionStore,
+    fleet_resume_key,
+)
 from lingua_grpc.store import (
     EmbeddedRedis,
     InstanceKeys,
@@ -112,11 +120,13 @@ class Scheduler:
         self.gate = AccessGate(
             CredentialBook.load(settings.auth_file) if settings.auth_file else None, self.metrics
         )
+        self._resume_key = _read_resume_key(settings.resume_key_file) if settings.resume_key_file else None
         self.cache: SnapshotCache | None = None
         self.hub: NodeHub | None = None
         self.dispatcher: Dispatcher | None = None
         self.relay: Relay | None = None
         self.sessions: SessionManager | None = None
+        self.session_records: SessionStore | None = None
         self.endpoints: Endpoints | None = None
 
     async def start(self) -> Endpoints:
@@ -176,6 +186,7 @@ class Scheduler:
             self.metrics,
             self._storage_full,
             InstanceKeys(s.key_prefix, s.instance_id),
+            s.result_audio_ttl_ms,
         )
         inbox_settings = InboxSettings(
             s.fleet_inbox_max_entries, s.fleet_inbox_read_count, s.fleet_inbox_block_ms
@@ -202,7 +213,9 @@ class Scheduler:
         )
         await dispatcher.start()
         stack.push_async_callback(dispatcher.stop)
-        relay = self.relay = Relay(s.instance_id, dispatcher, links, courier, store, self.metrics, self.clock)
+        relay = self.relay = Relay(
+            s.instance_id, dispatcher, links, courier, store, self.metrics, self.clock, transport.holder
+        )
         stack.push_async_callback(relay.stop)
         inbox = Inbox(
             redis,
@@ -232,6 +245,9 @@ class Scheduler:
         )
         await hub.start()
         stack.push_async_callback(hub.stop)  # after the server: the streams' own deregistrations first
+        resume_key = self._resume_key or await fleet_resume_key(redis, keys.resume_key)
+        records = SessionStore(redis, JobKeys(s.key_prefix), scripts, s.instance_id, s.job_ttl_ms)
+        self.session_records = records
         self.sessions = SessionManager(
             s.session_defaults,
             cache,
@@ -243,7 +259,9 @@ class Scheduler:
             s.max_sessions,
             self.load,
             s.overload_queue_wait_ms,
+            Resumability(records, ResumeTokens(resume_key, s.session_resume_ttl_ms, self.clock), relay),
         )
+        relay.on_moved = self.sessions.moved
 
         server = grpc.aio.server(
             interceptors=[AuthInterceptor(self.gate)],
@@ -260,7 +278,7 @@ class Scheduler:
         )
         instances = InstanceRegistry(redis, keys, scripts)
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
-            RegistryServicer(cache, hub, instances), server
+            RegistryServicer(cache, hub, instances, store, records), server
         )
         session_pb2_grpc.add_SessionServiceServicer_to_server(
             SessionServicer(self.sessions, s.max_chunk_bytes, s.session_idle_timeout_ms), server
@@ -462,3 +480,14 @@ class Scheduler:
                 " can vanish; use noeviction",
                 policy,
             )
+
+
+def _read_resume_key(path: str) -> bytes:
+    """The fleet's resume-token key from its file (surrounding whitespace is not part of it)."""
+    try:
+        key = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise ValueError(f"resume key file {path}: {exc.strerror}") from None
+    if len(key) < 16:
+        raise ValueError(f"resume key file {path}: the key must have at least 16 bytes, it has {len(key)}")
+    return key

@@ -203,6 +203,18 @@ class Settings:
     job_max_attempts: int = _setting(3, "attempts per job before its utterance is skipped as FAILED")
     job_ttl_ms: int = _setting(3600000, "how long a job's record stays in Redis")
     job_audio_ttl_ms: int = _setting(600000, "how long a job's audio stays in Redis for re-dispatch")
+    result_audio_ttl_ms: int = _setting(
+        120000, "how long a result's synthesized speech stays in Redis for a client that resumes its session"
+    )
+    session_resume_ttl_ms: int = _setting(
+        300000,
+        "how long a resume token stays valid after it was issued (sessions send fresh ones as they go on)",
+    )
+    resume_key_file: str = _setting(
+        "",
+        "file holding the fleet's key (at least 16 bytes) that signs resume tokens; every instance needs the"
+        " same. Empty: a random key kept in Redis, made by the first instance",
+    )
     queue_retry_ms: int = _setting(100, "how often queued jobs retry when no slot was announced free")
     slot_release_retry_ms: int = _setting(
         60000,
@@ -320,6 +332,8 @@ class Settings:
             "accept_timeout_ms",
             "job_deadline_ms",
             "job_max_attempts",
+            "result_audio_ttl_ms",
+            "session_resume_ttl_ms",
             "queue_retry_ms",
             "slot_release_retry_ms",
             "loop_lag_interval_ms",

@@ -45,6 +45,10 @@ class PermissionDenied(LinguaError):
     """A known credential asked for something its role or node ids do not grant."""
 
 
+class Aborted(LinguaError):
+    """The call lost a race it cannot win by retrying as is (its session was resumed on another stream)."""
+
+
 class IdleTimeout(LinguaError):
     """A session sent nothing for longer than its idle timeout."""
 
@@ -61,6 +65,7 @@ STATUS_BY_ERROR: dict[type[LinguaError], grpc.StatusCode] = {
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    Aborted: grpc.StatusCode.ABORTED,
     IdleTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     LeaseExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
 }

@@ -63,6 +63,30 @@ class SchedulerMetrics:
             "Results refused because they came from an attempt that is not current",
             registry=r,
         )
+        self.results_unwatched = Counter(
+            "lingua_results_recorded_unwatched_total",
+            "Results recorded for a session whose stream was not on this instance (it ended here, or moved):"
+            " delivered when the session resumes, or by the instance that owns it now",
+            registry=r,
+        )
+        self.sessions_resumed = Counter(
+            "lingua_sessions_resumed_total",
+            "Sessions resumed on this instance, by where they were owned before (same instance or another)",
+            ["previous"],
+            registry=r,
+        )
+        self.resume_refused = Counter(
+            "lingua_session_resumes_refused_total",
+            "Resumes refused, by reason (forged, expired, not_found, ended, credential, mismatch)",
+            ["reason"],
+            registry=r,
+        )
+        self.answers_resent = Counter(
+            "lingua_answers_resent_total",
+            "Answers sent again from the store to resumed sessions, by kind (result, skipped)",
+            ["kind"],
+            registry=r,
+        )
         self.skips = Counter(
             "lingua_utterances_skipped_total", "Utterances skipped, by reason", ["reason"], registry=r
         )

@@ -11,8 +11,10 @@ from lingua_grpc.jobs import (
     JobOutput,
     JobProgress,
     JobRejected,
+    JobState,
     SkipReason,
     Stage,
+    StoredJob,
 )
 from lingua_grpc.nodes import CancelCommand, DrainCommand, Outgoing, ReregisterCommand
 from lingua_grpc.pb import common_pb2, node_pb2, registry_pb2, session_pb2
@@ -32,9 +34,11 @@ from lingua_grpc.sessions import (
     BOUNDS,
     Output,
     ProgressOut,
+    RecordedOut,
     ResultOut,
     SessionActor,
     SessionOptions,
+    SessionState,
     SkippedOut,
     StartRequest,
 )
@@ -53,6 +57,7 @@ _SKIP = {
     SkipReason.SHUTDOWN: session_pb2.SKIP_REASON_SHUTDOWN,
     SkipReason.SESSION_BACKLOG: session_pb2.SKIP_REASON_SESSION_BACKLOG,
     SkipReason.STORAGE_FULL: session_pb2.SKIP_REASON_STORAGE_FULL,
+    SkipReason.LOST: session_pb2.SKIP_REASON_LOST,
 }
 _OPTION_FIELDS = (*BOUNDS, "tts_enabled")
 
@@ -232,6 +237,8 @@ def start_from_proto(s: session_pb2.SessionStart) -> StartRequest:
         options=options,
         resume_token=s.resume_token,
         client_name=s.client_name,
+        next_utterance_index=s.next_utterance_index,
+        audio_offset=s.audio_offset,
     )
 
 
@@ -254,6 +261,10 @@ def started_to_proto(actor: SessionActor) -> session_pb2.StreamResponse:
             options=options_to_proto(actor.options),
             language_pair=pair_to_proto(actor.pair),
             audio_format=_pcm(actor.sample_rate_hz),
+            resume_token=actor.resume_token,
+            resumed=actor.resumed,
+            next_utterance_index=actor.start.next_to_send,
+            audio_offset=actor.start.audio_offset,
         )
     )
 
@@ -293,6 +304,10 @@ def output_to_proto(out: Output) -> session_pb2.StreamResponse:
                 utterance_index=out.index, reason=_SKIP[out.reason], message=out.message
             )
         )
+    if isinstance(out, RecordedOut):
+        return session_pb2.StreamResponse(
+            audio_recorded=session_pb2.AudioRecorded(audio_offset=out.offset)
+        )
     raise TypeError(f"no protobuf form for {out!r}")
 
 
@@ -307,4 +322,70 @@ def instance_to_proto(r: InstanceRecord) -> registry_pb2.SchedulerInstance:
         nodes_connected=r.holdings.nodes,
         sessions_open=r.holdings.sessions,
         jobs_running=r.holdings.jobs,
+    )
+
+
+_JOB_STATE = {
+    JobState.CREATED: registry_pb2.JOB_STATE_CREATED,
+    JobState.ASSIGNED: registry_pb2.JOB_STATE_ASSIGNED,
+    JobState.ACCEPTED: registry_pb2.JOB_STATE_ACCEPTED,
+    JobState.COMPLETED: registry_pb2.JOB_STATE_COMPLETED,
+    JobState.FAILED: registry_pb2.JOB_STATE_FAILED,
+    JobState.SKIPPED: registry_pb2.JOB_STATE_SKIPPED,
+}
+
+
+def job_to_proto(job: StoredJob) -> registry_pb2.Job:
+    """A job's record for operators: its life and outcome, never the user's words or audio."""
+    record = job.record
+    if record is None:
+        raise ValueError(f"job {job.index} has no record")
+    f = record.fields
+
+    def number(name: str) -> int:
+        return int(f.get(name, 0) or 0)
+
+    out = registry_pb2.Job(
+        job_id=record.job_id,
+        session_id=f.get("session_id", ""),
+        utterance_index=job.index,
+        state=_JOB_STATE[record.state],
+        attempt=record.attempt,
+        node_id=record.node_id,
+        created_by_instance_id=f.get("owner", ""),
+        language_pair=common_pb2.LanguagePair(
+            source_language=f.get("source_language", ""), target_language=f.get("target_language", "")
+        ),
+        created_unix_ms=number("created_ms"),
+        assigned_unix_ms=number("assigned_ms"),
+        updated_unix_ms=number("updated_ms"),
+        reason=f.get("reason", ""),
+        tts_audio_kept=job.tts_kept,
+        audio_kept=job.audio_kept,
+    )
+    if record.state is JobState.COMPLETED:
+        out.timings.CopyFrom(
+            common_pb2.StageTimings(
+                asr_ms=number("asr_ms"), translation_ms=number("translation_ms"), tts_ms=number("tts_ms")
+            )
+        )
+    return out
+
+
+def session_record_to_proto(s: SessionState, owner_alive: bool) -> registry_pb2.SessionRecord:
+    return registry_pb2.SessionRecord(
+        session_id=s.session_id,
+        language_pair=pair_to_proto(s.pair),
+        audio_format=_pcm(s.sample_rate_hz),
+        owner_instance_id=s.owner,
+        owner_alive=owner_alive,
+        resumes=max(0, s.epoch - 1),
+        next_utterance_index=s.next_index,
+        answers_sent=s.sent,
+        audio_offset=s.audio_offset,
+        ended=s.ended,
+        credential=s.credential,
+        client_name=s.client_name,
+        created_unix_ms=s.created_ms,
+        updated_unix_ms=s.updated_ms,
     )

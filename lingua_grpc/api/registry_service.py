@@ -8,20 +8,31 @@ import grpc
 
 from lingua_grpc.api import _convert as convert
 from lingua_grpc.api._errors import domain_errors
-from lingua_grpc.errors import InvalidArgument
+from lingua_grpc.errors import InvalidArgument, NotFound
 from lingua_grpc.fleet import InstanceRegistry
+from lingua_grpc.jobs import JobStore, parse_job_id
 from lingua_grpc.nodes import NodeHub
 from lingua_grpc.pb import registry_pb2, registry_pb2_grpc
 from lingua_grpc.registry import NodeRecord, SnapshotCache
+from lingua_grpc.sessions import SessionStore
 
 Context = grpc.aio.ServicerContext[object, object]
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, cache: SnapshotCache, hub: NodeHub, instances: InstanceRegistry) -> None:
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        hub: NodeHub,
+        instances: InstanceRegistry,
+        jobs: JobStore,
+        sessions: SessionStore,
+    ) -> None:
         self._cache = cache
         self._hub = hub
         self._instances = instances
+        self._jobs = jobs
+        self._sessions = sessions
 
     async def GetSnapshot(
         self, request: registry_pb2.GetSnapshotRequest, context: Context
@@ -75,3 +86,30 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.ListInstancesResponse:
         records = await self._instances.list()
         return registry_pb2.ListInstancesResponse(instances=[convert.instance_to_proto(r) for r in records])
+
+    async def GetJob(self, request: registry_pb2.GetJobRequest, context: Context) -> registry_pb2.GetJobResponse:
+        async with domain_errors(context):
+            try:
+                session_id, index = parse_job_id(request.job_id)
+            except ValueError as exc:
+                raise InvalidArgument(f"job_id: {exc}") from None
+            stored = (await self._jobs.records(session_id, [index], with_tts=False))[0]
+            if stored.record is None:
+                raise NotFound(f"no job {request.job_id} in the store (never created, or expired)")
+        return registry_pb2.GetJobResponse(job=convert.job_to_proto(stored))
+
+    async def GetSession(
+        self, request: registry_pb2.GetSessionRequest, context: Context
+    ) -> registry_pb2.GetSessionResponse:
+        async with domain_errors(context):
+            if not request.session_id or ":" in request.session_id:
+                raise InvalidArgument("session_id is required (as SessionStarted gave it)")
+            state = await self._sessions.get(request.session_id)
+            if state is None:
+                raise NotFound(f"no session {request.session_id} in the store (never opened, or expired)")
+            stored = await self._jobs.records(state.session_id, range(state.next_index), with_tts=False)
+            alive = {r.instance_id for r in await self._instances.list() if r.alive}
+        return registry_pb2.GetSessionResponse(
+            session=convert.session_record_to_proto(state, state.owner in alive),
+            jobs=[convert.job_to_proto(j) for j in stored if j.record is not None],
+        )

@@ -12,16 +12,26 @@ from lingua_grpc._grpc import read_first, read_message
 from lingua_grpc.api import _convert as convert
 from lingua_grpc.api._errors import domain_errors
 from lingua_grpc.errors import (
+    Aborted,
     FailedPrecondition,
     IdleTimeout,
     InvalidArgument,
     ResourceExhausted,
     Unauthenticated,
+    Unavailable,
     status_for,
 )
 from lingua_grpc.pb import session_pb2, session_pb2_grpc
 from lingua_grpc.security import current_principal, on_revoke
-from lingua_grpc.sessions import Closed, ResultOut, SessionActor, SessionManager, output_bytes
+from lingua_grpc.sessions import (
+    Closed,
+    RecordedOut,
+    ResultOut,
+    SessionActor,
+    SessionManager,
+    SkippedOut,
+    output_bytes,
+)
 
 Context = grpc.aio.ServicerContext[session_pb2.StreamRequest, session_pb2.StreamResponse]
 
@@ -45,12 +55,13 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
                 handler.cancel()
 
         async with domain_errors(context):
-            actor = self._manager.open(
+            actor = await self._manager.open(
                 convert.start_from_proto(first.start), principal.name, principal.max_sessions, overflow
             )
         on_revoke(lambda: actor.fail(Unauthenticated("credential revoked")))
         runner = asyncio.create_task(actor.run(), name=f"session-{actor.session_id}")
         reader = asyncio.create_task(self._read(context, actor), name=f"session-reader-{actor.session_id}")
+        resumable = True  # until the session ends for good: a stream that breaks leaves it resumable
         try:
             await context.write(convert.started_to_proto(actor))
             clock = self._manager.clock
@@ -60,13 +71,21 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
                     delivery_s = clock.monotonic() - out.overhead.received_at
                     response.result.timings.scheduler_delivery_us = int(delivery_s * 1_000_000)
                     self._manager.delivered(delivery_s)
+                elif isinstance(out, RecordedOut):
+                    response.audio_recorded.resume_token = self._manager.fresh_token(actor)
                 await context.write(response)
+                if isinstance(out, ResultOut | SkippedOut):
+                    actor.sent = out.index + 1
                 actor.outbox_bytes -= output_bytes(out)
+            # Over for good, unless the scheduler is stopping (the client resumes on another instance) or
+            # another stream took the session over.
+            resumable = isinstance(out.error, Unavailable | Aborted)
             if out.error is not None:
                 await context.abort(status_for(out.error), str(out.error))
         except asyncio.CancelledError:
             if not overflowed or handler is None:
                 raise
+            resumable = False
             # The status is set, not sent with `abort`: a write the client never reads blocks the stream,
             # and the status can only follow it. The session is freed now; gRPC sends the status when the
             # client reads again, or drops the call when the client goes.
@@ -80,7 +99,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             # Close first, synchronously: the handler may be cancelled again while it waits below.
             reader.cancel()
             actor.stop()  # between events: a job it is placing is placed, then ended (the session closed)
-            self._manager.close(actor)
+            self._manager.close(actor, resumable)
             for task in (reader, runner):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

@@ -14,14 +14,14 @@ import contextlib
 import dataclasses
 import logging
 import random
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from lingua_grpc.clock import Clock
-from lingua_grpc.dispatch._placement import JobTransport, Placed, Placer
+from lingua_grpc.dispatch._placement import VIA, JobTransport, Placed, Placer
 from lingua_grpc.dispatch._queues import PairQueues
 from lingua_grpc.dispatch._ticket import Attempt, Overhead, Phase, Ticket
 from lingua_grpc.jobs import (
@@ -35,7 +35,7 @@ from lingua_grpc.jobs import (
     JobState,
     JobStore,
     SkipReason,
-    result_fields,
+    output_from_record,
 )
 from lingua_grpc.metrics import SchedulerMetrics
 from lingua_grpc.registry import LanguagePair, SnapshotCache
@@ -92,6 +92,9 @@ class Dispatcher:
         self._idle = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[object]] = set()
+        # Called with (job id, attempt, node id, connection id, new owner) for each running attempt on this
+        # instance's node streams whose session's stream ended here while the session lives on.
+        self.on_detached: Callable[[str, int, str, str, str], None] | None = None
 
     async def start(self) -> None:
         self._pump = asyncio.create_task(self._run_queues(), name="dispatch-queues")
@@ -160,7 +163,7 @@ class Dispatcher:
                 ticket, optimistic=not ticket.recorded
             ):
                 if not ticket.recorded:  # waiting for a slot: the job is recorded CREATED meanwhile
-                    await self._store.start(ticket.spec, 0)
+                    await self._store.start(ticket.spec, 0, answers_sent=ticket.answers_sent)
                     ticket.recorded = True
                 self._queue(ticket, front=False)
         finally:
@@ -180,7 +183,63 @@ class Dispatcher:
         for ticket in abandoned:
             self._abandon(ticket)
 
+    def detach_session(self, session_id: str) -> None:
+        """The session's stream ended but the session lives on (`sink.handed_to` says for whom): its jobs
+        are left as they are in Redis, neither cancelled nor ended. Queued ones wait, recorded CREATED, for the
+        instance that resumes the session; running ones keep running on their nodes: those on this
+        instance's node streams are handed to `on_detached` (the relay routes what their nodes say)."""
+        for ticket in self._queues.of_session(session_id):
+            self._detach(ticket)
+        for ticket in [t for t in self._live.values() if t.spec.session_id == session_id]:
+            self._detach(ticket)
+
+    def _detach(self, ticket: Ticket) -> None:
+        if ticket.ended:
+            return
+        running = self._live.get(ticket.spec.job_id) is ticket
+        ticket.phase = Phase.ENDED
+        if self._queues.remove(ticket):
+            self._metrics.jobs_queued.set(self.queued)
+        if not running:
+            return
+        attempt = self._leave_node(ticket)
+        ticket.phase = Phase.ENDED
+        connection = attempt.connection_id or ""
+        if attempt.node_id is not None and not connection.startswith(VIA) and self.on_detached is not None:
+            self.on_detached(
+                ticket.spec.job_id, attempt.number, attempt.node_id, connection, ticket.sink.handed_to or ""
+            )
+
+    def take_over(self, job_id: str, attempt: int) -> tuple[str, str] | None:
+        """Another instance resumed this job's session: if the attempt runs on one of this instance's node
+        streams for a session here, it leaves the session (which is being ended) and the node id and
+        connection id are returned (the relay routes the node's messages to the new owner)."""
+        ticket = self._live.get(job_id)
+        if ticket is None or ticket.attempt.number != attempt or ticket.attempt.node_id is None:
+            return None
+        connection = ticket.attempt.connection_id or ""
+        if connection.startswith(VIA):
+            return None
+        node_id = ticket.attempt.node_id
+        self._leave_node(ticket)
+        ticket.phase = Phase.ENDED
+        return node_id, connection
+
+    def adopt_running(self, ticket: Ticket, accepted: bool) -> None:
+        """A resumed session's job whose attempt (`ticket.attempt`) runs on a node: watched from now on as if
+        placed here. Its deadline runs from now: the job deadline once `accepted`, else the accept timeout
+        (until its holder says the node has it)."""
+        ticket.phase = Phase.RUNNING
+        ticket.recorded = True
+        ticket.tries = max(ticket.tries, 1)
+        self._live[ticket.spec.job_id] = ticket
+        ms = self._settings.job_deadline_ms if accepted else self._settings.accept_timeout_ms
+        self._arm_deadline(ticket, ms)
+
     def _abandon(self, ticket: Ticket) -> None:
+        if ticket.sink.handed_to is not None:  # the session lives on: its job is left as it is
+            self._detach(ticket)
+            return
         if self._close(ticket, _SESSION_ENDED):
             self._spawn(self._record_and_tell(ticket, _SESSION_ENDED))
 
@@ -189,11 +248,16 @@ class Dispatcher:
         if ticket is not None and ticket.attempt.number == attempt:
             ticket.attempt = dataclasses.replace(ticket.attempt, written_at=self._clock.monotonic())
 
-    async def on_event(self, node_id: str, event: JobEvent) -> None:
+    async def on_event(self, node_id: str, event: JobEvent, recorded: bool = False) -> None:
+        """What a node says about an attempt (`recorded`: a result another instance already recorded)."""
         received_at = self._clock.monotonic()
         ticket = self._live.get(event.job_id)
         if ticket is None or ticket.attempt.number != event.attempt or ticket.attempt.node_id != node_id:
-            self._stale(node_id, event)
+            self._stale(node_id, event, owned=ticket is not None, recorded=recorded)
+            return
+        if recorded and isinstance(event, JobOutput):
+            self._leave_node(ticket)
+            self._deliver(ticket, node_id, event, received_at, recorded=True)
             return
         if isinstance(event, JobAccepted):
             self._arm_deadline(ticket, self._settings.job_deadline_ms)  # accepted: the job deadline runs now
@@ -250,18 +314,28 @@ class Dispatcher:
                 self._spawn(self._record_accepted(ticket, ticket.attempt.number))
         return moved
 
-    def attempt_lost(self, job_id: str, attempt: int, why: str, node_failed: bool) -> None:
+    def attempt_lost(
+        self, job_id: str, attempt: int, why: str, node_failed: bool, node_id: str | None = None
+    ) -> None:
         """The instance holding the node's stream could not run this attempt: it runs again (elsewhere,
-        when the node itself failed it: `node_failed`)."""
+        when the node itself failed it: `node_failed`). An attempt this instance no longer watches (its
+        session's stream ended) gets its slot freed, when `node_id` is given."""
         ticket = self._live.get(job_id)
         if ticket is not None and ticket.attempt.number == attempt:
             self._spawn(self._attempt_failed(ticket, why, exclude=node_failed))
+        elif ticket is None and node_id is not None:
+            self._spawn(self._unplace(node_id, job_id, attempt))
 
     def free_slot(self, node_id: str, job_id: str, attempt: int) -> None:
         """Frees an attempt's slot in the background (retried while Redis is unreachable), then lets
         queued jobs try it: for attempts this instance does not run (relayed, or listed by a node but no
         longer current)."""
         self._spawn(self._release(node_id, job_id, attempt))
+
+    def unplace(self, node_id: str, job_id: str, attempt: int) -> None:
+        """An attempt no session here watches failed: the job waits, CREATED, for whoever resumes its
+        session (fenced by the attempt); its slot is freed. In the background."""
+        self._spawn(self._unplace(node_id, job_id, attempt))
 
     def slot_freed(self, node_id: str | None = None) -> None:
         """A slot may be free (of this node, when known): queued jobs try it first."""
@@ -279,8 +353,10 @@ class Dispatcher:
         if placement.outcome is Placed.NO_SLOT:
             return False
         if placement.outcome is Placed.ENDED:
-            # Final in Redis, or another instance runs this attempt: nothing for this one to do or tell.
+            # Final in Redis (its outcome, recorded elsewhere, goes to the session), or another instance runs
+            # this attempt (the session moved there): nothing more for this one to do.
             ticket.phase = Phase.ENDED
+            self._spawn(self._settle_from_store(ticket))
             return True
         ticket.phase = Phase.RUNNING
         ticket.tries += 1
@@ -314,11 +390,9 @@ class Dispatcher:
             )
 
     async def _complete(self, ticket: Ticket, node_id: str, output: JobOutput, received_at: float) -> None:
-        attempt = self._leave_node(ticket)
+        self._leave_node(ticket)
         try:
-            applied, released = await self._store.complete_and_release(
-                output.job_id, output.attempt, node_id, LIVE_STATES, **result_fields(output)
-            )
+            completed, released = await self._store.complete_and_release(output, node_id)
         except RedisError as exc:
             # The result could not be recorded: the job must not be lost with it. It runs again once
             # Redis answers (the queue retries), and the slot is released then or with the node's lease.
@@ -327,7 +401,7 @@ class Dispatcher:
             return
         if released:
             self.slot_freed(node_id)
-        if not applied:
+        if not completed.applied:
             # Redis refused the result of the attempt this instance runs: the job's record was lost
             # (Redis restarted without its data) or moved on. Run it again rather than lose it; the new
             # attempt records the job anew.
@@ -336,6 +410,18 @@ class Dispatcher:
                 ticket, "result refused by Redis (job record lost or moved on)", through_queue=True
             )
             return
+        if completed.owner and completed.owner != self._store.instance_id:
+            # The session was resumed on another instance while this one ran the job: it delivers.
+            ticket.phase = Phase.ENDED
+            self._transport.forward(completed.owner, node_id, output)
+            return
+        self._deliver(ticket, node_id, output, received_at)
+
+    def _deliver(
+        self, ticket: Ticket, node_id: str, output: JobOutput, received_at: float, recorded: bool = False
+    ) -> None:
+        """The job's result (recorded) goes to its session."""
+        attempt = ticket.attempt
         queued = attempt.placed_at - ticket.submitted_at
         written = attempt.written_at or attempt.placed_at  # another instance's node: when it was handed off
         dispatch = max(0.0, written - (ticket.ended_at or ticket.submitted_at) - queued)
@@ -343,8 +429,30 @@ class Dispatcher:
         ticket.phase = Phase.ENDED  # recorded COMPLETED by the script above
         self._metrics.queue_wait_seconds.observe(queued)
         self._metrics.dispatch_seconds.observe(dispatch)
-        overhead = Overhead(int(queued * 1000), int(dispatch * 1_000_000), received_at)
+        overhead = Overhead(int(queued * 1000), int(dispatch * 1_000_000), received_at, recorded)
         ticket.sink.job_done(ticket.spec.index, output, node_id, overhead)
+
+    async def _settle_from_store(self, ticket: Ticket) -> None:
+        """Placement found the job final in Redis (its result was recorded elsewhere, e.g. while its session
+        moved between instances): the recorded outcome goes to the session."""
+        if ticket.sink.closed:
+            return
+        try:
+            stored = (await self._store.records(ticket.spec.session_id, [ticket.spec.index]))[0]
+        except RedisError as exc:
+            log.warning("job outcome not read", extra=_ids(ticket, error=repr(exc)))
+            return
+        record = stored.record
+        if record is None or record.state in (JobState.CREATED, *LIVE_STATES):
+            return  # another instance runs it (the session moved): that one answers
+        if record.state is JobState.COMPLETED:
+            output = output_from_record(record.fields, stored.tts_audio)
+            now = self._clock.monotonic()
+            ticket.sink.job_done(ticket.spec.index, output, record.node_id, Overhead(0, 0, now, True))
+        else:
+            reason = record.fields.get("reason", record.state.value.lower())
+            skip = skip_reason_for(record.state, reason)
+            ticket.sink.job_skipped(ticket.spec.index, skip, f"recorded {record.state.value}: {reason}")
 
     async def _attempt_failed(self, ticket: Ticket, why: str, exclude: bool = True) -> None:
         """The running attempt ended without an outcome (rejected, failed, deadline, node lost): it is
@@ -361,6 +469,9 @@ class Dispatcher:
         touching Redis now (Redis may be what failed; the queue places it once Redis answers); else at once."""
         if ticket.tries >= self._settings.max_attempts:
             await self._finish(ticket, _failed(f"{ticket.tries} attempts failed; last: {why}"))
+            return
+        if not ticket.spec.audio:  # a resumed session's job whose audio is no longer kept
+            await self._finish(ticket, _failed(f"{why}; its audio is no longer kept for another attempt"))
             return
         log.warning("job runs again", extra=_ids(ticket, reason=why))
         self._metrics.redispatches.inc()
@@ -455,8 +566,19 @@ class Dispatcher:
         if released:
             self.slot_freed(node_id)
 
-    def _stale(self, node_id: str, event: JobEvent) -> None:
-        """A message about an attempt that is not current here: refused (fenced), its slot freed."""
+    def _stale(self, node_id: str, event: JobEvent, owned: bool, recorded: bool) -> None:
+        """A message about an attempt that is not current here. When this instance watches the job (`owned`)
+        the attempt is an old one: refused (fenced), its slot freed. Otherwise the job may be of a session
+        whose stream ended here or moved: a result is recorded in Redis (fenced by its attempt there) for
+        whoever resumes the session, a failure puts the job back to wait for it."""
+        if recorded:
+            return  # recorded elsewhere; no session here for it
+        if not owned and isinstance(event, JobOutput):
+            self._spawn(self._record_unwatched(node_id, event))
+            return
+        if not owned and isinstance(event, JobFailed | JobRejected):
+            self._spawn(self._unplace(node_id, event.job_id, event.attempt))
+            return
         if isinstance(event, JobOutput):
             self._metrics.results_fenced.inc()
             log.warning(
@@ -465,6 +587,37 @@ class Dispatcher:
             )
         if isinstance(event, JobOutput | JobFailed | JobRejected):
             self._spawn(self._release(node_id, event.job_id, event.attempt))
+
+    async def _record_unwatched(self, node_id: str, output: JobOutput) -> None:
+        """A result of an attempt no session here watches: recorded (fenced), handed to the instance that
+        owns the session now when that is another one."""
+        try:
+            completed, released = await self._store.complete_and_release(output, node_id)
+        except RedisError as exc:
+            log.warning("result not recorded", extra={"job_id": output.job_id, "error": repr(exc)})
+            self._spawn(self._release(node_id, output.job_id, output.attempt))
+            return
+        if released:
+            self.slot_freed(node_id)
+        if not completed.applied:
+            self._metrics.results_fenced.inc()
+            log.warning(
+                "result of an old attempt refused",
+                extra={"job_id": output.job_id, "attempt": output.attempt, "node_id": node_id},
+            )
+            return
+        self._metrics.results_unwatched.inc()
+        if completed.owner and completed.owner != self._store.instance_id:
+            self._transport.forward(completed.owner, node_id, output)
+
+    async def _unplace(self, node_id: str, job_id: str, attempt: int) -> None:
+        """An attempt no session here watches failed or was lost: the job waits, CREATED, for whoever resumes
+        its session (fenced by the attempt), and the slot is freed."""
+        try:
+            await self._store.transition(job_id, attempt, LIVE_STATES, JobState.CREATED, node_id="")
+        except RedisError as exc:
+            log.warning("job not put back", extra={"job_id": job_id, "error": repr(exc)})
+        await self._release(node_id, job_id, attempt)
 
     # The queues' pump.
 
@@ -524,6 +677,20 @@ class Dispatcher:
 
 
 _SESSION_ENDED = Ending(JobState.SKIPPED, "session_ended", "session ended", None)
+
+_SKIP_BY_REASON = {
+    "queue_timeout": SkipReason.NO_CAPACITY,
+    "queue_full": SkipReason.NO_CAPACITY,
+    "no_node": SkipReason.NO_NODE,
+    "shutdown": SkipReason.SHUTDOWN,
+}
+
+
+def skip_reason_for(state: JobState, reason: str) -> SkipReason:
+    """The skip a client is told for a job recorded FAILED or SKIPPED with `reason`."""
+    if state is JobState.FAILED:
+        return SkipReason.FAILED
+    return _SKIP_BY_REASON.get(reason, SkipReason.FAILED)
 
 
 def _failed(why: str) -> Ending:

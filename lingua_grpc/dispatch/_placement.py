@@ -15,10 +15,12 @@ from typing import Protocol
 from lingua_grpc.clock import Clock
 from lingua_grpc.dispatch._selection import Request, rank_candidates
 from lingua_grpc.dispatch._ticket import Attempt, Ticket
-from lingua_grpc.jobs import Assignment, JobState, JobStore
+from lingua_grpc.jobs import Assignment, JobOutput, JobState, JobStore
 from lingua_grpc.registry import SnapshotCache
 
 log = logging.getLogger(__name__)
+
+VIA = "via:"  # connection id of an attempt handed to another instance: via:<instance id>
 
 
 class JobTransport(Protocol):
@@ -30,6 +32,10 @@ class JobTransport(Protocol):
         ...
 
     def cancel(self, node_id: str, job_id: str, attempt: int, reason: str) -> None: ...
+
+    def forward(self, owner: str, node_id: str, output: JobOutput) -> None:
+        """Hands a result this instance recorded to the instance that owns its session now (it delivers)."""
+        ...
 
 
 class Placed(enum.Enum):
@@ -87,7 +93,9 @@ class Placer:
             attempt = number + 1
             if optimistic:
                 optimistic = False
-                outcome, started = await self._store.reserve_and_start(node_id, spec, number)
+                outcome, started = await self._store.reserve_and_start(
+                    node_id, spec, number, ticket.answers_sent
+                )
                 recorded = True
                 if not outcome.held:
                     if started is None:
@@ -98,9 +106,10 @@ class Placer:
                 outcome = await self._store.reserve(node_id, spec.job_id, attempt)
                 if not outcome.held:
                     continue  # full, draining, or gone (maybe registering again): the next candidate
-                _, started = await self._store.start(spec, number, node_id)
+                _, started = await self._store.start(spec, number, node_id, ticket.answers_sent)
                 recorded = True
-            if started is None:  # the job ended meanwhile (or another instance started this attempt)
+            if started is None:  # the job ended meanwhile, another instance started this attempt, or the
+                # session is another instance's now
                 await self._store.release(node_id, spec.job_id, attempt)
                 return Placement(Placed.ENDED, Attempt(number), recorded)
             if started != attempt:

@@ -14,6 +14,10 @@ class JobSink(Protocol):
     """Where a job's outcome goes: its session."""
 
     closed: bool
+    # Set when the session's stream ended but the session lives on (its client may resume it, here or on
+    # another instance): its jobs keep running, unwatched here; what they say about themselves goes to
+    # the instance named ('' for nobody yet: results are recorded in the store for the resume).
+    handed_to: str | None
 
     def job_progress(self, index: int, event: JobProgress) -> None: ...
 
@@ -29,6 +33,7 @@ class Overhead:
     queue_ms: int  # waiting for a free slot
     dispatch_us: int  # scheduler's own time from utterance end to the job written to the node's stream
     received_at: float  # monotonic time the node's result arrived (delivery time is measured from here)
+    recorded: bool = False  # the result comes from the store (recorded by another instance, or earlier)
 
 
 class Phase(enum.Enum):
@@ -65,6 +70,7 @@ class Ticket:
     tries: int = 0  # attempts that reached a node: at most DispatchSettings.max_attempts
     excluded: set[str] = field(default_factory=set)  # nodes that failed it
     recorded: bool = False  # the job exists in Redis
+    answers_sent: int = 0  # the session's answers sent when it was submitted (recorded with a new job)
     submitted_at: float = 0.0
     queued_until: float = 0.0
     deadline: asyncio.TimerHandle | None = None  # of the running attempt: accept timeout, then job deadline

@@ -1,9 +1,10 @@
 """What scheduler instances hand each other through their inboxes, and its encoding as Redis Stream fields.
 
-Owner -> holder (the instance holding the node's stream): `Assign` an attempt, `Cancel` it. Holder -> owner
-(the instance owning the job's session): `Relayed` node messages about it, `Lost` when the holder can no
-longer reach the node. Every message names the job attempt, so the receiver applies it only while that
-attempt is current (fenced as node messages are). Pure: no I/O.
+Owner -> holder (the instance holding the node's stream): `Assign` an attempt, `Cancel` it, `Reroute` it to
+a new owner (a session resumed there). Holder -> owner (the instance owning the job's session): `Relayed`
+node messages about it, `Lost` when the holder can no longer reach the node. New owner -> old owner:
+`Moved`, its session was resumed elsewhere. Every message about a job names the attempt, so the receiver
+applies it only while that attempt is current (fenced as node messages are). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class Kind(enum.Enum):
     CANCEL = "cancel"
     EVENT = "event"
     LOST = "lost"
+    REROUTE = "reroute"
+    MOVED = "moved"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,7 @@ class Relayed:
     node_id: str
     event: JobEvent
     sent_ms: int
+    recorded: bool = False  # a result the sender already recorded in the store: only deliver it
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +79,29 @@ class Lost:
     sent_ms: int
 
 
-Message = Assign | Cancel | Relayed | Lost
+@dataclass(frozen=True, slots=True)
+class Reroute:
+    """The session of this attempt was resumed on `owner`: what the node says about it goes there now. The
+    holder answers with the attempt accepted (the node has it) or lost (it does not)."""
+
+    owner: str
+    node_id: str
+    job_id: str
+    attempt: int
+    sent_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """The session was resumed on `owner` (ownership epoch `epoch`): the receiver ends its stream."""
+
+    owner: str
+    session_id: str
+    epoch: int
+    sent_ms: int
+
+
+Message = Assign | Cancel | Relayed | Lost | Reroute | Moved
 
 _EVENTS: dict[str, type[JobEvent]] = {
     "accepted": JobAccepted,
@@ -130,11 +156,12 @@ def encode(message: Message) -> Fields:
             "node_id": message.node_id,
             "event": _EVENT_NAMES[type(message.event)],
             "sent_ms": message.sent_ms,
+            "recorded": int(message.recorded),
         }
         for f in dataclasses.fields(message.event):
             out[f"e.{f.name}"] = _value(getattr(message.event, f.name))
         return out
-    kind = Kind.CANCEL if isinstance(message, Cancel) else Kind.LOST
+    kind = {Cancel: Kind.CANCEL, Lost: Kind.LOST, Reroute: Kind.REROUTE, Moved: Kind.MOVED}[type(message)]
     return {
         "kind": kind.value,
         **{f.name: _value(getattr(message, f.name)) for f in dataclasses.fields(message)},
@@ -167,9 +194,15 @@ def decode(raw: Mapping[bytes, bytes]) -> Message:
     if kind is Kind.EVENT:
         cls = _EVENTS[s("event")]
         values = {fl.name: _DECODERS[str(fl.type)](f[f"e.{fl.name}"]) for fl in dataclasses.fields(cls)}
-        return Relayed(s("holder"), s("node_id"), cls(**values), i("sent_ms"))
+        return Relayed(
+            s("holder"), s("node_id"), cls(**values), i("sent_ms"), f.get("recorded", b"0") == b"1"
+        )
     if kind is Kind.CANCEL:
         return Cancel(s("node_id"), s("job_id"), i("attempt"), s("reason"), i("sent_ms"))
+    if kind is Kind.REROUTE:
+        return Reroute(s("owner"), s("node_id"), s("job_id"), i("attempt"), i("sent_ms"))
+    if kind is Kind.MOVED:
+        return Moved(s("owner"), s("session_id"), i("epoch"), i("sent_ms"))
     return Lost(
         s("holder"), s("node_id"), s("job_id"), i("attempt"), s("why"), f["node_gone"] == b"1", i("sent_ms")
     )

@@ -10,26 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
 from lingua_grpc.clock import Clock
-from lingua_grpc.dispatch import Dispatcher
+from lingua_grpc.dispatch import VIA, Dispatcher
 from lingua_grpc.fleet._inbox import Courier
-from lingua_grpc.fleet._messages import Assign, Cancel, Lost, Message, Relayed
+from lingua_grpc.fleet._messages import Assign, Cancel, Lost, Message, Moved, Relayed, Reroute
 from lingua_grpc.jobs import (
-    LIVE_STATES,
     Assignment,
     JobAccepted,
     JobEvent,
     JobFailed,
     JobOutput,
     JobRejected,
+    JobState,
     JobStore,
     parse_job_id,
-    result_fields,
 )
 from lingua_grpc.metrics import SchedulerMetrics
 from lingua_grpc.nodes import NodeLinks
@@ -38,7 +37,6 @@ from lingua_grpc.store import HandOff
 
 log = logging.getLogger(__name__)
 
-VIA = "via:"  # connection id of an attempt handed to another instance: via:<instance id>
 
 Key = tuple[str, int]  # (job id, attempt)
 
@@ -111,6 +109,14 @@ class FleetTransport:
             message = Cancel(node_id, job_id, attempt, reason, self._clock.now_ms())
             self._courier.send(holder, message).add_done_callback(_drop_result)
 
+    def forward(self, owner: str, node_id: str, output: JobOutput) -> None:
+        message = Relayed(self._id, node_id, output, self._clock.now_ms(), recorded=True)
+        self._courier.send(owner, message).add_done_callback(_drop_result)
+
+    def holder(self, node_id: str) -> str | None:
+        """The instance holding the node's stream, as the snapshot says (None: this one, or no one)."""
+        return self._holder(node_id)
+
 
 class Relay:
     """What node streams say goes to the job's owner: this instance's dispatcher, or another instance. It is
@@ -125,8 +131,11 @@ class Relay:
         store: JobStore,
         metrics: SchedulerMetrics,
         clock: Clock,
+        holder: Callable[[str], str | None] = lambda node_id: None,
     ) -> None:
+        """`holder`: the instance holding a node's stream when not this one (`FleetTransport.holder`)."""
         self._id = instance_id
+        self._holder = holder
         self._dispatcher = dispatcher
         self._links = links
         self._courier = courier
@@ -135,6 +144,9 @@ class Relay:
         self._clock = clock
         self._routes: dict[Key, Route] = {}
         self._tasks: set[asyncio.Task[object]] = set()
+        dispatcher.on_detached = self._keep
+        # Called with (session id, epoch, new owner) when another instance resumed one of this one's sessions.
+        self.on_moved: Callable[[str, int, str], None] | None = None
 
     @property
     def relayed(self) -> int:
@@ -154,9 +166,37 @@ class Relay:
             return
         if isinstance(event, JobOutput | JobFailed | JobRejected):
             self._forget(key)
+        if isinstance(event, JobOutput):
+            await self._record_and_relay(route, node_id, event)
+            return
         await self._relay(route, node_id, event)
 
+    async def _record_and_relay(self, route: Route, node_id: str, output: JobOutput) -> None:
+        """A result is recorded where it arrives, then handed to the instance that owns its session now (the
+        store says which: the session may have moved since the attempt was handed here), which delivers
+        it. A result in the store survives its owner's death; one in a dead owner's inbox would wait."""
+        try:
+            completed, released = await self._store.complete_and_release(output, node_id)
+        except RedisError as exc:  # the owner records it (or, gone, whoever settles it)
+            log.warning("relayed result not recorded here", extra={"job_id": output.job_id, "error": repr(exc)})
+            await self._relay(route, node_id, output)
+            return
+        if released:
+            self._dispatcher.slot_freed(node_id)
+        if not completed.applied:
+            self._metrics.results_fenced.inc()
+            return
+        owner = completed.owner or route.owner
+        if owner == self._id:  # the session moved here
+            await self._dispatcher.on_event(node_id, output, recorded=True)
+        elif owner:
+            message = Relayed(self._id, node_id, output, self._clock.now_ms(), recorded=True)
+            await self._courier.send(owner, message)  # an owner gone finds it in the store when resumed
+
     async def _relay(self, route: Route, node_id: str, event: JobEvent) -> None:
+        if not route.owner:  # its session's stream ended: nobody to tell (a result is recorded, above)
+            await self.settle_orphan(node_id, event)
+            return
         outcome = await self._courier.send(
             route.owner, Relayed(self._id, node_id, event, self._clock.now_ms())
         )
@@ -194,20 +234,70 @@ class Relay:
         owners = await self._store.owners(foreign)
         for job_id, attempt, _ in foreign:
             owner = owners.get((job_id, attempt))
-            if owner and owner != self._id:
+            if owner is None:
+                self._cancel_on_node(node_id, job_id, attempt)
+            elif owner == self._id:
+                # Its session is this instance's but no stream of it watches the job (the client went): it
+                # runs on, its result recorded for the resume.
+                self._keep(job_id, attempt, node_id, connection_id, "")
+                kept.add((job_id, attempt))
+            else:
                 route = self._routes[(job_id, attempt)] = Route(owner, node_id, connection_id)
                 kept.add((job_id, attempt))
                 # The node runs it: its owner hears it accepted (the node's own word may have been lost
                 # with the instance that held it), so the job deadline, not the accept timeout, applies.
                 self._spawn(self._relay(route, node_id, JobAccepted(job_id, attempt)))
-            else:
-                self._cancel_on_node(node_id, job_id, attempt)
         self._metrics.relayed_attempts.set(len(self._routes))
         return kept
 
     def forget(self, job_id: str, attempt: int) -> None:
         """This instance no longer relays the attempt (it was ended for its dead owner)."""
         self._forget((job_id, attempt))
+
+    def _keep(self, job_id: str, attempt: int, node_id: str, connection_id: str, owner: str) -> None:
+        """An attempt on one of this instance's node streams that no session here watches any more: what
+        its node says goes to `owner` ('' for nobody: a result is recorded for the session's resume)."""
+        self._routes[(job_id, attempt)] = Route(owner, node_id, connection_id)
+        self._metrics.relayed_attempts.set(len(self._routes))
+
+    def reroute(self, job_id: str, attempt: int, node_id: str) -> bool | None:
+        """A session resumed here: its job's attempt on `node_id` is to be watched by this instance. Returns
+        True when the node runs it on a stream here (its messages now go to this instance's dispatcher),
+        False when no one runs it (the caller runs it again), None when the instance holding the node was
+        asked (its answer comes as the attempt accepted, or lost)."""
+        key = (job_id, attempt)
+        if self._links.get(node_id) is not None:
+            route = self._routes.get(key)
+            if route is None or route.node_id != node_id:
+                return False
+            self._forget(key)
+            return True
+        holder = self._holder(node_id)
+        if holder is None:
+            return False
+        message = Reroute(self._id, node_id, job_id, attempt, self._clock.now_ms())
+        future = self._courier.send(holder, message)
+
+        def done(f: asyncio.Future[HandOff]) -> None:
+            if f.cancelled() or f.exception() is not None or not f.result().delivered:
+                why = f"instance {holder}, holding node {node_id}, cannot be asked"
+                self._dispatcher.attempt_lost(job_id, attempt, why, node_failed=False)
+
+        future.add_done_callback(done)
+        return None
+
+    def connection_of(self, node_id: str) -> str | None:
+        """The connection an attempt on the node goes through from here: its stream, or its holder."""
+        link = self._links.get(node_id)
+        if link is not None:
+            return link.connection_id
+        holder = self._holder(node_id)
+        return VIA + holder if holder is not None else None
+
+    def moved(self, previous_owner: str, session_id: str, epoch: int) -> None:
+        """Tells the instance that owned a session before that it was resumed here (it ends its stream)."""
+        message = Moved(self._id, session_id, epoch, self._clock.now_ms())
+        self._courier.send(previous_owner, message).add_done_callback(_drop_result)
 
     def assignment_written(self, job_id: str, attempt: int) -> None:
         if (job_id, attempt) not in self._routes:
@@ -222,9 +312,34 @@ class Relay:
             self._forget((message.job_id, message.attempt))
             self._links.cancel(message.node_id, message.job_id, message.attempt, message.reason)
         elif isinstance(message, Relayed):
-            await self._dispatcher.on_event(message.node_id, message.event)
+            await self._dispatcher.on_event(message.node_id, message.event, recorded=message.recorded)
+        elif isinstance(message, Reroute):
+            self._rerouted(message)
+        elif isinstance(message, Moved):
+            if self.on_moved is not None:
+                self.on_moved(message.session_id, message.epoch, message.owner)
         else:
-            self._dispatcher.attempt_lost(message.job_id, message.attempt, message.why, message.node_gone)
+            self._dispatcher.attempt_lost(
+                message.job_id, message.attempt, message.why, message.node_gone, message.node_id
+            )
+
+    def _rerouted(self, message: Reroute) -> None:
+        """Another instance resumed the session of an attempt on one of this instance's node streams: what the
+        node says goes there from now on; it hears at once whether the node has the attempt."""
+        key = (message.job_id, message.attempt)
+        route = self._routes.get(key)
+        if route is None:
+            taken = self._dispatcher.take_over(message.job_id, message.attempt)
+            if taken is not None:
+                route = Route(message.owner, *taken)
+        link = self._links.get(message.node_id)
+        if route is None or route.node_id != message.node_id or link is None:
+            why = f"node {message.node_id} does not run it on instance {self._id}"
+            self._tell_lost(Route(message.owner, message.node_id, ""), key, why, node_gone=False)
+            return
+        route = self._routes[key] = Route(message.owner, route.node_id, route.connection_id)
+        self._metrics.relayed_attempts.set(len(self._routes))
+        self._spawn(self._relay(route, message.node_id, JobAccepted(message.job_id, message.attempt)))
 
     def _assign(self, message: Assign) -> None:
         assignment = message.assignment
@@ -240,23 +355,34 @@ class Relay:
     # Attempts whose owner is gone.
 
     async def settle_orphan(self, node_id: str, event: JobEvent) -> bool:
-        """What the node says about an attempt whose owner is gone: a result is recorded (fenced) for the
-        session's next owner; a failure frees the slot (the survivor that takes over ends the job). True
-        when a result was recorded."""
+        """What the node says about an attempt whose owner is gone (or whose session has no stream): a result
+        is recorded (fenced) for the session's next owner, and handed to it if the session has moved to a
+        live one; acceptance is recorded; a failure puts the job back to wait, CREATED, and frees the slot.
+        True when a result was recorded."""
         if isinstance(event, JobOutput):
-            applied, _ = await self._store.complete_and_release(
-                event.job_id, event.attempt, node_id, LIVE_STATES, **result_fields(event)
-            )
-            if applied:
+            completed, released = await self._store.complete_and_release(event, node_id)
+            if released:
+                self._dispatcher.slot_freed(node_id)
+            if completed.applied:
                 self._metrics.recovered.labels("results_recorded").inc()
                 log.info(
-                    "result of a dead instance's job recorded",
+                    "result of an unwatched job recorded",
                     extra={"job_id": event.job_id, "attempt": event.attempt, "node_id": node_id},
                 )
-            return applied
+                if completed.owner == self._id:
+                    await self._dispatcher.on_event(node_id, event, recorded=True)
+                elif completed.owner:
+                    self.forward_recorded(completed.owner, node_id, event)
+            return completed.applied
+        if isinstance(event, JobAccepted):
+            await self._store.transition(event.job_id, event.attempt, (JobState.ASSIGNED,), JobState.ACCEPTED)
         if isinstance(event, JobFailed | JobRejected):
-            self._dispatcher.free_slot(node_id, event.job_id, event.attempt)
+            self._dispatcher.unplace(node_id, event.job_id, event.attempt)
         return False
+
+    def forward_recorded(self, owner: str, node_id: str, output: JobOutput) -> None:
+        message = Relayed(self._id, node_id, output, self._clock.now_ms(), recorded=True)
+        self._courier.send(owner, message).add_done_callback(_drop_result)
 
     def _tell_lost(self, route: Route, key: Key, why: str, node_gone: bool) -> None:
         job_id, attempt = key

@@ -15,10 +15,11 @@ from lingua_grpc.jobs._model import (
     SkipReason,
     Stage,
     job_id,
+    output_from_record,
     parse_job_id,
     result_fields,
 )
-from lingua_grpc.jobs._store import JobRecord, JobStore
+from lingua_grpc.jobs._store import JobRecord, JobStore, StoredJob
 from lingua_grpc.store import Reservation, slot_member
 
 __all__ = [
@@ -38,7 +39,9 @@ __all__ = [
     "ResultLimits",
     "SkipReason",
     "Stage",
+    "StoredJob",
     "job_id",
+    "output_from_record",
     "parse_job_id",
     "result_fields",
     "slot_member",

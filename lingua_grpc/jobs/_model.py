@@ -30,6 +30,7 @@ class SkipReason(enum.Enum):
     SHUTDOWN = "shutdown"
     SESSION_BACKLOG = "session_backlog"
     STORAGE_FULL = "storage_full"
+    LOST = "lost"
 
 
 class Stage(enum.Enum):
@@ -57,6 +58,8 @@ class JobSpec:
     sample_rate_hz: int
     tts: bool
     audio: bytes
+    audio_end: int = 0  # where the utterance ends in the session's audio (samples since its first)
+    duration_ms: int = 0  # of the utterance's audio
 
     @property
     def job_id(self) -> str:
@@ -127,14 +130,30 @@ JobEvent = JobAccepted | JobRejected | JobProgress | JobOutput | JobFailed
 
 
 def result_fields(output: JobOutput) -> dict[str, str | int | bytes]:
-    """What a job's record keeps of its result."""
+    """What a job's record keeps of its result (its TTS audio is kept apart, for a shorter time)."""
     return {
         "source_text": output.source_text,
         "translated_text": output.translated_text,
         "asr_ms": output.asr_ms,
         "translation_ms": output.translation_ms,
         "tts_ms": output.tts_ms,
+        "tts_sample_rate_hz": output.tts_sample_rate_hz,
     }
+
+
+def output_from_record(fields: dict[str, str], tts_audio: bytes) -> JobOutput:
+    """A recorded result, as the node sent it (for a session that resumes)."""
+    return JobOutput(
+        fields["job_id"],
+        int(fields.get("attempt", 0)),
+        fields.get("source_text", ""),
+        fields.get("translated_text", ""),
+        tts_audio,
+        int(fields.get("tts_sample_rate_hz", 0) or 0),
+        int(fields.get("asr_ms", 0) or 0),
+        int(fields.get("translation_ms", 0) or 0),
+        int(fields.get("tts_ms", 0) or 0),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,13 +114,20 @@ class SkippedOut:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordedOut:
+    """The session's audio is recorded up to `offset` (samples since its first): the client may drop it."""
+
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
 class Closed:
     """Every utterance is answered after end of stream: the server closes the stream with OK."""
 
     error: LinguaError | None = None
 
 
-Output = ProgressOut | ResultOut | SkippedOut | Closed
+Output = ProgressOut | ResultOut | SkippedOut | RecordedOut | Closed
 
 
 def output_bytes(out: Output) -> int:
@@ -133,6 +140,8 @@ def output_bytes(out: Output) -> int:
         return 64 + len(out.text)
     if isinstance(out, SkippedOut):
         return 64 + len(out.message)
+    if isinstance(out, RecordedOut):
+        return 64
     return 0
 
 
@@ -151,6 +160,18 @@ class _Meta:
     duration_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Where a session's stream starts: at 0 for a new session; where the client and the store say for one
+    that resumes."""
+
+    next_index: int = 0  # the next utterance takes this index
+    next_to_send: int = 0  # the first answer this stream sends
+    audio_offset: int = 0  # position of the first sample this stream keeps (samples since the session's first)
+    drop_samples: int = 0  # samples the client sends again that the store already has: dropped
+    epoch: int = 1  # of this instance's ownership of the session
+
+
 class SessionActor:
     def __init__(
         self,
@@ -164,7 +185,10 @@ class SessionActor:
         clock: Clock,
         limits: SessionLimits,
         on_overflow: Callable[[], None],
+        start: Start | None = None,
     ) -> None:
+        start = start or Start()
+        self.start = start
         self.session_id = session_id
         self.pair = pair
         self.sample_rate_hz = sample_rate_hz
@@ -180,9 +204,20 @@ class SessionActor:
                 options.hangover_ms,
                 options.max_utterance_ms,
                 options.silence_threshold_dbfs,
-            )
+            ),
+            start.next_index,
+            start.audio_offset,
         )
-        self._sequencer: ResultSequencer[_Done] = ResultSequencer(options.gap_timeout_ms / 1000)
+        self._drop_bytes = 2 * start.drop_samples  # audio sent again that the store has: dropped on arrival
+        self._acked = start.audio_offset  # recorded audio the client was told of
+        self._sequencer: ResultSequencer[_Done] = ResultSequencer(
+            options.gap_timeout_ms / 1000, start.next_to_send
+        )
+        self.sent = start.next_to_send  # answers written to the client's stream (the servicer counts)
+        self.handed_to: str | None = None  # the session lives on after this stream (see JobSink)
+        self.resumed = False  # this stream resumed the session
+        self.resume_token = ""  # the latest token issued to the client ('' when sessions are not resumable)
+        self.token_issued_ms = 0
         self._inbox: Mailbox[_Event] = Mailbox()  # client events, in order
         self._control: Mailbox[_Event] = Mailbox()  # job outcomes and timers: taken first
         self._limits = limits
@@ -216,9 +251,9 @@ class SessionActor:
     def end_of_stream(self) -> None:
         self._post(_Finalize(end_of_stream=True))
 
-    def fail(self, error: LinguaError) -> None:
-        """Ends the session with this error, after the events already in the inbox."""
-        self._post(_Fail(error))
+    def fail(self, error: LinguaError, at_once: bool = False) -> None:
+        """Ends the session with this error, after the events already in the inbox (`at_once`: before)."""
+        self._post(_Fail(error), control=at_once)
 
     # Called by the dispatcher (JobSink).
     def job_progress(self, index: int, event: JobProgress) -> None:
@@ -229,6 +264,14 @@ class SessionActor:
 
     def job_skipped(self, index: int, reason: SkipReason, message: str) -> None:
         self._post(_Skipped(index, reason, message), control=True)
+
+    # Called when the session resumes, before `run`.
+    def inherit(self, index: int, duration_ms: int) -> None:
+        """The session had utterance `index` before this stream: its answer comes from the store, or from its
+        job (re-watched by this instance), through job_done/job_skipped like any other."""
+        self._sequencer.expect(index)
+        self._outstanding += 1
+        self._meta[index] = _Meta(float("nan"), duration_ms)
 
     def _post(self, event: _Event, control: bool = False) -> None:
         (self._control if control else self._inbox).put(event)
@@ -272,7 +315,10 @@ class SessionActor:
         utterances: list[Utterance] = []
         if isinstance(event, _Audio):
             self._audio_slots.release()
-            utterances = seg.on_audio(event.pcm, now, event.is_final)
+            pcm = event.pcm
+            if self._drop_bytes:  # sent again on a resume, and already recorded
+                pcm, self._drop_bytes = pcm[self._drop_bytes :], max(0, self._drop_bytes - len(pcm))
+            utterances = seg.on_audio(pcm, now, event.is_final)
         elif isinstance(event, _Playback):
             utterances = seg.on_playback(event.playing, now)
         elif isinstance(event, _Finalize):
@@ -295,6 +341,9 @@ class SessionActor:
             self._send(self._sequencer.skip(event.index, event.reason, event.message, now))
         for utterance in utterances:
             await self._start_job(utterance)
+        if seg.recorded_offset > self._acked:  # every utterance before it is recorded (or answered)
+            self._acked = seg.recorded_offset
+            self._emit(RecordedOut(self._acked))
 
     async def _start_job(self, u: Utterance) -> None:
         self._metrics.utterances.inc()
@@ -311,7 +360,14 @@ class SessionActor:
             )
             return
         spec = JobSpec(
-            self.session_id, u.index, self.pair, self.sample_rate_hz, self.options.tts_enabled, u.audio
+            self.session_id,
+            u.index,
+            self.pair,
+            self.sample_rate_hz,
+            self.options.tts_enabled,
+            u.audio,
+            u.end_offset,
+            u.duration_ms,
         )
         try:
             ticket = Ticket(
@@ -320,6 +376,7 @@ class SessionActor:
                 queue_timeout_s=self.options.queue_timeout_ms / 1000,
                 preferred_node=self._preferred_node,
                 ended_at=u.ended_at,
+                answers_sent=self.sent,
             )
             self._outstanding += 1
             await self._dispatcher.submit(ticket)
@@ -339,7 +396,8 @@ class SessionActor:
             if answer.result is not None:
                 done = answer.result
                 self._metrics.results_sent.inc()
-                if meta is not None:
+                timed = meta is not None and meta.ended_at == meta.ended_at  # not NaN: ended on this stream
+                if meta is not None and timed:
                     self._metrics.end_to_end_seconds.observe(now - meta.ended_at)
                 self._emit(
                     ResultOut(
@@ -347,7 +405,7 @@ class SessionActor:
                         done.output,
                         done.node_id,
                         done.overhead,
-                        total_ms=int((now - meta.ended_at) * 1000) if meta else 0,
+                        total_ms=int((now - meta.ended_at) * 1000) if meta is not None and timed else 0,
                         audio_duration_ms=meta.duration_ms if meta else 0,
                     )
                 )

@@ -25,10 +25,11 @@ class Answer(Generic[R]):
 
 
 class ResultSequencer(Generic[R]):
-    def __init__(self, gap_timeout_s: float) -> None:
+    def __init__(self, gap_timeout_s: float, start: int = 0) -> None:
+        """`start`: the first index to send (a resumed session's client has every answer before it)."""
         self._gap_timeout_s = gap_timeout_s
-        self._next = 0  # lowest index not yet sent
-        self._expected = 0  # indexes below this exist
+        self._next = start  # lowest index not yet sent
+        self._expected = start  # indexes below this exist
         self._ready: dict[int, Answer[R]] = {}
         self._blocked_since: float | None = None
 

@@ -12,6 +12,10 @@ An utterance ends
 While the client reports TTS playback, pauses do not end utterances. An utterance without a single speech
 frame (empty, or all silence) is dropped without taking an index.
 
+Positions in the session's audio are counted in samples from its first sample. Every sample before
+`recorded_offset` belongs to an utterance already emitted or to silence that was dropped: a session that
+resumes elsewhere needs none of it again.
+
 Silence is decided per 20 ms frame by RMS level against `silence_threshold_dbfs`.
 """
 
@@ -39,6 +43,7 @@ class Utterance:
     duration_ms: int
     reason: EndReason
     ended_at: float  # the `now` at which it ended (monotonic seconds)
+    end_offset: int = 0  # position in the session's audio just after its last sample (samples)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +73,9 @@ class _Buffer:
 
 
 class Segmenter:
-    def __init__(self, config: SegmenterConfig) -> None:
+    def __init__(self, config: SegmenterConfig, next_index: int = 0, offset: int = 0) -> None:
+        """`next_index`, `offset`: where a resumed session stands (its next utterance's index, and the position
+        of the first sample this segmenter is given)."""
         self.config = config
         self._frame = config.sample_rate_hz * FRAME_MS // 1000
         # A frame is speech when its RMS reaches the threshold (dBFS = 20 log10(rms / 32768)); compared as a
@@ -79,7 +86,8 @@ class Segmenter:
         self._hangover_samples = config.sample_rate_hz * config.hangover_ms // 1000
         self._max_samples = config.sample_rate_hz * config.max_utterance_ms // 1000
         self._buf = _Buffer()
-        self._next_index = 0
+        self._next_index = next_index
+        self._offset = offset  # position of the current buffer's first sample
         self._playing = False
         self._generation = 0
         self._deadline: Deadline | None = None
@@ -88,6 +96,11 @@ class Segmenter:
     @property
     def next_index(self) -> int:
         return self._next_index
+
+    @property
+    def recorded_offset(self) -> int:
+        """Position of the first sample that may still go into an utterance: everything before it is done."""
+        return self._offset
 
     @property
     def deadline(self) -> Deadline | None:
@@ -173,12 +186,12 @@ class Segmenter:
         self._in_hangover = False
         self._deadline = None
         self._generation += 1
+        self._offset += buf.samples
         if not buf.has_speech:
             return  # empty or all silence: no utterance, no index
         audio = b"".join(buf.chunks)
-        out.append(
-            Utterance(self._next_index, audio, buf.samples * 1000 // self.config.sample_rate_hz, reason, now)
-        )
+        duration_ms = buf.samples * 1000 // self.config.sample_rate_hz
+        out.append(Utterance(self._next_index, audio, duration_ms, reason, now, self._offset))
         self._next_index += 1
 
     def _arm_gap_timer(self, now: float) -> None:

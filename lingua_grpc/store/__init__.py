@@ -5,6 +5,8 @@ from lingua_grpc.store._embedded import EmbeddedRedis
 from lingua_grpc.store._keys import InstanceKeys, JobKeys, RegistryKeys, slot_member
 from lingua_grpc.store._scripts import (
     Claim,
+    ClaimOutcome,
+    Completed,
     DrainOutcome,
     HandOff,
     HeartbeatOutcome,
@@ -12,11 +14,14 @@ from lingua_grpc.store._scripts import (
     Reservation,
     ScriptBook,
     ScriptCall,
+    SessionClaim,
     Started,
 )
 
 __all__ = [
     "Claim",
+    "ClaimOutcome",
+    "Completed",
     "DrainOutcome",
     "EmbeddedRedis",
     "HandOff",
@@ -28,6 +33,7 @@ __all__ = [
     "Reservation",
     "ScriptBook",
     "ScriptCall",
+    "SessionClaim",
     "Started",
     "connect_redis",
     "redis_client",

@@ -9,6 +9,7 @@ Registry keys (tag `{registry}`), with the default prefix:
     lingua:v1:{registry}:instances      set of scheduler instance ids
     lingua:v1:{registry}:instance:<id>  instance hash: address, started, last heartbeat, what it holds
     lingua:v1:{registry}:ilease:<id>    instance lease, expires (PX) unless its heartbeats renew it
+    lingua:v1:{registry}:resume_key     the fleet's resume-token key, when no --resume-key-file is given
 Instance keys (tag `{i:<instance_id>}`: each instance's traffic on its own slot):
     lingua:v1:{i:<id>}:inbox        stream of hand-offs to the instance (consumer group `lingua`)
     lingua:v1:{i:<id>}:lease        inbox lease: others hand it work only while this exists
@@ -18,6 +19,9 @@ Job keys (tag `{s:<session_id>}`: a session's jobs share one slot):
     lingua:v1:{s:<session_id>}:job:<index>     job hash: state, attempt, node, owner, timestamps, result
     lingua:v1:{s:<session_id>}:audio:<index>   the utterance's audio, kept for re-dispatch (TTL)
     lingua:v1:{s:<session_id>}:live            set of the indexes of the session's non-final jobs
+    lingua:v1:{s:<session_id>}:session         session hash: pair, format, options, owner and epoch, next index,
+                                               audio recorded, answers sent, ended (for resuming anywhere)
+    lingua:v1:{s:<session_id>}:tts:<index>     a result's synthesized speech, kept for a resuming client (TTL)
     lingua:v1:{probe}:write                     written (short TTL) to learn whether Redis takes writes again
 """
 
@@ -61,6 +65,10 @@ class RegistryKeys:
     def instance_lease(self, instance_id: str) -> str:
         return f"{self._tag}:ilease:{instance_id}"
 
+    @property
+    def resume_key(self) -> str:
+        return f"{self._tag}:resume_key"
+
 
 @dataclass(frozen=True, slots=True)
 class InstanceKeys:
@@ -100,6 +108,12 @@ class JobKeys:
 
     def live(self, session_id: str) -> str:
         return f"{self.prefix}{{s:{session_id}}}:live"
+
+    def session(self, session_id: str) -> str:
+        return f"{self.prefix}{{s:{session_id}}}:session"
+
+    def tts(self, session_id: str, index: int) -> str:
+        return f"{self.prefix}{{s:{session_id}}}:tts:{index}"
 
     @property
     def probe(self) -> str:

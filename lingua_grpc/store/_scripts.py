@@ -23,6 +23,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
+from lingua_grpc.store._connection import text
 from lingua_grpc.store._keys import InstanceKeys, JobKeys, RegistryKeys
 
 LUA_DIR: Traversable = files(__package__) / "lua"
@@ -41,6 +42,10 @@ SCRIPT_NAMES = (
     "handoff",
     "renew_inbox",
     "claim_instance",
+    "open_session",
+    "claim_session",
+    "close_session",
+    "complete_job",
 )
 
 R = TypeVar("R")
@@ -118,6 +123,41 @@ def _hand_off(reply: Any) -> HandOff:
     if isinstance(reply, bytes | str):
         return HandOff(reply.decode() if isinstance(reply, bytes) else reply)
     return HandOff(None, full=int(reply) == -1)
+
+
+class ClaimOutcome(enum.Enum):
+    """claim_session's status."""
+
+    CLAIMED = 1
+    NOT_FOUND = 0
+    ENDED = -1
+    OTHER_CREDENTIAL = -2
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClaim:
+    """claim_session's reply: the outcome, the previous owner and the session's fields when claimed."""
+
+    outcome: ClaimOutcome
+    previous_owner: str = ""
+    fields: dict[str, str] | None = None
+
+
+def _claim(reply: Any) -> SessionClaim:
+    outcome = ClaimOutcome(int(reply[0]))
+    if outcome is not ClaimOutcome.CLAIMED:
+        return SessionClaim(outcome)
+    values = [v.decode() if isinstance(v, bytes) else str(v) for v in reply[1:]]
+    fields = dict(zip(values[1::2], values[2::2], strict=True))
+    return SessionClaim(outcome, values[0], fields)
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """complete_job's reply."""
+
+    applied: bool  # the result was recorded now
+    owner: str  # the instance owning the job's session ('' when not recorded): it delivers the result
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,10 +360,19 @@ class ScriptBook:
         current_attempt: int,
         node_id: str,
         owner: str,
+        audio_end: int = 0,
+        answers_sent: int = 0,
+        duration_ms: int = 0,
     ) -> ScriptCall[Started]:
+        """`audio_end`, `answers_sent`: the session's progress, recorded with a new job."""
         return ScriptCall(
             self._scripts["start_job"],
-            [k.job(session_id, index), k.audio(session_id, index), k.live(session_id)],
+            [
+                k.job(session_id, index),
+                k.audio(session_id, index),
+                k.live(session_id),
+                k.session(session_id),
+            ],
             [
                 job_id,
                 session_id,
@@ -338,8 +387,83 @@ class ScriptBook:
                 current_attempt,
                 node_id,
                 owner,
+                audio_end,
+                answers_sent,
+                duration_ms,
             ],
             lambda r: Started(bool(r[0]), int(r[1]) if int(r[1]) >= 0 else None),
+        )
+
+    def complete_job(
+        self,
+        k: JobKeys,
+        session_id: str,
+        index: int,
+        *,
+        attempt: int,
+        allowed: tuple[str, ...],
+        tts_audio: bytes,
+        tts_ttl_ms: int,
+        fields: dict[str, str | int | bytes],
+    ) -> ScriptCall[Completed]:
+        args: list[Any] = [attempt, " ".join(allowed), tts_audio, tts_ttl_ms]
+        for name, value in fields.items():
+            args += [name, value]
+        return ScriptCall(
+            self._scripts["complete_job"],
+            [k.job(session_id, index), k.live(session_id), k.session(session_id), k.tts(session_id, index)],
+            args,
+            lambda r: Completed(bool(int(r[0])), text(r[1])),
+        )
+
+    # Session scripts: the session's hash, under its tag with its jobs.
+
+    def open_session(
+        self,
+        k: JobKeys,
+        session_id: str,
+        *,
+        source_language: str,
+        target_language: str,
+        sample_rate_hz: int,
+        options_json: str,
+        credential: str,
+        client_name: str,
+        owner: str,
+        ttl_ms: int,
+    ) -> ScriptCall[bool]:
+        return ScriptCall(
+            self._scripts["open_session"],
+            [k.session(session_id)],
+            [
+                session_id,
+                source_language,
+                target_language,
+                sample_rate_hz,
+                options_json,
+                credential,
+                client_name,
+                owner,
+                ttl_ms,
+            ],
+            lambda r: bool(r),
+        )
+
+    def claim_session(
+        self, k: JobKeys, session_id: str, *, claimer: str, credential: str, ttl_ms: int
+    ) -> ScriptCall[SessionClaim]:
+        return ScriptCall(
+            self._scripts["claim_session"], [k.session(session_id)], [claimer, credential, ttl_ms], _claim
+        )
+
+    def close_session(
+        self, k: JobKeys, session_id: str, *, owner: str, epoch: int, sent: int, ended: bool, ttl_ms: int
+    ) -> ScriptCall[bool]:
+        return ScriptCall(
+            self._scripts["close_session"],
+            [k.session(session_id)],
+            [owner, epoch, sent, int(ended), ttl_ms],
+            lambda r: bool(r),
         )
 
     def transition_job(

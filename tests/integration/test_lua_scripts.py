@@ -178,8 +178,8 @@ async def test_scripts_take_ttls_from_arguments_never_literals() -> None:
 async def test_complete_and_release_after_script_flush_applies_each_once(
     redis: Redis, keys: RegistryKeys, key_prefix: str
 ) -> None:
-    from lingua_grpc.jobs import LIVE_STATES, JobSpec, JobState, JobStore
-    from lingua_grpc.store import JobKeys
+    from lingua_grpc.jobs import JobOutput, JobSpec, JobState, JobStore
+    from lingua_grpc.store import Completed, JobKeys
 
     scripts = ScriptBook(redis)
     await NodeRegistry(redis, keys, scripts).register(registration("gpu-1"), "i", "c", LEASE_MS)
@@ -188,13 +188,14 @@ async def test_complete_and_release_after_script_flush_applies_each_once(
     assert (await store.reserve("gpu-1", spec.job_id, 1)).held
     assert await store.start(spec, 0, "gpu-1") == (True, 1)
     await redis.script_flush()
-    assert await store.complete_and_release(spec.job_id, 1, "gpu-1", LIVE_STATES, source_text="hi") == (
-        True,
-        True,
-    )
+    output = JobOutput(spec.job_id, 1, "hi", "hola", b"\x01\x02", 16000, 1, 2, 3)
+    assert await store.complete_and_release(output, "gpu-1") == (Completed(True, ""), True)
     record = await store.get(spec.job_id)
     assert record is not None and record.state is JobState.COMPLETED
-    assert await store.complete_and_release(spec.job_id, 1, "gpu-1", LIVE_STATES) == (False, False), "once"
+    assert record.fields["source_text"] == "hi"
+    stored = (await store.records("sess", [0]))[0]
+    assert stored.tts_audio == b"\x01\x02", "the result's speech is kept for a resuming client"
+    assert await store.complete_and_release(output, "gpu-1") == (Completed(False, ""), False), "once"
 
 
 async def test_reserve_and_start_in_one_round_trip_after_script_flush_and_on_a_full_node(

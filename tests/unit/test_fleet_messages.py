@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from lingua_grpc.fleet._messages import Assign, Cancel, Lost, Message, Relayed, decode, encode
+from lingua_grpc.fleet._messages import (
+    Assign,
+    Cancel,
+    Lost,
+    Message,
+    Moved,
+    Relayed,
+    Reroute,
+    decode,
+    encode,
+)
 from lingua_grpc.jobs import (
     Assignment,
     JobAccepted,
@@ -42,6 +52,15 @@ def as_stream(fields: dict[str, str | int | bytes]) -> dict[bytes, bytes]:
             7,
         ),
         Relayed("sched-a", "gpu-1", JobFailed(SPEC.job_id, 3, False, "engine crashed"), 7),
+        Relayed(
+            "sched-a",
+            "gpu-1",
+            JobOutput(SPEC.job_id, 3, "hello", "hola", b"", 0, 10, 20, 0),
+            8,
+            recorded=True,
+        ),
+        Reroute("sched-c", "gpu-1", SPEC.job_id, 3, 9),
+        Moved("sched-c", "sess-1", 4, 10),
     ],
     ids=lambda m: type(m).__name__ + "-" + type(getattr(m, "event", m)).__name__,
 )

@@ -12,6 +12,7 @@ EN_ES, EN_DE = LanguagePair("en", "es"), LanguagePair("en", "de")
 
 class Sink:
     closed = False
+    handed_to: str | None = None
 
     def job_progress(self, index: int, event: JobProgress) -> None: ...
 

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from lingua_grpc._proto.lingua.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -18,6 +19,46 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _JobState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOB_STATE_UNSPECIFIED: _JobState.ValueType  # 0
+    """Not set."""
+    JOB_STATE_CREATED: _JobState.ValueType  # 1
+    """Recorded; waiting for a node slot."""
+    JOB_STATE_ASSIGNED: _JobState.ValueType  # 2
+    """An attempt was given to a node, which has not said it took it."""
+    JOB_STATE_ACCEPTED: _JobState.ValueType  # 3
+    """The node runs the attempt."""
+    JOB_STATE_COMPLETED: _JobState.ValueType  # 4
+    """Final: the result is recorded."""
+    JOB_STATE_FAILED: _JobState.ValueType  # 5
+    """Final: every attempt failed."""
+    JOB_STATE_SKIPPED: _JobState.ValueType  # 6
+    """Final: ended without a result (see `reason`)."""
+
+class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper):
+    """Where a job is in its life."""
+
+JOB_STATE_UNSPECIFIED: JobState.ValueType  # 0
+"""Not set."""
+JOB_STATE_CREATED: JobState.ValueType  # 1
+"""Recorded; waiting for a node slot."""
+JOB_STATE_ASSIGNED: JobState.ValueType  # 2
+"""An attempt was given to a node, which has not said it took it."""
+JOB_STATE_ACCEPTED: JobState.ValueType  # 3
+"""The node runs the attempt."""
+JOB_STATE_COMPLETED: JobState.ValueType  # 4
+"""Final: the result is recorded."""
+JOB_STATE_FAILED: JobState.ValueType  # 5
+"""Final: every attempt failed."""
+JOB_STATE_SKIPPED: JobState.ValueType  # 6
+"""Final: ended without a result (see `reason`)."""
+Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
 @_typing.final
 class Node(_message.Message):
@@ -491,3 +532,261 @@ class ListInstancesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListInstancesResponse: _TypeAlias = ListInstancesResponse  # noqa: Y015
+
+@_typing.final
+class Job(_message.Message):
+    """One job as the store records it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    UTTERANCE_INDEX_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    CREATED_BY_INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    LANGUAGE_PAIR_FIELD_NUMBER: _builtins.int
+    CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    ASSIGNED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    UPDATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    TIMINGS_FIELD_NUMBER: _builtins.int
+    TTS_AUDIO_KEPT_FIELD_NUMBER: _builtins.int
+    AUDIO_KEPT_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """`session_id:utterance_index`."""
+    session_id: _builtins.str
+    """Session of the job."""
+    utterance_index: _builtins.int
+    """Index of its utterance in the session."""
+    state: Global___JobState.ValueType
+    """Where it is in its life."""
+    attempt: _builtins.int
+    """Current attempt, from 1; 0 before the first."""
+    node_id: _builtins.str
+    """Node of the current attempt; empty when none."""
+    created_by_instance_id: _builtins.str
+    """Scheduler instance that created the job."""
+    created_unix_ms: _builtins.int
+    """When it was recorded, in ms since the Unix epoch."""
+    assigned_unix_ms: _builtins.int
+    """When its current attempt was given to a node, in ms since the Unix epoch; 0 before."""
+    updated_unix_ms: _builtins.int
+    """When its state last changed after that, in ms since the Unix epoch; 0 before."""
+    reason: _builtins.str
+    """Why it ended, for FAILED and SKIPPED ("queue_timeout", "session_ended", or the last failure)."""
+    tts_audio_kept: _builtins.bool
+    """Whether its synthesized speech is still kept for a resuming client (within `result_audio_ttl_ms`)."""
+    audio_kept: _builtins.bool
+    """Whether its utterance's audio is still kept for another attempt (within `job_audio_ttl_ms`)."""
+    @_builtins.property
+    def language_pair(self) -> _common_pb2.LanguagePair:
+        """Language pair of the job."""
+
+    @_builtins.property
+    def timings(self) -> _common_pb2.StageTimings:
+        """For COMPLETED: the node's time per stage, in ms."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        utterance_index: _builtins.int = ...,
+        state: Global___JobState.ValueType = ...,
+        attempt: _builtins.int = ...,
+        node_id: _builtins.str = ...,
+        created_by_instance_id: _builtins.str = ...,
+        language_pair: _common_pb2.LanguagePair | None = ...,
+        created_unix_ms: _builtins.int = ...,
+        assigned_unix_ms: _builtins.int = ...,
+        updated_unix_ms: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        timings: _common_pb2.StageTimings | None = ...,
+        tts_audio_kept: _builtins.bool = ...,
+        audio_kept: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["language_pair", b"language_pair", "timings", b"timings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_unix_ms", b"assigned_unix_ms", "attempt", b"attempt", "audio_kept", b"audio_kept", "created_by_instance_id", b"created_by_instance_id", "created_unix_ms", b"created_unix_ms", "job_id", b"job_id", "language_pair", b"language_pair", "node_id", b"node_id", "reason", b"reason", "session_id", b"session_id", "state", b"state", "timings", b"timings", "tts_audio_kept", b"tts_audio_kept", "updated_unix_ms", b"updated_unix_ms", "utterance_index", b"utterance_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class SessionRecord(_message.Message):
+    """A session as the store records it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    LANGUAGE_PAIR_FIELD_NUMBER: _builtins.int
+    AUDIO_FORMAT_FIELD_NUMBER: _builtins.int
+    OWNER_INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    OWNER_ALIVE_FIELD_NUMBER: _builtins.int
+    RESUMES_FIELD_NUMBER: _builtins.int
+    NEXT_UTTERANCE_INDEX_FIELD_NUMBER: _builtins.int
+    ANSWERS_SENT_FIELD_NUMBER: _builtins.int
+    AUDIO_OFFSET_FIELD_NUMBER: _builtins.int
+    ENDED_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_FIELD_NUMBER: _builtins.int
+    CLIENT_NAME_FIELD_NUMBER: _builtins.int
+    CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    UPDATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """Session id."""
+    owner_instance_id: _builtins.str
+    """Scheduler instance that owns it (holds its client stream, or held it last)."""
+    owner_alive: _builtins.bool
+    """Whether that instance is alive (its lease holds). False: the session waits for its client to resume."""
+    resumes: _builtins.int
+    """Times its ownership moved (a resume on another stream)."""
+    next_utterance_index: _builtins.int
+    """Utterances it has had: the next one takes this index."""
+    answers_sent: _builtins.int
+    """Answers its owner has written to a client stream, in order: indexes below this were sent."""
+    audio_offset: _builtins.int
+    """Audio recorded, in samples since the session's first sample."""
+    ended: _builtins.bool
+    """Whether the session ended (end of stream, or an error): it can no longer be resumed."""
+    credential: _builtins.str
+    """Credential that opened it."""
+    client_name: _builtins.str
+    """Client software's name, as it said."""
+    created_unix_ms: _builtins.int
+    """When it was opened, in ms since the Unix epoch."""
+    updated_unix_ms: _builtins.int
+    """When its owner last recorded progress, in ms since the Unix epoch."""
+    @_builtins.property
+    def language_pair(self) -> _common_pb2.LanguagePair:
+        """Its language pair."""
+
+    @_builtins.property
+    def audio_format(self) -> _common_pb2.AudioFormat:
+        """Its audio format."""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        language_pair: _common_pb2.LanguagePair | None = ...,
+        audio_format: _common_pb2.AudioFormat | None = ...,
+        owner_instance_id: _builtins.str = ...,
+        owner_alive: _builtins.bool = ...,
+        resumes: _builtins.int = ...,
+        next_utterance_index: _builtins.int = ...,
+        answers_sent: _builtins.int = ...,
+        audio_offset: _builtins.int = ...,
+        ended: _builtins.bool = ...,
+        credential: _builtins.str = ...,
+        client_name: _builtins.str = ...,
+        created_unix_ms: _builtins.int = ...,
+        updated_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio_format", b"audio_format", "language_pair", b"language_pair"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers_sent", b"answers_sent", "audio_format", b"audio_format", "audio_offset", b"audio_offset", "client_name", b"client_name", "created_unix_ms", b"created_unix_ms", "credential", b"credential", "ended", b"ended", "language_pair", b"language_pair", "next_utterance_index", b"next_utterance_index", "owner_alive", b"owner_alive", "owner_instance_id", b"owner_instance_id", "resumes", b"resumes", "session_id", b"session_id", "updated_unix_ms", b"updated_unix_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionRecord: _TypeAlias = SessionRecord  # noqa: Y015
+
+@_typing.final
+class GetJobRequest(_message.Message):
+    """Request for GetJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """`session_id:utterance_index`."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJobRequest: _TypeAlias = GetJobRequest  # noqa: Y015
+
+@_typing.final
+class GetJobResponse(_message.Message):
+    """Response of GetJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> Global___Job:
+        """The job."""
+
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJobResponse: _TypeAlias = GetJobResponse  # noqa: Y015
+
+@_typing.final
+class GetSessionRequest(_message.Message):
+    """Request for GetSession."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """Session id (as in `SessionStarted.session_id`)."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSessionRequest: _TypeAlias = GetSessionRequest  # noqa: Y015
+
+@_typing.final
+class GetSessionResponse(_message.Message):
+    """Response of GetSession."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session(self) -> Global___SessionRecord:
+        """The session."""
+
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
+        """Its jobs still in the store, by utterance index."""
+
+    def __init__(
+        self,
+        *,
+        session: Global___SessionRecord | None = ...,
+        jobs: _abc.Iterable[Global___Job] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSessionResponse: _TypeAlias = GetSessionResponse  # noqa: Y015

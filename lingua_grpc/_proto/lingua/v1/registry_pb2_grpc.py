@@ -65,6 +65,16 @@ class RegistryServiceStub:
                 request_serializer=lingua_dot_v1_dot_registry__pb2.ListInstancesRequest.SerializeToString,
                 response_deserializer=lingua_dot_v1_dot_registry__pb2.ListInstancesResponse.FromString,
                 _registered_method=True)
+        self.GetJob = channel.unary_unary(
+                '/lingua.v1.RegistryService/GetJob',
+                request_serializer=lingua_dot_v1_dot_registry__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=lingua_dot_v1_dot_registry__pb2.GetJobResponse.FromString,
+                _registered_method=True)
+        self.GetSession = channel.unary_unary(
+                '/lingua.v1.RegistryService/GetSession',
+                request_serializer=lingua_dot_v1_dot_registry__pb2.GetSessionRequest.SerializeToString,
+                response_deserializer=lingua_dot_v1_dot_registry__pb2.GetSessionResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -115,6 +125,23 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetJob(self, request, context):
+        """One job (one utterance of a session) as the store records it: state, attempt, node, owner, timestamps and
+        outcome. NOT_FOUND when the store has no such job (never created, or expired after `job_ttl_ms`).
+        Transcripts, translations and audio are users' content and are not shown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSession(self, request, context):
+        """A session as the store records it (owner, progress, resumability) with its jobs, in utterance order.
+        NOT_FOUND when the store has no such session (never opened, or expired).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +174,16 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ListInstances,
                     request_deserializer=lingua_dot_v1_dot_registry__pb2.ListInstancesRequest.FromString,
                     response_serializer=lingua_dot_v1_dot_registry__pb2.ListInstancesResponse.SerializeToString,
+            ),
+            'GetJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJob,
+                    request_deserializer=lingua_dot_v1_dot_registry__pb2.GetJobRequest.FromString,
+                    response_serializer=lingua_dot_v1_dot_registry__pb2.GetJobResponse.SerializeToString,
+            ),
+            'GetSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSession,
+                    request_deserializer=lingua_dot_v1_dot_registry__pb2.GetSessionRequest.FromString,
+                    response_serializer=lingua_dot_v1_dot_registry__pb2.GetSessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +349,60 @@ class RegistryService:
             '/lingua.v1.RegistryService/ListInstances',
             lingua_dot_v1_dot_registry__pb2.ListInstancesRequest.SerializeToString,
             lingua_dot_v1_dot_registry__pb2.ListInstancesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lingua.v1.RegistryService/GetJob',
+            lingua_dot_v1_dot_registry__pb2.GetJobRequest.SerializeToString,
+            lingua_dot_v1_dot_registry__pb2.GetJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lingua.v1.RegistryService/GetSession',
+            lingua_dot_v1_dot_registry__pb2.GetSessionRequest.SerializeToString,
+            lingua_dot_v1_dot_registry__pb2.GetSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

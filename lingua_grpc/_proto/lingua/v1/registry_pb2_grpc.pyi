@@ -48,6 +48,15 @@ class RegistryServiceStub:
     holds. An instance that stopped cleanly is gone from the list; one that died shows `alive` false until a
     survivor takes over what it left.
     """
+    GetJob: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetJobRequest, _registry_pb2.GetJobResponse]
+    """One job (one utterance of a session) as the store records it: state, attempt, node, owner, timestamps and
+    outcome. NOT_FOUND when the store has no such job (never created, or expired after `job_ttl_ms`).
+    Transcripts, translations and audio are users' content and are not shown.
+    """
+    GetSession: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetSessionRequest, _registry_pb2.GetSessionResponse]
+    """A session as the store records it (owner, progress, resumability) with its jobs, in utterance order.
+    NOT_FOUND when the store has no such session (never opened, or expired).
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -68,6 +77,15 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """The scheduler instances of the fleet (all those sharing this Redis), each with its lease and what it
     holds. An instance that stopped cleanly is gone from the list; one that died shows `alive` false until a
     survivor takes over what it left.
+    """
+    GetJob: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetJobRequest, _registry_pb2.GetJobResponse]  # type: ignore[assignment]
+    """One job (one utterance of a session) as the store records it: state, attempt, node, owner, timestamps and
+    outcome. NOT_FOUND when the store has no such job (never created, or expired after `job_ttl_ms`).
+    Transcripts, translations and audio are users' content and are not shown.
+    """
+    GetSession: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetSessionRequest, _registry_pb2.GetSessionResponse]  # type: ignore[assignment]
+    """A session as the store records it (owner, progress, resumability) with its jobs, in utterance order.
+    NOT_FOUND when the store has no such session (never opened, or expired).
     """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -122,6 +140,27 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         """The scheduler instances of the fleet (all those sharing this Redis), each with its lease and what it
         holds. An instance that stopped cleanly is gone from the list; one that died shows `alive` false until a
         survivor takes over what it left.
+        """
+
+    @_abc_1.abstractmethod
+    def GetJob(
+        self,
+        request: _registry_pb2.GetJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.GetJobResponse, _abc.Awaitable[_registry_pb2.GetJobResponse]]:
+        """One job (one utterance of a session) as the store records it: state, attempt, node, owner, timestamps and
+        outcome. NOT_FOUND when the store has no such job (never created, or expired after `job_ttl_ms`).
+        Transcripts, translations and audio are users' content and are not shown.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSession(
+        self,
+        request: _registry_pb2.GetSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.GetSessionResponse, _abc.Awaitable[_registry_pb2.GetSessionResponse]]:
+        """A session as the store records it (owner, progress, resumability) with its jobs, in utterance order.
+        NOT_FOUND when the store has no such session (never opened, or expired).
         """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -45,6 +45,10 @@ class _SkipReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SkipReason
     """The scheduler's store (Redis) refused to record the utterance because it is out of memory. Operators
     see this in health and logs; the client may retry later.
     """
+    SKIP_REASON_LOST: _SkipReason.ValueType  # 8
+    """The utterance's record is gone from the scheduler's store (it expired, or the store lost its data) and
+    no scheduler holds its result: found when a session resumes.
+    """
 
 class SkipReason(_SkipReason, metaclass=_SkipReasonEnumTypeWrapper):
     """Why an utterance has no result."""
@@ -69,6 +73,10 @@ they are translated: send audio at real-time pace, or wait for results before se
 SKIP_REASON_STORAGE_FULL: SkipReason.ValueType  # 7
 """The scheduler's store (Redis) refused to record the utterance because it is out of memory. Operators
 see this in health and logs; the client may retry later.
+"""
+SKIP_REASON_LOST: SkipReason.ValueType  # 8
+"""The utterance's record is gone from the scheduler's store (it expired, or the store lost its data) and
+no scheduler holds its result: found when a session resumes.
 """
 Global___SkipReason: _TypeAlias = SkipReason  # noqa: Y015
 
@@ -133,10 +141,21 @@ class SessionStart(_message.Message):
     OPTIONS_FIELD_NUMBER: _builtins.int
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     CLIENT_NAME_FIELD_NUMBER: _builtins.int
+    NEXT_UTTERANCE_INDEX_FIELD_NUMBER: _builtins.int
+    AUDIO_OFFSET_FIELD_NUMBER: _builtins.int
     resume_token: _builtins.str
     """Token from an earlier `SessionStarted` to resume that session after a reconnect. Empty for a new session."""
     client_name: _builtins.str
     """Free-form name of the client software, for logs ("meeting-bot/2.3")."""
+    next_utterance_index: _builtins.int
+    """Resuming only: index of the first utterance whose answer (`result` or `skipped`) the client has not
+    received; answers from this index on are sent again. 0 when it received none.
+    """
+    audio_offset: _builtins.int
+    """Resuming only: position of the first audio sample this stream sends, in samples since the session's
+    first sample: the oldest sample the client kept (it may drop everything before the last
+    `AudioRecorded.audio_offset`). 0 when it kept everything.
+    """
     @_builtins.property
     def language_pair(self) -> _common_pb2.LanguagePair:
         """Direction of translation. Both languages are required."""
@@ -159,10 +178,12 @@ class SessionStart(_message.Message):
         options: Global___SessionOptions | None = ...,
         resume_token: _builtins.str = ...,
         client_name: _builtins.str = ...,
+        next_utterance_index: _builtins.int = ...,
+        audio_offset: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["audio_format", b"audio_format", "language_pair", b"language_pair", "options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_format", b"audio_format", "client_name", b"client_name", "language_pair", b"language_pair", "options", b"options", "resume_token", b"resume_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_format", b"audio_format", "audio_offset", b"audio_offset", "client_name", b"client_name", "language_pair", b"language_pair", "next_utterance_index", b"next_utterance_index", "options", b"options", "resume_token", b"resume_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -346,6 +367,7 @@ class StreamResponse(_message.Message):
     RESULT_FIELD_NUMBER: _builtins.int
     SKIPPED_FIELD_NUMBER: _builtins.int
     WARNING_FIELD_NUMBER: _builtins.int
+    AUDIO_RECORDED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def started(self) -> Global___SessionStarted:
         """The session is open. Always the first server message."""
@@ -366,6 +388,10 @@ class StreamResponse(_message.Message):
     def warning(self) -> Global___SessionWarning:
         """A problem that does not end the session (for example a chunk that was dropped)."""
 
+    @_builtins.property
+    def audio_recorded(self) -> Global___AudioRecorded:
+        """The server recorded the session's audio up to a position: the client may drop what it kept of it."""
+
     def __init__(
         self,
         *,
@@ -374,12 +400,13 @@ class StreamResponse(_message.Message):
         result: Global___UtteranceResult | None = ...,
         skipped: Global___UtteranceSkipped | None = ...,
         warning: Global___SessionWarning | None = ...,
+        audio_recorded: Global___AudioRecorded | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "progress", b"progress", "result", b"result", "skipped", b"skipped", "started", b"started", "warning", b"warning"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio_recorded", b"audio_recorded", "kind", b"kind", "progress", b"progress", "result", b"result", "skipped", b"skipped", "started", b"started", "warning", b"warning"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "progress", b"progress", "result", b"result", "skipped", b"skipped", "started", b"started", "warning", b"warning"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_recorded", b"audio_recorded", "kind", b"kind", "progress", b"progress", "result", b"result", "skipped", b"skipped", "started", b"started", "warning", b"warning"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["started", "progress", "result", "skipped", "warning"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["started", "progress", "result", "skipped", "warning", "audio_recorded"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -396,10 +423,23 @@ class SessionStarted(_message.Message):
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     LANGUAGE_PAIR_FIELD_NUMBER: _builtins.int
     AUDIO_FORMAT_FIELD_NUMBER: _builtins.int
+    RESUMED_FIELD_NUMBER: _builtins.int
+    NEXT_UTTERANCE_INDEX_FIELD_NUMBER: _builtins.int
+    AUDIO_OFFSET_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Server-assigned session id; appears in logs and job ids."""
     resume_token: _builtins.str
-    """Opaque token to resume this session after a reconnect."""
+    """Opaque token to resume this session after a reconnect (see `Stream`). Signed by the fleet; valid for
+    `session_resume_ttl_ms` (`AudioRecorded` brings fresh ones while the session goes on).
+    """
+    resumed: _builtins.bool
+    """True when this stream resumed an existing session."""
+    next_utterance_index: _builtins.int
+    """Index of the next answer the server sends on this stream (`next_utterance_index` when resuming)."""
+    audio_offset: _builtins.int
+    """Position (samples since the session's first) up to which the session's audio is recorded. Audio the
+    client sends again from before it is dropped; audio from it on is segmented anew. 0 for a new session.
+    """
     @_builtins.property
     def options(self) -> Global___SessionOptions:
         """The options in force, with every field set."""
@@ -420,14 +460,46 @@ class SessionStarted(_message.Message):
         resume_token: _builtins.str = ...,
         language_pair: _common_pb2.LanguagePair | None = ...,
         audio_format: _common_pb2.AudioFormat | None = ...,
+        resumed: _builtins.bool = ...,
+        next_utterance_index: _builtins.int = ...,
+        audio_offset: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["audio_format", b"audio_format", "language_pair", b"language_pair", "options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_format", b"audio_format", "language_pair", b"language_pair", "options", b"options", "resume_token", b"resume_token", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_format", b"audio_format", "audio_offset", b"audio_offset", "language_pair", b"language_pair", "next_utterance_index", b"next_utterance_index", "options", b"options", "resume_token", b"resume_token", "resumed", b"resumed", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SessionStarted: _TypeAlias = SessionStarted  # noqa: Y015
+
+@_typing.final
+class AudioRecorded(_message.Message):
+    """How far the server has recorded the session's audio. Everything before `audio_offset` is either part of an
+    utterance recorded in the fleet's store (its job will be answered, even if this scheduler dies) or silence
+    that ended no utterance: the client need not send it again when it resumes.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIO_OFFSET_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    audio_offset: _builtins.int
+    """Position in samples since the session's first sample: the client may drop its kept audio before it."""
+    resume_token: _builtins.str
+    """A fresh resume token, replacing the one held, when the server renews it; empty otherwise."""
+    def __init__(
+        self,
+        *,
+        audio_offset: _builtins.int = ...,
+        resume_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_offset", b"audio_offset", "resume_token", b"resume_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AudioRecorded: _TypeAlias = AudioRecorded  # noqa: Y015
 
 @_typing.final
 class UtteranceProgress(_message.Message):

@@ -41,6 +41,23 @@ class SessionServiceStub:
     and in utterance order, progress events followed by exactly one `result` or `skipped`. After
     `end_of_stream` every utterance is answered and the server closes the stream with OK.
 
+    Resuming (after a dropped connection or a scheduler's death, on any instance of the fleet):
+      1. Keep `SessionStarted.resume_token` (and the newer one any `AudioRecorded` carries), the index of
+         the first utterance whose `result` or `skipped` you have not received, and every audio sample sent
+         after the last `AudioRecorded.audio_offset` (samples counted from the session's first, at its rate).
+      2. Open a new stream (to the same or another instance) whose first message is `start` with only
+         `resume_token`, `next_utterance_index` and `audio_offset` (the position of the first kept sample)
+         set; language pair, format and options are the session's own and need not be sent again (if sent,
+         they must match).
+      3. The server answers `started` (same `session_id`, `resumed` true), then sends, in order, every
+         answer from `next_utterance_index` on: results recorded while you were away, then those of jobs
+         still running or queued. Each index is answered exactly once across the reconnect: what you say
+         you received is not sent again.
+      4. Send the kept audio again, then carry on with new audio. The server drops the part of it that it had
+         already recorded (before `started.audio_offset`). New utterances take the next indexes.
+    The instance that held the session before ends its stream with ABORTED, if it is still alive. A token
+    is valid `session_resume_ttl_ms` after it was issued, for the credential that opened the session.
+
     Errors: INVALID_ARGUMENT for a bad start message, format or option (the message says what to fix);
     FAILED_PRECONDITION when the first message is not `start` or a message comes in the wrong order;
     UNAVAILABLE when no registered node serves the language pair or the scheduler is shutting down;
@@ -51,7 +68,12 @@ class SessionServiceStub:
     results (unread output over `session_outbox_max_bytes`); DEADLINE_EXCEEDED when the client sent
     nothing for `session_idle_timeout_ms` before `end_of_stream`; UNAUTHENTICATED without a valid client
     token when the scheduler asks for credentials (`authorization: Bearer <token>` metadata), and
-    PERMISSION_DENIED for a token of another role.
+    PERMISSION_DENIED for a token of another role. Resuming: INVALID_ARGUMENT for a token that is not one
+    (forged, damaged, or signed with another fleet key) or a pair/format that differs from the session's;
+    FAILED_PRECONDITION for an expired token or a session that already ended; NOT_FOUND when the session's
+    state is no longer in the store (expired, or the store lost its data): start a new session;
+    PERMISSION_DENIED when another credential opened the session; ABORTED on the old stream when the
+    session was resumed on another stream.
     """
 
 @_typing.type_check_only
@@ -67,6 +89,23 @@ class SessionServiceAsyncStub(SessionServiceStub):
     and in utterance order, progress events followed by exactly one `result` or `skipped`. After
     `end_of_stream` every utterance is answered and the server closes the stream with OK.
 
+    Resuming (after a dropped connection or a scheduler's death, on any instance of the fleet):
+      1. Keep `SessionStarted.resume_token` (and the newer one any `AudioRecorded` carries), the index of
+         the first utterance whose `result` or `skipped` you have not received, and every audio sample sent
+         after the last `AudioRecorded.audio_offset` (samples counted from the session's first, at its rate).
+      2. Open a new stream (to the same or another instance) whose first message is `start` with only
+         `resume_token`, `next_utterance_index` and `audio_offset` (the position of the first kept sample)
+         set; language pair, format and options are the session's own and need not be sent again (if sent,
+         they must match).
+      3. The server answers `started` (same `session_id`, `resumed` true), then sends, in order, every
+         answer from `next_utterance_index` on: results recorded while you were away, then those of jobs
+         still running or queued. Each index is answered exactly once across the reconnect: what you say
+         you received is not sent again.
+      4. Send the kept audio again, then carry on with new audio. The server drops the part of it that it had
+         already recorded (before `started.audio_offset`). New utterances take the next indexes.
+    The instance that held the session before ends its stream with ABORTED, if it is still alive. A token
+    is valid `session_resume_ttl_ms` after it was issued, for the credential that opened the session.
+
     Errors: INVALID_ARGUMENT for a bad start message, format or option (the message says what to fix);
     FAILED_PRECONDITION when the first message is not `start` or a message comes in the wrong order;
     UNAVAILABLE when no registered node serves the language pair or the scheduler is shutting down;
@@ -77,7 +116,12 @@ class SessionServiceAsyncStub(SessionServiceStub):
     results (unread output over `session_outbox_max_bytes`); DEADLINE_EXCEEDED when the client sent
     nothing for `session_idle_timeout_ms` before `end_of_stream`; UNAUTHENTICATED without a valid client
     token when the scheduler asks for credentials (`authorization: Bearer <token>` metadata), and
-    PERMISSION_DENIED for a token of another role.
+    PERMISSION_DENIED for a token of another role. Resuming: INVALID_ARGUMENT for a token that is not one
+    (forged, damaged, or signed with another fleet key) or a pair/format that differs from the session's;
+    FAILED_PRECONDITION for an expired token or a session that already ended; NOT_FOUND when the session's
+    state is no longer in the store (expired, or the store lost its data): start a new session;
+    PERMISSION_DENIED when another credential opened the session; ABORTED on the old stream when the
+    session was resumed on another stream.
     """
 
 class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -96,6 +140,23 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         and in utterance order, progress events followed by exactly one `result` or `skipped`. After
         `end_of_stream` every utterance is answered and the server closes the stream with OK.
 
+        Resuming (after a dropped connection or a scheduler's death, on any instance of the fleet):
+          1. Keep `SessionStarted.resume_token` (and the newer one any `AudioRecorded` carries), the index of
+             the first utterance whose `result` or `skipped` you have not received, and every audio sample sent
+             after the last `AudioRecorded.audio_offset` (samples counted from the session's first, at its rate).
+          2. Open a new stream (to the same or another instance) whose first message is `start` with only
+             `resume_token`, `next_utterance_index` and `audio_offset` (the position of the first kept sample)
+             set; language pair, format and options are the session's own and need not be sent again (if sent,
+             they must match).
+          3. The server answers `started` (same `session_id`, `resumed` true), then sends, in order, every
+             answer from `next_utterance_index` on: results recorded while you were away, then those of jobs
+             still running or queued. Each index is answered exactly once across the reconnect: what you say
+             you received is not sent again.
+          4. Send the kept audio again, then carry on with new audio. The server drops the part of it that it had
+             already recorded (before `started.audio_offset`). New utterances take the next indexes.
+        The instance that held the session before ends its stream with ABORTED, if it is still alive. A token
+        is valid `session_resume_ttl_ms` after it was issued, for the credential that opened the session.
+
         Errors: INVALID_ARGUMENT for a bad start message, format or option (the message says what to fix);
         FAILED_PRECONDITION when the first message is not `start` or a message comes in the wrong order;
         UNAVAILABLE when no registered node serves the language pair or the scheduler is shutting down;
@@ -106,7 +167,12 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         results (unread output over `session_outbox_max_bytes`); DEADLINE_EXCEEDED when the client sent
         nothing for `session_idle_timeout_ms` before `end_of_stream`; UNAUTHENTICATED without a valid client
         token when the scheduler asks for credentials (`authorization: Bearer <token>` metadata), and
-        PERMISSION_DENIED for a token of another role.
+        PERMISSION_DENIED for a token of another role. Resuming: INVALID_ARGUMENT for a token that is not one
+        (forged, damaged, or signed with another fleet key) or a pair/format that differs from the session's;
+        FAILED_PRECONDITION for an expired token or a session that already ended; NOT_FOUND when the session's
+        state is no longer in the store (expired, or the store lost its data): start a new session;
+        PERMISSION_DENIED when another credential opened the session; ABORTED on the old stream when the
+        session was resumed on another stream.
         """
 
 def add_SessionServiceServicer_to_server(servicer: SessionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
