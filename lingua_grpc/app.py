@@ -262,6 +262,7 @@ class Scheduler:
             Resumability(records, ResumeTokens(resume_key, s.session_resume_ttl_ms, self.clock), relay),
         )
         relay.on_moved = self.sessions.moved
+        relay.session_here = self.sessions.is_open
 
         server = grpc.aio.server(
             interceptors=[AuthInterceptor(self.gate)],
@@ -328,6 +329,7 @@ class Scheduler:
             s.fleet_inbox_read_count,
             self.metrics,
             self.clock,
+            s.accept_timeout_ms,
         )
         await recovery.start()
         stack.push_async_callback(recovery.stop)

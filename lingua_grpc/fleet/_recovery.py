@@ -3,10 +3,16 @@ Lua claim) takes over what each left.
 
 What a dead instance leaves, and what becomes of it:
 - hand-offs in its inbox: an attempt handed to it for a node it held goes back to its owner, which runs it
-  again at once; a node's result for one of its jobs is recorded (its session's next owner finds it); a
-  failure frees the attempt's slot;
-- its sessions' jobs not yet final: ended SKIPPED (reason owner_lost), each running attempt cancelled on its
-  node and its slot freed (fenced by the attempt: a result recorded meanwhile stays);
+  again at once; a node's result for one of its jobs is recorded and handed to the instance that owns the
+  session now, if its client resumed it (else a resume finds it in the store); a failure puts the job back
+  to wait, CREATED, and frees the attempt's slot; a question from a new owner (a reroute) is answered
+  "lost";
+- its sessions' jobs not yet final: they wait for their clients to resume (on any instance). Running ones
+  keep running (the instances holding their nodes record their results); queued ones stay queued for the
+  new owner to place; an attempt still only ASSIGNED well past the accept timeout (handed to no node before
+  the death) goes back to CREATED and its slot is freed. Sessions without a record in the store (not
+  resumable) have their jobs ended SKIPPED (reason owner_lost), each running attempt cancelled on its node
+  and its slot freed;
 - node streams it held: the nodes register again elsewhere, with the attempts they run (their slot sets
   become exactly those); a node that does not comes off the registry when its lease lapses;
 - its record: removed from the fleet's list.
@@ -25,9 +31,9 @@ from redis.exceptions import RedisError
 from lingua_grpc.clock import Clock
 from lingua_grpc.fleet._inbox import Courier, entries_of
 from lingua_grpc.fleet._instances import InstanceRegistry
-from lingua_grpc.fleet._messages import Assign, Lost, Relayed, decode
+from lingua_grpc.fleet._messages import Assign, Lost, Relayed, Reroute, decode
 from lingua_grpc.fleet._relay import FleetTransport, Relay
-from lingua_grpc.jobs import LIVE_STATES, JobState, JobStore, job_id
+from lingua_grpc.jobs import LIVE_STATES, JobOutput, JobState, JobStore, job_id
 from lingua_grpc.metrics import SchedulerMetrics
 from lingua_grpc.store import Claim, InstanceKeys, ScriptBook, text
 from lingua_grpc.tasks import cancel_and_wait, raise_if_cancelling
@@ -43,7 +49,8 @@ class Recovered:
     handoffs_returned: int = 0  # attempts handed to it, sent back to their owners
     results_recorded: int = 0  # node results for its jobs, found in its inbox and recorded
     slots_released: int = 0
-    jobs_ended: int = 0
+    jobs_ended: int = 0  # jobs of sessions that cannot be resumed, ended
+    jobs_requeued: int = 0  # attempts handed to no node, put back to wait for the session's resume
 
 
 class Recovery:
@@ -63,8 +70,11 @@ class Recovery:
         batch: int,
         metrics: SchedulerMetrics,
         clock: Clock,
+        accept_timeout_ms: int = 2000,
     ) -> None:
-        """`batch`: inbox entries read at once from a dead instance's inbox."""
+        """`batch`: inbox entries read at once from a dead instance's inbox. `accept_timeout_ms`: an attempt
+        ASSIGNED longer than this at the takeover never reached its node."""
+        self._accept_timeout_ms = accept_timeout_ms
         self._redis = redis
         self._prefix = prefix
         self._scripts = scripts
@@ -117,10 +127,10 @@ class Recovery:
             return None
         log.warning("taking over what a dead instance left", extra={"instance_id": dead})
         returned, results, released = await self._inbox(keys)
-        ended, freed = await self._jobs(keys)
+        ended, requeued, freed = await self._jobs(keys)
         await self._instances.deregister(dead)
-        done = Recovered(dead, returned, results, released + freed, ended)
-        for what in ("handoffs_returned", "slots_released", "jobs_ended"):  # results: counted as recorded
+        done = Recovered(dead, returned, results, released + freed, ended, requeued)
+        for what in ("handoffs_returned", "slots_released", "jobs_ended", "jobs_requeued"):
             self._metrics.recovered.labels(what).inc(getattr(done, what))
         self._metrics.recovered.labels("instances").inc()
         self._metrics.slots_reconciled.inc(released + freed)
@@ -132,6 +142,7 @@ class Recovery:
                 "results_recorded": results,
                 "slots_released": released + freed,
                 "jobs_ended": ended,
+                "jobs_requeued": requeued,
             },
         )
         return done
@@ -152,10 +163,23 @@ class Recovery:
                 )
                 await self._courier.send(message.owner, lost)
                 returned += 1
+            elif isinstance(message, Relayed) and message.recorded:
+                owner = await self._store.session_owner(message.event.job_id)
+                if owner and owner != keys.instance_id and isinstance(message.event, JobOutput):
+                    self._relay.forward_recorded(owner, message.node_id, message.event)
             elif isinstance(message, Relayed):
                 results += await self._relay.settle_orphan(message.node_id, message.event)
             elif isinstance(message, Lost):
+                await self._store.transition(
+                    message.job_id, message.attempt, LIVE_STATES, JobState.CREATED, node_id=""
+                )
                 released += await self._store.release(message.node_id, message.job_id, message.attempt)
+            elif isinstance(message, Reroute):
+                why = f"instance {keys.instance_id}, holding node {message.node_id}, died"
+                lost = Lost(
+                    self._id, message.node_id, message.job_id, message.attempt, why, False, self._clock.now_ms()
+                )
+                await self._courier.send(message.owner, lost)
         return returned, results, released
 
     async def _entries(self, keys: InstanceKeys) -> AsyncIterator[dict[bytes, bytes]]:
@@ -169,24 +193,35 @@ class Recovery:
             await self._redis.xdel(keys.inbox, *ids)
             after = "(" + ids[-1].decode()
 
-    async def _jobs(self, keys: InstanceKeys) -> tuple[int, int]:
-        """Ends the dead instance's sessions' jobs that are not final; frees their attempts' slots."""
-        ended = freed = 0
+    async def _jobs(self, keys: InstanceKeys) -> tuple[int, int, int]:
+        """The dead instance's sessions' jobs not yet final: left for the resume, except attempts that never
+        reached a node (back to CREATED) and jobs of sessions that cannot be resumed (ended). Returns (ended,
+        requeued, slots freed)."""
+        ended = requeued = freed = 0
         sessions = [text(s) for s in await self._redis.smembers(keys.sessions)]
         for session_id in sessions:
+            owner = await self._store.session_owner(job_id(session_id, 0))
+            if owner and owner != keys.instance_id:
+                continue  # resumed on another instance, which watches its jobs
             for index in await self._store.live_jobs(session_id):
                 record = await self._store.get(job_id(session_id, index))
                 if record is None or record.state not in (JobState.CREATED, *LIVE_STATES):
                     continue
-                if not await self._store.transition(
-                    record.job_id,
-                    record.attempt,
-                    (JobState.CREATED, *LIVE_STATES),
-                    JobState.SKIPPED,
-                    reason="owner_lost",
-                ):
-                    continue  # it moved on meanwhile (a result landed): nothing to end
-                ended += 1
+                if owner:  # resumable: only an attempt that never reached its node goes back
+                    assigned_ms = int(record.fields.get("assigned_ms", 0) or 0)
+                    stale = self._clock.now_ms() - assigned_ms > self._accept_timeout_ms
+                    if record.state is not JobState.ASSIGNED or not record.node_id or not stale:
+                        continue
+                    to, changes = JobState.CREATED, {"node_id": ""}
+                else:
+                    to, changes = JobState.SKIPPED, {"reason": "owner_lost"}
+                allowed = (JobState.ASSIGNED,) if owner else (JobState.CREATED, *LIVE_STATES)
+                if not await self._store.transition(record.job_id, record.attempt, allowed, to, **changes):
+                    continue  # it moved on meanwhile (a result landed): nothing to do
+                if owner:
+                    requeued += 1
+                else:
+                    ended += 1
                 if record.state in LIVE_STATES and record.node_id:
                     why = f"its session's instance {keys.instance_id} died"
                     self._relay.forget(record.job_id, record.attempt)  # when this instance relayed it
@@ -194,4 +229,4 @@ class Recovery:
                     freed += await self._store.release(record.node_id, record.job_id, record.attempt)
         if sessions:
             await self._redis.srem(keys.sessions, *sessions)
-        return ended, freed
+        return ended, requeued, freed

@@ -147,6 +147,8 @@ class Relay:
         dispatcher.on_detached = self._keep
         # Called with (session id, epoch, new owner) when another instance resumed one of this one's sessions.
         self.on_moved: Callable[[str, int, str], None] | None = None
+        # Whether a session has a stream on this instance (its jobs are watched here).
+        self.session_here: Callable[[str], bool] = lambda session_id: False
 
     @property
     def relayed(self) -> int:
@@ -234,7 +236,8 @@ class Relay:
         owners = await self._store.owners(foreign)
         for job_id, attempt, _ in foreign:
             owner = owners.get((job_id, attempt))
-            if owner is None:
+            if owner is None or (owner == self._id and self.session_here(parse_job_id(job_id)[0])):
+                # Final or moved on, or of a session here whose dispatcher places it again.
                 self._cancel_on_node(node_id, job_id, attempt)
             elif owner == self._id:
                 # Its session is this instance's but no stream of it watches the job (the client went): it

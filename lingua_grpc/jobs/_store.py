@@ -140,6 +140,11 @@ class JobStore:
         if self._instance is not None:
             await self._redis.srem(self._instance.sessions, session_id)
 
+    async def session_owner(self, job_id: str) -> str | None:
+        """The instance owning the job's session now; None when the session has no record."""
+        owner = await self._redis.hget(self._jobs.session(parse_job_id(job_id)[0]), "owner")
+        return None if owner is None else text(owner)
+
     async def live_jobs(self, session_id: str) -> list[int]:
         """Indexes of the session's jobs not yet final, in order."""
         return sorted(int(text(i)) for i in await self._redis.smembers(self._jobs.live(session_id)))

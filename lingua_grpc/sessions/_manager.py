@@ -112,6 +112,10 @@ class SessionManager:
     def _retry_after_ms(self) -> int | None:
         return round(self._load.window_s * 1000) if self._load is not None else None
 
+    def is_open(self, session_id: str) -> bool:
+        """Whether the session has a stream on this instance."""
+        return session_id in self._sessions
+
     @property
     def open_sessions(self) -> int:
         return len(self._sessions)

@@ -220,12 +220,12 @@ async def test_a_result_whose_job_record_was_lost_runs_the_job_again_instead_of_
         node.cancel()
 
 
-async def test_a_session_closing_while_its_job_is_being_placed_leaves_no_slot_held(
+async def test_a_client_leaving_while_its_job_is_being_placed_leaves_the_job_running_and_no_slot_held(
     redis_server: RedisServer, redis: Redis, keys: RegistryKeys, key_prefix: str
 ) -> None:
     """The client leaves while the scheduler waits on Redis to reserve a slot for its job (Redis is held
-    with CLIENT PAUSE): the reservation still happens, and the placement that made it ends the job,
-    cancels it on the node and frees the slot (it was held for good before)."""
+    with CLIENT PAUSE): the session lives on for a resume, so the placement completes and the job runs on;
+    its result is recorded for the resume, and its slot is freed then (a slot was held for good once)."""
     scheduler = Scheduler(fast_settings(redis_server.url, key_prefix, heartbeat_interval_ms=2000))
     await scheduler.start()
     assert scheduler.endpoints is not None
@@ -250,13 +250,17 @@ async def test_a_session_closing_while_its_job_is_being_placed_leaves_no_slot_he
 
             await wait_until(placing, what="the job's reservation sent while Redis is paused")
             session.cancel()  # the client leaves mid-placement
+            assignment = await next_assignment(node)
+            await send(node, result_for(assignment, "recorded for the resume"))
 
             async def settled() -> bool:
                 record = await store.get(f"{session.session_id}:0")
                 reserved = int(await redis.hget(keys.node("gpu-1"), "reserved") or 0)
-                return record is not None and record.state is JobState.SKIPPED and reserved == 0
+                return record is not None and record.state is JobState.COMPLETED and reserved == 0
 
-            await wait_until(settled, what="job SKIPPED and its slot free")
+            await wait_until(settled, what="job COMPLETED and its slot free")
+            record = await store.get(f"{session.session_id}:0")
+            assert record is not None and record.fields["source_text"] == "recorded for the resume"
             assert await redis.scard(keys.slots("gpu-1")) == 0
             node.cancel()
     finally:
