@@ -305,9 +305,7 @@ def output_to_proto(out: Output) -> session_pb2.StreamResponse:
             )
         )
     if isinstance(out, RecordedOut):
-        return session_pb2.StreamResponse(
-            audio_recorded=session_pb2.AudioRecorded(audio_offset=out.offset)
-        )
+        return session_pb2.StreamResponse(audio_recorded=session_pb2.AudioRecorded(audio_offset=out.offset))
     raise TypeError(f"no protobuf form for {out!r}")
 
 

@@ -87,7 +87,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         records = await self._instances.list()
         return registry_pb2.ListInstancesResponse(instances=[convert.instance_to_proto(r) for r in records])
 
-    async def GetJob(self, request: registry_pb2.GetJobRequest, context: Context) -> registry_pb2.GetJobResponse:
+    async def GetJob(
+        self, request: registry_pb2.GetJobRequest, context: Context
+    ) -> registry_pb2.GetJobResponse:
         async with domain_errors(context):
             try:
                 session_id, index = parse_job_id(request.job_id)

@@ -14,7 +14,7 @@ from google.protobuf.message import Message
 
 from lingua_grpc import __version__
 from lingua_grpc.cli._wav import WavError, demo_pcm, read_pcm16_mono, write_pcm16_mono
-from lingua_grpc.client import ChannelSecurity, LinguaClient, open_channel
+from lingua_grpc.client import ChannelSecurity, LinguaClient, Reconnect, addresses_of, open_channel
 from lingua_grpc.pb import registry_pb2, registry_pb2_grpc, session_pb2
 
 
@@ -25,7 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
         " node registry (registry output is protobuf's JSON mapping).",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("--scheduler", default="127.0.0.1:50051", help="scheduler HOST:PORT")
+    p.add_argument(
+        "--scheduler",
+        default="127.0.0.1:50051",
+        help="scheduler HOST:PORT, or several of one fleet separated by commas (A,B): a session that loses"
+        " its scheduler resumes on the next; a registry command asks the first that answers",
+    )
     p.add_argument(
         "--token",
         default=os.environ.get("LINGUA_TOKEN", ""),
@@ -53,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument(
         "--json", action="store_true", help="print every server message as one JSON line instead"
     )
+    stream.add_argument(
+        "--resume-within-s",
+        type=float,
+        default=30.0,
+        help="how long a session whose stream broke keeps trying to resume (default 30; 0: never)",
+    )
     demo = sub.add_parser("demo-wav", help="write a demo WAV: tones standing in for three utterances")
     demo.add_argument("file")
     sub.add_parser("snapshot", help="print the current registry snapshot")
@@ -60,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("pools", help="list pools")
     sub.add_parser("instances", help="list the fleet's scheduler instances (lease, address, what each holds)")
     sub.add_parser("watch", help="print one snapshot per registry version until interrupted")
+    job = sub.add_parser("job", help="one job as the store records it (state, attempt, node, times, outcome)")
+    job.add_argument("job_id", help="SESSION_ID:UTTERANCE_INDEX")
+    session = sub.add_parser(
+        "session", help="a session as the store records it (owner, progress, resumability) and its jobs"
+    )
+    session.add_argument("session_id")
     drain = sub.add_parser("drain", help="drain a node: no new jobs, running ones finish, then it leaves")
     drain.add_argument("node_id")
     drain.add_argument("--reason", default="lingua-client drain")
@@ -80,30 +97,38 @@ def _security(args: argparse.Namespace) -> ChannelSecurity:
 
 
 async def _registry(args: argparse.Namespace) -> int:
-    async with open_channel(args.scheduler, _security(args)) as channel:
-        stub = registry_pb2_grpc.RegistryServiceStub(channel)
-        try:
-            if args.command == "snapshot":
-                _print(await stub.GetSnapshot(registry_pb2.GetSnapshotRequest()))
-            elif args.command == "nodes":
-                _print(await stub.ListNodes(registry_pb2.ListNodesRequest()))
-            elif args.command == "pools":
-                _print(await stub.ListPools(registry_pb2.ListPoolsRequest()))
-            elif args.command == "instances":
-                _print(await stub.ListInstances(registry_pb2.ListInstancesRequest()))
-            elif args.command == "drain":
-                _print(
-                    await stub.DrainNode(
-                        registry_pb2.DrainNodeRequest(node_id=args.node_id, reason=args.reason)
-                    )
-                )
-            elif args.command == "watch":
-                async for update in stub.WatchSnapshots(registry_pb2.WatchSnapshotsRequest()):
-                    _print(update)
-        except grpc.aio.AioRpcError as exc:
-            print(f"lingua-client: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
-    return 0
+    addresses = addresses_of(args.scheduler)
+    for n, address in enumerate(addresses):
+        async with open_channel(address, _security(args)) as channel:
+            try:
+                await _registry_call(args, registry_pb2_grpc.RegistryServiceStub(channel))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAVAILABLE and n + 1 < len(addresses):
+                    continue  # the next scheduler of the fleet answers the same
+                print(f"lingua-client: {exc.code().name}: {exc.details()}", file=sys.stderr)
+                return 1
+            return 0
+    return 1
+
+
+async def _registry_call(args: argparse.Namespace, stub: registry_pb2_grpc.RegistryServiceStub) -> None:
+    if args.command == "snapshot":
+        _print(await stub.GetSnapshot(registry_pb2.GetSnapshotRequest()))
+    elif args.command == "nodes":
+        _print(await stub.ListNodes(registry_pb2.ListNodesRequest()))
+    elif args.command == "pools":
+        _print(await stub.ListPools(registry_pb2.ListPoolsRequest()))
+    elif args.command == "instances":
+        _print(await stub.ListInstances(registry_pb2.ListInstancesRequest()))
+    elif args.command == "job":
+        _print(await stub.GetJob(registry_pb2.GetJobRequest(job_id=args.job_id)))
+    elif args.command == "session":
+        _print(await stub.GetSession(registry_pb2.GetSessionRequest(session_id=args.session_id)))
+    elif args.command == "drain":
+        _print(await stub.DrainNode(registry_pb2.DrainNodeRequest(node_id=args.node_id, reason=args.reason)))
+    elif args.command == "watch":
+        async for update in stub.WatchSnapshots(registry_pb2.WatchSnapshotsRequest()):
+            _print(update)
 
 
 async def _stream(args: argparse.Namespace) -> int:
@@ -117,7 +142,10 @@ async def _stream(args: argparse.Namespace) -> int:
     if tts_dir is not None:
         tts_dir.mkdir(parents=True, exist_ok=True)
     step = 2 * rate * args.chunk_ms // 1000
-    async with LinguaClient(args.scheduler, args.token, args.tls_ca, args.tls_cert, args.tls_key) as client:
+    reconnect = Reconnect(within_s=args.resume_within_s)
+    async with LinguaClient(
+        args.scheduler, args.token, args.tls_ca, args.tls_cert, args.tls_key, reconnect=reconnect
+    ) as client:
         try:
             session = await client.start_session(
                 args.src, args.tgt, rate, options, client_name="lingua-client"

@@ -1,6 +1,6 @@
 """Async Python client for Lingua sessions.
 
-    async with LinguaClient("127.0.0.1:50051", token="...", tls_ca="ca.pem") as client:
+    async with LinguaClient("sched-a:50051,sched-b:50051", token="...", tls_ca="ca.pem") as client:
         session = await client.start_session("en", "es", sample_rate_hz=16000)
         await session.send_audio(pcm_bytes)
         await session.end()
@@ -11,73 +11,66 @@
 `token` travels as `authorization: Bearer <token>` metadata; `tls_ca` (the CA that signed the scheduler's
 certificate) turns TLS on, `tls_cert`/`tls_key` add a client certificate (mTLS). Errors arrive as
 grpc.aio.AioRpcError with the scheduler's status code and message.
+
+Several addresses (a list, or one string with commas): a session starts on the first that accepts it, and
+when its stream breaks (the connection, or the scheduler's death) it resumes on the next one, with backoff,
+for up to `reconnect.within_s`: every utterance is answered once, in order, and no audio is lost (see
+`Session`). `Reconnect(within_s=0)` turns that off: a broken stream then raises.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
+import grpc
+
 from lingua_grpc._grpc import read_message
 from lingua_grpc.client._channel import MAX_MESSAGE_BYTES, ChannelSecurity, open_channel
+from lingua_grpc.client._session import RESUMABLE, Reconnect, Session
 from lingua_grpc.pb import common_pb2, session_pb2, session_pb2_grpc
 
-__all__ = ["MAX_MESSAGE_BYTES", "ChannelSecurity", "LinguaClient", "Session", "open_channel"]
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "ChannelSecurity",
+    "LinguaClient",
+    "Reconnect",
+    "Session",
+    "addresses_of",
+    "open_channel",
+]
 
 
-class Session:
-    """One live session: send audio, then iterate over what the scheduler sends back."""
-
-    def __init__(self, call: Any, started: session_pb2.SessionStarted) -> None:
-        self._call = call
-        self.started = started
-        self._ended = False
-
-    @property
-    def session_id(self) -> str:
-        return self.started.session_id
-
-    async def send_audio(self, pcm: bytes, is_final: bool = False) -> None:
-        await self._call.write(
-            session_pb2.StreamRequest(audio=session_pb2.AudioChunk(data=pcm, is_final=is_final))
-        )
-
-    async def playback(self, playing: bool) -> None:
-        await self._call.write(session_pb2.StreamRequest(playback=session_pb2.PlaybackState(playing=playing)))
-
-    async def finalize(self) -> None:
-        await self._call.write(session_pb2.StreamRequest(finalize=session_pb2.Finalize()))
-
-    async def end(self) -> None:
-        """No more audio: the scheduler answers every utterance, then ends the stream."""
-        if not self._ended:
-            self._ended = True
-            await self._call.write(session_pb2.StreamRequest(end_of_stream=session_pb2.EndOfStream()))
-            await self._call.done_writing()
-
-    def cancel(self) -> None:
-        self._call.cancel()
-
-    async def __aiter__(self) -> AsyncIterator[session_pb2.StreamResponse]:
-        while (message := await read_message(self._call)) is not None:
-            yield message
+def addresses_of(addresses: str | Sequence[str]) -> list[str]:
+    """HOST:PORT addresses from a list, or from one string separated by commas."""
+    items = addresses.split(",") if isinstance(addresses, str) else list(addresses)
+    out = [a.strip() for a in items if a.strip()]
+    if not out:
+        raise ValueError("no scheduler address given")
+    return out
 
 
 class LinguaClient:
     def __init__(
         self,
-        address: str,
+        address: str | Sequence[str],
         token: str = "",
         tls_ca: str = "",
         tls_cert: str = "",
         tls_key: str = "",
         options: Sequence[tuple[str, Any]] = (),
+        reconnect: Reconnect | None = None,
     ) -> None:
-        """`options`: more gRPC channel arguments (keepalive, `grpc.use_local_subchannel_pool` for a
-        connection of its own rather than one shared with the process's other channels to `address`)."""
-        self._channel = open_channel(address, ChannelSecurity(token, tls_ca, tls_cert, tls_key), options)
-        self._stub = session_pb2_grpc.SessionServiceStub(self._channel)
+        """`address`: one scheduler, or several (a list, or commas) of one fleet. `options`: more gRPC
+        channel arguments (keepalive, `grpc.use_local_subchannel_pool` for a connection of its own rather than
+        one shared with the process's other channels to the address). `reconnect`: how sessions resume
+        (default `Reconnect()`)."""
+        security = ChannelSecurity(token, tls_ca, tls_cert, tls_key)
+        self.addresses = addresses_of(address)
+        self._channels = [open_channel(a, security, options) for a in self.addresses]
+        self._stubs = [session_pb2_grpc.SessionServiceStub(c) for c in self._channels]
+        self._reconnect = reconnect or Reconnect()
 
     async def __aenter__(self) -> LinguaClient:
         return self
@@ -88,7 +81,8 @@ class LinguaClient:
         await self.close()
 
     async def close(self) -> None:
-        await self._channel.close(None)
+        for channel in self._channels:
+            await channel.close(None)
 
     async def start_session(
         self,
@@ -98,7 +92,36 @@ class LinguaClient:
         options: session_pb2.SessionOptions | None = None,
         client_name: str = "lingua_grpc.client",
     ) -> Session:
-        call = self._stub.Stream()  # type: ignore[call-arg]
+        """Starts a session on the first address that accepts it (an address that is unreachable, or
+        refuses for load, is passed over); raises the last refusal."""
+        last: grpc.aio.AioRpcError | None = None
+        for index in range(len(self._stubs)):
+            try:
+                call, started = await self._start(
+                    index, source_language, target_language, sample_rate_hz, options, client_name
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in RESUMABLE | {grpc.StatusCode.RESOURCE_EXHAUSTED}:
+                    raise
+                last = exc
+                continue
+            return Session(self._open_call, len(self._stubs), index, call, started, self._reconnect)
+        assert last is not None
+        raise last
+
+    def _open_call(self, index: int) -> Any:
+        return self._stubs[index].Stream()  # type: ignore[call-arg]
+
+    async def _start(
+        self,
+        index: int,
+        source_language: str,
+        target_language: str,
+        sample_rate_hz: int,
+        options: session_pb2.SessionOptions | None,
+        client_name: str,
+    ) -> tuple[Any, session_pb2.SessionStarted]:
+        call = self._open_call(index)
         await call.write(
             session_pb2.StreamRequest(
                 start=session_pb2.SessionStart(
@@ -119,4 +142,4 @@ class LinguaClient:
         if first is None or first.WhichOneof("kind") != "started":
             await call.code()
             raise RuntimeError("the scheduler ended the stream without starting the session")
-        return Session(call, first.started)
+        return call, first.started

@@ -177,7 +177,13 @@ class Recovery:
             elif isinstance(message, Reroute):
                 why = f"instance {keys.instance_id}, holding node {message.node_id}, died"
                 lost = Lost(
-                    self._id, message.node_id, message.job_id, message.attempt, why, False, self._clock.now_ms()
+                    self._id,
+                    message.node_id,
+                    message.job_id,
+                    message.attempt,
+                    why,
+                    False,
+                    self._clock.now_ms(),
                 )
                 await self._courier.send(message.owner, lost)
         return returned, results, released

@@ -180,7 +180,9 @@ class Relay:
         try:
             completed, released = await self._store.complete_and_release(output, node_id)
         except RedisError as exc:  # the owner records it (or, gone, whoever settles it)
-            log.warning("relayed result not recorded here", extra={"job_id": output.job_id, "error": repr(exc)})
+            log.warning(
+                "relayed result not recorded here", extra={"job_id": output.job_id, "error": repr(exc)}
+            )
             await self._relay(route, node_id, output)
             return
         if released:

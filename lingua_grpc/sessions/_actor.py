@@ -167,7 +167,9 @@ class Start:
 
     next_index: int = 0  # the next utterance takes this index
     next_to_send: int = 0  # the first answer this stream sends
-    audio_offset: int = 0  # position of the first sample this stream keeps (samples since the session's first)
+    audio_offset: int = (
+        0  # position of the first sample this stream keeps (samples since the session's first)
+    )
     drop_samples: int = 0  # samples the client sends again that the store already has: dropped
     epoch: int = 1  # of this instance's ownership of the session
 

@@ -315,7 +315,9 @@ class SessionManager:
         try:
             await self._inherit(actor, first, state.next_index, resume.fleet)
         except RedisError as exc:  # the stream goes on; what could not be read is answered as lost
-            log.warning("resumed session's jobs not read", extra={"session_id": session_id, "error": repr(exc)})
+            log.warning(
+                "resumed session's jobs not read", extra={"session_id": session_id, "error": repr(exc)}
+            )
         return actor
 
     async def _inherit(self, actor: SessionActor, first: int, end: int, fleet: SessionFleet) -> None:
@@ -469,4 +471,6 @@ class SessionManager:
         try:
             await self._resume.records.close(actor.session_id, actor.start.epoch, actor.sent, ended)
         except RedisError as exc:  # the record expires with its TTL; a resume finds it open
-            log.warning("session end not recorded", extra={"session_id": actor.session_id, "error": repr(exc)})
+            log.warning(
+                "session end not recorded", extra={"session_id": actor.session_id, "error": repr(exc)}
+            )

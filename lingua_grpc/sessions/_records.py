@@ -63,7 +63,9 @@ class Claimed:
 
 
 class SessionStore:
-    def __init__(self, redis: Redis, keys: JobKeys, scripts: ScriptBook, instance_id: str, ttl_ms: int) -> None:
+    def __init__(
+        self, redis: Redis, keys: JobKeys, scripts: ScriptBook, instance_id: str, ttl_ms: int
+    ) -> None:
         """`ttl_ms`: how long a session's record stays without progress (its jobs' TTL)."""
         self._redis = redis
         self._keys = keys

@@ -36,7 +36,9 @@ class ResumeTokens:
         body, _, signature = token.rpartition(".")
         parts = body.split(".")
         if len(parts) != 3 or parts[0] != _VERSION or not parts[2].isdigit() or not parts[1]:
-            raise InvalidArgument("resume_token is not a Lingua resume token: pass the one SessionStarted gave")
+            raise InvalidArgument(
+                "resume_token is not a Lingua resume token: pass the one SessionStarted gave"
+            )
         if not hmac.compare_digest(signature.encode(), self._sign(body).encode()):
             raise InvalidArgument(
                 "resume_token does not verify: it was altered, or issued by a fleet with another"

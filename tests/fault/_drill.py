@@ -9,13 +9,14 @@ from pathlib import Path
 
 import redis as redis_sync
 
-from lingua_grpc.client import LinguaClient
+from lingua_grpc.client import LinguaClient, Reconnect
 from lingua_grpc.pb import session_pb2
 from tests.audio import chunks, silence, tone
 from tests.conftest import RedisServer, start_redis_server, stop_redis_server, wait_until
 from tests.e2e._procs import Proc, SchedulerProc, start_node, start_scheduler
 
 FINAL_STATES = {"COMPLETED", "FAILED", "SKIPPED"}
+NO_RESUME = Reconnect(within_s=0)  # drills see a broken stream as it is; resume drills ask for it
 
 # Fast failure detection for drills; the defaults are for production.
 DRILL_SETTINGS = (
@@ -114,7 +115,7 @@ class Drill:
         everything it sent."""
         scheduler = scheduler or self.scheduler
         assert scheduler is not None
-        async with LinguaClient(scheduler.grpc) as client:
+        async with LinguaClient(scheduler.grpc, reconnect=NO_RESUME) as client:
             session = await client.start_session("en", "es", options=options)
 
             async def send() -> None:

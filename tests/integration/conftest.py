@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from lingua_grpc.app import Scheduler
-from lingua_grpc.client import LinguaClient
+from lingua_grpc.client import LinguaClient, Reconnect
 from tests.conftest import RedisServer
 from tests.integration._fleet import Fleet
 from tests.integration.test_scheduler_grpc import fast_settings
@@ -53,5 +53,5 @@ async def fleet(scheduler: Scheduler) -> AsyncIterator[Fleet]:
 @pytest.fixture
 async def client(scheduler: Scheduler) -> AsyncIterator[LinguaClient]:
     assert scheduler.endpoints is not None
-    async with LinguaClient(scheduler.endpoints.grpc) as c:
+    async with LinguaClient(scheduler.endpoints.grpc, reconnect=Reconnect(within_s=0)) as c:
         yield c

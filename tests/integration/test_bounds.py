@@ -264,7 +264,7 @@ async def test_a_saturated_instance_refuses_new_sessions_with_a_retry_hint_and_s
     await fleet.add("gpu-1")
     admitted = await client.start_session("en", "es")
     assert scheduler.endpoints is not None
-    health = health_pb2_grpc.HealthStub(client._channel)
+    health = health_pb2_grpc.HealthStub(client._channels[0])
 
     async def status(service: str) -> int:
         reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
@@ -307,7 +307,7 @@ async def test_redis_out_of_memory_skips_utterances_storage_full_and_health_says
 ) -> None:
     await fleet.add("gpu-1")
     session = await client.start_session("en", "es")
-    health = health_pb2_grpc.HealthStub(client._channel)
+    health = health_pb2_grpc.HealthStub(client._channels[0])
 
     async def session_service_is(expected: int) -> bool:
         reply = await health.Check(health_pb2.HealthCheckRequest(service=SESSION_SERVICE))

@@ -1,0 +1,227 @@
+"""A session that survives its stream: when the connection breaks or the scheduler dies, it reconnects (to the
+same or the next address, with backoff) and resumes, as session.proto's `Stream` describes: it keeps the
+latest resume token, the index of the first answer it has not received, and every audio chunk sent after
+the last `AudioRecorded`; on a resume it sends those chunks again, so nothing spoken is lost and every answer
+arrives once, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from lingua_grpc._grpc import read_message
+from lingua_grpc.pb import session_pb2
+
+log = logging.getLogger(__name__)
+
+# A stream that ends with one of these is resumed: the connection or the scheduler went away (grpcio reports
+# a write that fails on a broken connection as INTERNAL). Any other status is the session's own end (a bad
+# request, a limit, the session taken over elsewhere) and is raised; so is a resume the scheduler refuses
+# (the session ended, or is gone from the store).
+RESUMABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """How a session reconnects: for at most `within_s` after its stream broke (0: never), waiting between
+    tries from `first_wait_s` doubling to `max_wait_s`, with jitter."""
+
+    within_s: float = 30.0
+    first_wait_s: float = 0.05
+    max_wait_s: float = 2.0
+
+
+@dataclass(slots=True)
+class _Kept:
+    offset: int  # position of the chunk's first sample in the session's audio
+    pcm: bytes
+    is_final: bool
+
+
+class Session:
+    """One live session: send audio, then iterate over what the scheduler sends back (StreamResponse
+    messages: progress, result, skipped, audio_recorded, warning). Resumes on its own across broken streams."""
+
+    def __init__(
+        self,
+        open_call: Callable[[int], Any],
+        addresses: int,
+        first_address: int,
+        call: Any,
+        started: session_pb2.SessionStarted,
+        reconnect: Reconnect,
+    ) -> None:
+        self._open_call = open_call  # address index -> a new Stream call
+        self._addresses = addresses
+        self._address = first_address
+        self._call = call
+        self.started = started
+        self._reconnect = reconnect
+        self.resume_token = started.resume_token
+        self.next_index = 0  # first utterance whose answer has not arrived
+        self._kept: collections.deque[_Kept] = collections.deque()
+        self._sent_samples = 0
+        self._ended = False
+        self._lock = asyncio.Lock()  # writes, and a resume's start + resend, one at a time
+        self.resumes = 0  # how many times the session was resumed on a new stream
+
+    @property
+    def session_id(self) -> str:
+        return self.started.session_id
+
+    @property
+    def kept_bytes(self) -> int:
+        """Audio kept for a resume: sent, and not yet recorded by the scheduler."""
+        return sum(len(k.pcm) for k in self._kept)
+
+    async def send_audio(self, pcm: bytes, is_final: bool = False) -> None:
+        async with self._lock:
+            kept = _Kept(self._sent_samples, pcm, is_final)
+            self._sent_samples += len(pcm) // 2
+            if self._reconnect.within_s > 0:
+                self._kept.append(kept)
+            await self._write(session_pb2.StreamRequest(audio=_chunk(kept)))
+
+    async def playback(self, playing: bool) -> None:
+        async with self._lock:
+            await self._write(session_pb2.StreamRequest(playback=session_pb2.PlaybackState(playing=playing)))
+
+    async def finalize(self) -> None:
+        """Ends the current utterance now (kept like an empty final chunk, to be sent again on a resume)."""
+        await self.send_audio(b"", is_final=True)
+
+    async def end(self) -> None:
+        """No more audio: the scheduler answers every utterance, then ends the stream."""
+        async with self._lock:
+            if self._ended:
+                return
+            self._ended = True
+            await self._write(session_pb2.StreamRequest(end_of_stream=session_pb2.EndOfStream()))
+            if not self._call.done():
+                try:
+                    await self._call.done_writing()
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+                    if self._reconnect.within_s <= 0:
+                        raise  # else: the resume ends the new stream's writing
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    async def __aiter__(self) -> AsyncIterator[session_pb2.StreamResponse]:
+        while True:
+            call = self._call
+            try:
+                message = await read_message(call)
+            except grpc.aio.AioRpcError as exc:
+                if not await self._resume_after(call, exc):
+                    raise
+                continue
+            if message is None:
+                return
+            self._note(message)
+            yield message
+
+    def _note(self, message: session_pb2.StreamResponse) -> None:
+        kind = message.WhichOneof("kind")
+        if kind == "result":
+            self.next_index = max(self.next_index, message.result.utterance_index + 1)
+        elif kind == "skipped":
+            self.next_index = max(self.next_index, message.skipped.utterance_index + 1)
+        elif kind == "audio_recorded":
+            recorded = message.audio_recorded
+            if recorded.resume_token:
+                self.resume_token = recorded.resume_token
+            # Everything before the recorded position is in an utterance the fleet has (or was silence): an
+            # empty final marker there had nothing left to end.
+            while self._kept and self._kept[0].offset + len(self._kept[0].pcm) // 2 <= recorded.audio_offset:
+                self._kept.popleft()
+
+    async def _write(self, request: session_pb2.StreamRequest) -> None:
+        """Writes on the current stream; a stream that broke is left to the resume (what was kept is sent
+        again then), so a write never fails for a broken connection while resuming is on."""
+        try:
+            await self._call.write(request)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
+            if self._reconnect.within_s <= 0:
+                raise
+            log.debug("write on a broken stream; the resume sends it again", extra={"error": repr(exc)})
+
+    async def _resume_after(self, failed: Any, error: grpc.aio.AioRpcError) -> bool:
+        """Resumes the session on a new stream, unless `error` ends it for good or resuming is off or took too
+        long. False: the caller raises `error`."""
+        if error.code() not in RESUMABLE or self._reconnect.within_s <= 0 or not self.resume_token:
+            return False
+        async with self._lock:
+            if self._call is not failed:
+                return True  # a writer already resumed it
+            loop = asyncio.get_running_loop()
+            give_up_at = loop.time() + self._reconnect.within_s
+            wait_s = self._reconnect.first_wait_s
+            last: grpc.aio.AioRpcError = error
+            while loop.time() < give_up_at:
+                self._address = (self._address + 1) % self._addresses
+                try:
+                    await self._resume_on(self._address)
+                    return True
+                except grpc.aio.AioRpcError as exc:
+                    last = exc
+                    if exc.code() not in RESUMABLE | {grpc.StatusCode.RESOURCE_EXHAUSTED}:
+                        raise  # refused for good (token expired, session gone...): the caller sees why
+                await asyncio.sleep(min(wait_s, max(0.0, give_up_at - loop.time())) * random.uniform(0.5, 1))
+                wait_s = min(wait_s * 2, self._reconnect.max_wait_s)
+            log.warning("session not resumed in time", extra={"session_id": self.session_id})
+            raise last
+
+    async def _resume_on(self, address: int) -> None:
+        call = self._open_call(address)
+        kept_from = self._kept[0].offset if self._kept else self._sent_samples
+        await call.write(
+            session_pb2.StreamRequest(
+                start=session_pb2.SessionStart(
+                    resume_token=self.resume_token,
+                    next_utterance_index=self.next_index,
+                    audio_offset=kept_from,
+                )
+            )
+        )
+        first: session_pb2.StreamResponse | None = await read_message(call)
+        if first is None or first.WhichOneof("kind") != "started":
+            call.cancel()
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                "the scheduler ended the stream without resuming the session",
+                "",
+            )
+        self.started = first.started
+        self.resume_token = first.started.resume_token or self.resume_token
+        for kept in list(self._kept):
+            await call.write(session_pb2.StreamRequest(audio=_chunk(kept)))
+        if self._ended:
+            await call.write(session_pb2.StreamRequest(end_of_stream=session_pb2.EndOfStream()))
+            await call.done_writing()
+        self._call = call
+        self.resumes += 1
+        log.info(
+            "session resumed",
+            extra={"session_id": self.session_id, "next_utterance_index": self.next_index},
+        )
+
+
+def _chunk(kept: _Kept) -> session_pb2.AudioChunk:
+    return session_pb2.AudioChunk(data=kept.pcm, is_final=kept.is_final)

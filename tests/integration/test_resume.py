@@ -1,0 +1,353 @@
+"""Sessions outlive their streams: a client resumes on any instance with its token and gets every answer
+once, in order; what ran while it was away is delivered from the store; bad tokens, racing resumes and a
+store that lost its data get clear statuses. Real schedulers on one real Redis, real gRPC, real node
+agents (synthetic engine)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from redis.asyncio import Redis
+
+from lingua_grpc._grpc import read_message
+from lingua_grpc.app import Scheduler
+from lingua_grpc.client import LinguaClient, Reconnect
+from lingua_grpc.clock import ManualClock
+from lingua_grpc.pb import registry_pb2, registry_pb2_grpc, session_pb2, session_pb2_grpc
+from lingua_grpc.sessions import ResumeTokens
+from lingua_grpc.store import RegistryKeys
+from node_agent.engines import SyntheticEngine
+from tests.audio import chunks, silence, tone
+from tests.conftest import RedisServer, wait_until
+from tests.integration._fleet import Fleet, Messages, answers, collect
+from tests.integration._proxy import CuttableLink
+from tests.integration.test_scheduler_grpc import fast_settings
+
+pytestmark = pytest.mark.integration
+
+RESUME_FAST = Reconnect(within_s=10, first_wait_s=0.02, max_wait_s=0.2)
+
+
+def utterance(i: int) -> bytes:
+    return tone(400 + 100 * (i % 3), freq=300 + 70 * i) + silence(800)
+
+
+@pytest.fixture
+async def pair(redis_server: RedisServer, key_prefix: str) -> AsyncIterator[tuple[Scheduler, Scheduler]]:
+    settings = fast_settings(
+        redis_server.url,
+        key_prefix,
+        instance_heartbeat_ms=50,
+        instance_lease_ms=300,
+        session_gap_timeout_ms=20000,
+        job_deadline_ms=5000,
+    )
+    a = Scheduler(settings.with_overrides(instance_id="sched-a"))
+    b = Scheduler(settings.with_overrides(instance_id="sched-b"))
+    await a.start()
+    await b.start()
+    yield a, b
+    await a.stop(grace_s=0.2)
+    await b.stop(grace_s=0.2)
+
+
+def address(s: Scheduler) -> str:
+    assert s.endpoints is not None
+    return s.endpoints.grpc
+
+
+async def node_seen(*schedulers: Scheduler, count: int = 1) -> None:
+    async def seen() -> bool:
+        return all(s.cache is not None and len(s.cache.current.nodes) >= count for s in schedulers)
+
+    await wait_until(seen, what="the nodes in every scheduler's snapshot")
+
+
+def assert_every_index_once_as_results(messages: Messages, n: int) -> None:
+    assert answers(messages) == [(i, "result") for i in range(n)], answers(messages)
+
+
+async def test_a_session_whose_instance_stops_resumes_on_the_next_with_every_answer_once(
+    pair: tuple[Scheduler, Scheduler],
+) -> None:
+    """The client's instance stops (SIGTERM's path, no grace) with jobs running on a node of the other
+    instance: the client resumes there on its own, the running jobs' answers and the rest arrive, each
+    index once and in order, all as results; no audio is lost (the utterance cut mid-speech is re-sent)."""
+    a, b = pair
+    fleet = Fleet(address(b))
+    await fleet.add("gpu-1", SyntheticEngine(mt_latency_s=0.3))
+    await node_seen(a, b)
+    try:
+        async with LinguaClient([address(a), address(b)], reconnect=RESUME_FAST) as client:
+            session = await client.start_session("en", "es")
+            assert session.started.resume_token and not session.started.resumed
+            first_result = asyncio.Event()
+
+            async def send() -> None:
+                for i in range(6):
+                    for chunk in chunks(utterance(i), 100):
+                        await session.send_audio(chunk)
+                        await asyncio.sleep(0.01)
+                    if i == 2:
+                        await first_result.wait()
+                        await a.stop(grace_s=0)  # mid-session, jobs in flight
+                await session.end()
+
+            sender = asyncio.create_task(send())
+            messages: Messages = []
+            async for m in session:
+                messages.append(m)
+                if m.HasField("result"):
+                    first_result.set()
+            await sender
+        assert session.resumes == 1 and session.started.resumed
+        assert_every_index_once_as_results(messages, 6)
+    finally:
+        await fleet.stop()
+
+
+async def test_a_dropped_connection_resumes_on_the_same_instance_while_a_job_runs(
+    pair: tuple[Scheduler, Scheduler],
+) -> None:
+    """The network between client and scheduler drops while the session's job runs on its node: the
+    scheduler keeps the job; the client reconnects to the same instance and resumes; the running job's
+    result arrives once, nothing is re-run."""
+    a, _ = pair
+    fleet = Fleet(address(a))
+    await fleet.add("gpu-1", SyntheticEngine(mt_latency_s=0.5))
+    link = CuttableLink(address(a))
+    await link.start()
+    try:
+        async with LinguaClient(link.address, reconnect=RESUME_FAST) as client:
+            session = await client.start_session("en", "es")
+
+            async def send() -> None:
+                for chunk in chunks(utterance(0), 100):
+                    await session.send_audio(chunk)
+
+                async def running() -> bool:
+                    return a.dispatcher is not None and a.dispatcher.running == 1
+
+                await wait_until(running, what="the job running on the node")
+                link.cut()
+                for i in (1, 2):
+                    for chunk in chunks(utterance(i), 100):
+                        await session.send_audio(chunk)
+                await session.end()
+
+            sender = asyncio.create_task(send())
+            messages = await collect(session, 30)
+            await sender
+        assert session.resumes >= 1
+        assert_every_index_once_as_results(messages, 3)
+        assert [r.attempt for r in (m.result for m in messages if m.HasField("result"))] == [1, 1, 1], (
+            "the job running at the drop was kept, not run again"
+        )
+    finally:
+        await link.stop()
+        await fleet.stop()
+
+
+async def raw_start(addr: str, start: session_pb2.SessionStart) -> tuple[Any, session_pb2.StreamResponse]:
+    """A stream opened by hand: its call, and its first answer."""
+    channel = grpc.aio.insecure_channel(addr)
+    call = session_pb2_grpc.SessionServiceStub(channel).Stream()
+    await call.write(session_pb2.StreamRequest(start=start))
+    first = await read_message(call)
+    return call, first
+
+
+async def read_all(call: Any) -> Messages:
+    out = []
+    while (m := await asyncio.wait_for(read_message(call), 20)) is not None:
+        out.append(m)
+    return out
+
+
+async def open_and_leave(addr: str, utterances: int = 0) -> tuple[str, str]:
+    """A session opened on `addr` with `utterances` answered, whose stream then breaks (the client goes).
+    Returns its id and resume token."""
+    async with LinguaClient(addr, reconnect=Reconnect(within_s=0)) as client:
+        session = await client.start_session("en", "es")
+        for i in range(utterances):
+            for chunk in chunks(utterance(i), 100):
+                await session.send_audio(chunk)
+        got = 0
+        if utterances:
+            async for m in session:
+                got += m.HasField("result")
+                if got == utterances:
+                    break
+        session.cancel()
+    return session.session_id, session.resume_token
+
+
+async def test_answers_recorded_while_the_client_was_away_come_from_the_store_with_their_speech(
+    pair: tuple[Scheduler, Scheduler],
+) -> None:
+    a, b = pair
+    fleet = Fleet(address(a))
+    await fleet.add("gpu-1")
+    await node_seen(a, b)
+    try:
+        session_id, token = await open_and_leave(address(a), utterances=2)
+        call, first = await raw_start(
+            address(b), session_pb2.SessionStart(resume_token=token, next_utterance_index=0)
+        )
+        assert first.started.session_id == session_id and first.started.resumed
+        assert first.started.next_utterance_index == 0
+        await call.write(session_pb2.StreamRequest(end_of_stream=session_pb2.EndOfStream()))
+        messages = await read_all(call)
+        assert_every_index_once_as_results(messages, 2)
+        for m in messages:
+            if m.HasField("result"):
+                assert m.result.tts_audio and m.result.tts_audio_format.sample_rate_hz == 16000
+                assert m.result.source_text.startswith("[synthetic en]") and m.result.node_id == "gpu-1"
+    finally:
+        await fleet.stop()
+
+
+async def test_a_resume_says_what_it_received_and_gets_only_the_rest(
+    pair: tuple[Scheduler, Scheduler],
+) -> None:
+    a, b = pair
+    fleet = Fleet(address(a))
+    await fleet.add("gpu-1")
+    await node_seen(a, b)
+    try:
+        _, token = await open_and_leave(address(a), utterances=3)
+        sent = sum(len(utterance(i)) // 2 for i in range(3))  # samples: the new audio starts there
+        call, first = await raw_start(
+            address(b),
+            session_pb2.SessionStart(resume_token=token, next_utterance_index=2, audio_offset=sent),
+        )
+        assert first.started.next_utterance_index == 2 and first.started.audio_offset == sent
+        await call.write(session_pb2.StreamRequest(audio=session_pb2.AudioChunk(data=utterance(3))))
+        await call.write(session_pb2.StreamRequest(end_of_stream=session_pb2.EndOfStream()))
+        messages = await read_all(call)
+        assert answers(messages) == [(2, "result"), (3, "result")], "indexes go on after the resume"
+    finally:
+        await fleet.stop()
+
+
+async def test_forged_and_expired_tokens_are_refused_and_change_nothing(
+    pair: tuple[Scheduler, Scheduler], redis: Redis, keys: RegistryKeys
+) -> None:
+    a, b = pair
+    fleet = Fleet(address(a))
+    await fleet.add("gpu-1")
+    try:
+        session_id, token = await open_and_leave(address(a))
+        body, _, signature = token.rpartition(".")
+        forged = [
+            "not-a-token",
+            f"{body}.{signature[:-2]}xx",  # signature altered
+            token.replace(session_id, "f" * 32),  # another session's id under this signature
+            ResumeTokens(b"another fleet's key, 32 bytes..", 60_000, ManualClock()).issue(session_id),
+        ]
+        for bad in forged:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await raw_start(address(b), session_pb2.SessionStart(resume_token=bad))
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
+        key = await redis.get(keys.resume_key)
+        assert key is not None
+        past = ManualClock()  # the fleet's own key, but the token's life is over
+        expired = ResumeTokens(key, 1_000, past).issue(session_id)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await raw_start(address(b), session_pb2.SessionStart(resume_token=expired))
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "expired" in (refused.value.details() or "")
+        assert b.session_records is not None
+        state = await b.session_records.get(session_id)
+        assert state is not None and state.owner == "sched-a" and state.epoch == 1, "nothing touched"
+    finally:
+        await fleet.stop()
+
+
+async def test_two_clients_racing_to_resume_one_session_one_wins_the_other_is_aborted(
+    pair: tuple[Scheduler, Scheduler],
+) -> None:
+    a, b = pair
+    fleet = Fleet(address(a))
+    await fleet.add("gpu-1")
+    await node_seen(a, b)
+    try:
+        session_id, token = await open_and_leave(address(a))
+        start = session_pb2.SessionStart(resume_token=token)
+        (call_a, first_a), (call_b, first_b) = await asyncio.gather(
+            raw_start(address(a), start), raw_start(address(b), start)
+        )
+        assert first_a.started.resumed and first_b.started.resumed
+        assert b.session_records is not None
+        state = await b.session_records.get(session_id)
+        assert state is not None and state.epoch == 3, "each claim moved ownership once"
+        winner, loser = (call_a, call_b) if state.owner == "sched-a" else (call_b, call_a)
+        with pytest.raises(grpc.aio.AioRpcError) as aborted:
+            await read_all(loser)
+        assert aborted.value.code() == grpc.StatusCode.ABORTED
+        assert "resumed on another stream" in (aborted.value.details() or "")
+        await winner.write(session_pb2.StreamRequest(audio=session_pb2.AudioChunk(data=utterance(0))))
+        await winner.write(session_pb2.StreamRequest(end_of_stream=session_pb2.EndOfStream()))
+        assert answers(await read_all(winner)) == [(0, "result")], "the winner carries the session on"
+    finally:
+        await fleet.stop()
+
+
+async def test_resuming_after_the_store_lost_its_data_is_refused_not_found_at_once(
+    pair: tuple[Scheduler, Scheduler], redis: Redis, keys: RegistryKeys, key_prefix: str
+) -> None:
+    a, b = pair
+    fleet = Fleet(address(a))
+    await fleet.add("gpu-1")
+    try:
+        _, token = await open_and_leave(address(a), utterances=1)
+        async for name in redis.scan_iter(
+            f"{key_prefix}*"
+        ):  # every key of this fleet: its Redis lost its data
+            if name != keys.resume_key.encode():  # (an operator's --resume-key-file keeps the key anyway)
+                await redis.delete(name)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await asyncio.wait_for(raw_start(address(b), session_pb2.SessionStart(resume_token=token)), 5)
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "start a new session" in (refused.value.details() or "")
+    finally:
+        await fleet.stop()
+
+
+async def test_operators_read_a_session_and_its_jobs_from_the_store(
+    pair: tuple[Scheduler, Scheduler],
+) -> None:
+    a, b = pair
+    fleet = Fleet(address(a))
+    await fleet.add("gpu-1")
+    try:
+        session_id, _ = await open_and_leave(address(a), utterances=2)
+        async with grpc.aio.insecure_channel(address(b)) as channel:
+            stub = registry_pb2_grpc.RegistryServiceStub(channel)
+
+            async def sent_recorded() -> bool:
+                reply = await stub.GetSession(registry_pb2.GetSessionRequest(session_id=session_id))
+                return reply.session.answers_sent == 2
+
+            await wait_until(sent_recorded, what="the session's end recorded")
+            reply = await stub.GetSession(registry_pb2.GetSessionRequest(session_id=session_id))
+            s = reply.session
+            assert (s.owner_instance_id, s.owner_alive, s.ended) == ("sched-a", True, False)
+            assert s.next_utterance_index == 2 and s.language_pair.target_language == "es"
+            assert [j.utterance_index for j in reply.jobs] == [0, 1]
+            assert all(j.state == registry_pb2.JOB_STATE_COMPLETED for j in reply.jobs)
+            job = (await stub.GetJob(registry_pb2.GetJobRequest(job_id=f"{session_id}:1"))).job
+            assert (job.attempt, job.node_id, job.created_by_instance_id) == (1, "gpu-1", "sched-a")
+            assert job.tts_audio_kept and job.audio_kept and job.updated_unix_ms >= job.created_unix_ms > 0
+            with pytest.raises(grpc.aio.AioRpcError) as missing:
+                await stub.GetJob(registry_pb2.GetJobRequest(job_id=f"{session_id}:9"))
+            assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+            with pytest.raises(grpc.aio.AioRpcError) as bad:
+                await stub.GetJob(registry_pb2.GetJobRequest(job_id="no-index"))
+            assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        await fleet.stop()
