@@ -111,7 +111,7 @@ async def _registry(args: argparse.Namespace) -> int:
     return 1
 
 
-async def _registry_call(args: argparse.Namespace, stub: registry_pb2_grpc.RegistryServiceStub) -> None:
+async def _registry_call(args: argparse.Namespace, stub: registry_pb2_grpc.RegistryServiceAsyncStub) -> None:
     if args.command == "snapshot":
         _print(await stub.GetSnapshot(registry_pb2.GetSnapshotRequest()))
     elif args.command == "nodes":

@@ -155,7 +155,7 @@ async def test_a_dropped_connection_resumes_on_the_same_instance_while_a_job_run
 async def raw_start(addr: str, start: session_pb2.SessionStart) -> tuple[Any, session_pb2.StreamResponse]:
     """A stream opened by hand: its call, and its first answer."""
     channel = grpc.aio.insecure_channel(addr)
-    call = session_pb2_grpc.SessionServiceStub(channel).Stream()
+    call = session_pb2_grpc.SessionServiceStub(channel).Stream()  # type: ignore[call-arg]
     await call.write(session_pb2.StreamRequest(start=start))
     first = await read_message(call)
     return call, first
@@ -254,7 +254,7 @@ async def test_forged_and_expired_tokens_are_refused_and_change_nothing(
                 await raw_start(address(b), session_pb2.SessionStart(resume_token=bad))
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
         key = await redis.get(keys.resume_key)
-        assert key is not None
+        assert isinstance(key, bytes)
         past = ManualClock()  # the fleet's own key, but the token's life is over
         expired = ResumeTokens(key, 1_000, past).issue(session_id)
         with pytest.raises(grpc.aio.AioRpcError) as refused:

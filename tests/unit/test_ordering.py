@@ -81,3 +81,11 @@ def test_any_interleaving_answers_every_index_once_in_order(n: int, rng: random.
         assert (a.result is None) == (a.skip_reason is not None)
         if a.index not in lost:
             assert a.result == a.index or a.skip_reason is SkipReason.GAP_TIMEOUT
+
+
+def test_a_resumed_stream_sends_from_the_index_its_client_names_and_never_before() -> None:
+    seq: ResultSequencer[str] = ResultSequencer(gap_timeout_s=5, start=3)
+    assert seq.complete(1, "already received", now=0) == [], "the client has it: not sent again"
+    seq.expect(4)
+    assert seq.complete(4, "e", now=0) == []
+    assert [(a.index, a.result) for a in seq.complete(3, "d", now=0)] == [(3, "d"), (4, "e")]

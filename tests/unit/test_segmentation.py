@@ -136,3 +136,24 @@ def test_utterances_keep_all_audio_in_order_with_dense_indexes(
     assert emitted == audio[: len(emitted)], "utterances are consecutive slices of the stream"
     has_speech = any(speech for speech, _ in plan)
     assert bool(out) == has_speech
+
+
+def test_the_recorded_position_moves_past_each_utterance_and_dropped_silence_only() -> None:
+    """What a resuming client need not send again: everything before `recorded_offset`."""
+    seg = segmenter(pause_ms=300, hangover_ms=100, max_ms=1000)
+    out = feed(seg, tone(500) + silence(600))
+    assert seg.recorded_offset == out[0].end_offset == (500 + 400) * RATE // 1000
+    feed(seg, tone(200))  # an utterance under way: its audio is not recorded yet
+    assert seg.recorded_offset == out[0].end_offset
+    seg.finalize(1.0)
+    speech_end = seg.recorded_offset
+    assert speech_end == out[0].end_offset + (200 + 200) * RATE // 1000  # the silence left after the cut, too
+    feed(seg, silence(1000))  # silence only, cut at max length and dropped: nothing to resend either
+    assert seg.recorded_offset == speech_end + RATE
+
+
+def test_a_resumed_segmenter_continues_the_session_s_indexes_and_positions() -> None:
+    seg = Segmenter(SegmenterConfig(RATE, 300, 100, 5000, -40), next_index=7, offset=123_456)
+    out = feed(seg, tone(500) + silence(600))
+    assert [u.index for u in out] == [7]
+    assert out[0].end_offset == 123_456 + (500 + 400) * RATE // 1000
