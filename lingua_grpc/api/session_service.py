@@ -129,7 +129,11 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             if when is not None and now + self._idle_timeout_s - when > self._idle_timeout_s / 10:
                 idle.reschedule(now + self._idle_timeout_s)
             if message is None:
-                if not ended:  # a half-close without end_of_stream ends the stream the same way
+                # A half-close without end_of_stream ends the stream the same way. A client that went
+                # (cancelled, or its connection broke) may read as an end too: its open utterance is then
+                # cut there; the session stays resumable (the handler is cancelled), and the client's audio
+                # sent again on the resume is dropped up to that cut, so nothing is answered twice.
+                if not ended and not context.cancelled():
                     actor.end_of_stream()
                 return
             kind = message.WhichOneof("kind")

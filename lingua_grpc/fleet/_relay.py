@@ -391,6 +391,9 @@ class Relay:
 
     def _tell_lost(self, route: Route, key: Key, why: str, node_gone: bool) -> None:
         job_id, attempt = key
+        if not route.owner:  # its session's stream ended: the job waits, CREATED, for the resume
+            self._dispatcher.unplace(route.node_id, job_id, attempt)
+            return
         message = Lost(self._id, route.node_id, job_id, attempt, why, node_gone, self._clock.now_ms())
         future = self._courier.send(route.owner, message)
 

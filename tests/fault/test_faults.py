@@ -183,8 +183,9 @@ async def test_scheduler_sigterm_under_load(drill: Drill) -> None:
 async def test_client_disconnecting_mid_utterance_leaves_its_session_to_resume(drill: Drill) -> None:
     """A stream that breaks without end_of_stream (the client's network, or the client itself) leaves the
     session resumable: the job already running finishes on its node and its result is recorded for the
-    resume; nothing stays held. (The unfinished utterance's audio was never recorded: the client sends it
-    again when it resumes.)"""
+    resume; nothing stays held, nothing is cancelled. (The unfinished utterance is either cut where the
+    stream broke, when gRPC shows the break as an end of input first, or left for the client to send again
+    when it resumes.)"""
     await drill.start()
     node = await drill.node("gpu-1", "--synthetic-latency-ms", "1000")
     from lingua_grpc.client import LinguaClient
@@ -197,9 +198,12 @@ async def test_client_disconnecting_mid_utterance_leaves_its_session_to_resume(d
         await node.log_contains("job started")
         await session.send_audio(tone(300))  # mid-utterance
         session.cancel()
-    states = await drill.assert_redis_clean()  # waits for the slot: freed when the result is recorded
-    assert states == {f"{session.session_id}:0": "COMPLETED"}, "the running job's result is kept"
+    states = await drill.assert_redis_clean()  # waits for the slots: freed when results are recorded
+    assert states[f"{session.session_id}:0"] == "COMPLETED", "the running job's result is kept"
+    assert set(states.values()) == {"COMPLETED"}
     assert "job cancelled" not in node.log()
+    record = drill.redis_client().hgetall(f"lingua:v1:{{s:{session.session_id}}}:session")
+    assert record["ended"] == "0", "resumable"
 
 
 async def test_redis_down_means_not_serving_and_new_sessions_refused_until_it_is_back(drill: Drill) -> None:
