@@ -112,8 +112,8 @@ async def test_an_instance_killed_with_9_is_listed_not_alive_once_its_lease_laps
         b.send(signal.SIGKILL)  # no renewal, no deregistration
         await wait_until(lambda: listed(alive=False), what="sched-b listed not alive after its lease")
         redis = Redis.from_url(redis_server.url)
-        try:  # and its record expires in time: a process killed -9 leaves nothing for good
-            assert await redis.pttl(RegistryKeys(key_prefix).instance("sched-b")) > 0
+        try:  # and its record expires in time (or is gone already: sched-a took it over), never kept for good
+            assert await redis.pttl(RegistryKeys(key_prefix).instance("sched-b")) != -1
         finally:
             await redis.aclose()
     finally:
