@@ -332,6 +332,11 @@ class Dispatcher:
         longer current)."""
         self._spawn(self._release(node_id, job_id, attempt))
 
+    def watches(self, job_id: str, attempt: int, node_id: str) -> bool:
+        """Whether the attempt runs on the node for a session here."""
+        ticket = self._live.get(job_id)
+        return ticket is not None and ticket.attempt.number == attempt and ticket.attempt.node_id == node_id
+
     def unplace(self, node_id: str, job_id: str, attempt: int) -> None:
         """An attempt no session here watches failed: the job waits, CREATED, for whoever resumes its
         session (fenced by the attempt); its slot is freed. In the background."""

@@ -255,6 +255,14 @@ class Relay:
         self._metrics.relayed_attempts.set(len(self._routes))
         return kept
 
+    def not_running(self, node_id: str, attempts: Iterable[str]) -> None:
+        for member in attempts:
+            job_id, _, attempt = member.rpartition("#")
+            if not attempt.isdigit() or self._dispatcher.watches(job_id, int(attempt), node_id):
+                continue  # (this instance's own attempt: its old stream's end runs it again)
+            self._forget((job_id, int(attempt)))
+            self._dispatcher.unplace(node_id, job_id, int(attempt))
+
     def forget(self, job_id: str, attempt: int) -> None:
         """This instance no longer relays the attempt (it was ended for its dead owner)."""
         self._forget((job_id, attempt))

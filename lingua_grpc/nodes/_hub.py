@@ -63,6 +63,11 @@ class JobListener(Protocol):
 
     def assignment_written(self, job_id: str, attempt: int) -> None: ...
 
+    def not_running(self, node_id: str, attempts: Iterable[str]) -> None:
+        """The node registered without these attempts ('job_id#attempt'): it does not run them (their slots
+        were freed). Those nobody here watches go back to wait for their session."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Attached:
@@ -172,6 +177,7 @@ class NodeHub:
         # running; only the others are run elsewhere when the older stream ends. A listed attempt that is no
         # longer current here is cancelled on the node (its work would be refused) and its slot freed.
         adopted = await self._jobs.adopt(link.node_id, link.connection_id, registration.running)
+        self._jobs.not_running(link.node_id, result.freed)
         if previous is not None:
             previous.close(
                 CloseReason.SUPERSEDED, FailedPrecondition("the node registered on a newer stream")

@@ -24,7 +24,11 @@ class Registered:
     version: int
     changed: bool
     held_by_another: bool = False  # a live registration of the id belongs to another credential: refused
-    slots_freed: int = 0  # slots held by attempts the node no longer runs, freed by this registration
+    freed: tuple[str, ...] = ()  # slot members ('job_id#attempt') the node does not run, freed by this
+
+    @property
+    def slots_freed(self) -> int:
+        return len(self.freed)
 
 
 class NodeRegistry:
@@ -59,7 +63,7 @@ class NodeRegistry:
             version,
             outcome is RegisterOutcome.CHANGED,
             held_by_another=outcome is RegisterOutcome.HELD_BY_ANOTHER,
-            slots_freed=freed,
+            freed=tuple(freed),
         )
 
     async def heartbeat(

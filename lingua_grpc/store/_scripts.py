@@ -228,16 +228,17 @@ class ScriptBook:
         lease_ms: int,
         credential: str,
         holding: Sequence[str] = (),
-    ) -> ScriptCall[tuple[int, RegisterOutcome, int]]:
+    ) -> ScriptCall[tuple[int, RegisterOutcome, list[str]]]:
         """`holding`: slot members ('job_id#attempt') of the attempts the node runs; its slot set becomes
-        exactly these. Replies (version, outcome, slots freed: held by attempts the node no longer runs)."""
+        exactly these. Replies (version, outcome, slot members freed: held by attempts the node does not
+        run)."""
         args = [node_id, capabilities_json, max_concurrency, instance_id, connection_id, lease_ms, credential]
         args += list(holding)
         return ScriptCall(
             self._scripts["register_node"],
             self._node_keys(k, node_id),
             args,
-            lambda r: (int(r[0]), RegisterOutcome(int(r[1])), int(r[2])),
+            lambda r: (int(r[0]), RegisterOutcome(int(r[1])), [text(m) for m in r[2]]),
         )
 
     def heartbeat_node(

@@ -8,7 +8,7 @@
 --            (a scheduler killed with jobs running leaves their slots held; the node knows what it runs)
 -- Returns {registry version, 1 when the version was bumped (new node, new capabilities, was draining) else 0,
 --          or -1 when a live registration of the node id is held under another credential (nothing changed),
---          how many slots were freed because the node no longer runs their attempts}.
+--          the slot members ('job_id#attempt') freed because the node does not run those attempts}.
 -- The newest connection of the same credential wins: heartbeats and deregistration of an older connection
 -- are refused afterwards.
 local t = redis.call('TIME')
@@ -17,7 +17,7 @@ local changed = 1
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local cur = redis.call('HMGET', KEYS[1], 'capabilities', 'max_concurrency', 'state', 'credential')
   if cur[4] and cur[4] ~= ARGV[7] and redis.call('EXISTS', KEYS[2]) == 1 then
-    return {tonumber(redis.call('GET', KEYS[4]) or '0'), -1, 0}
+    return {tonumber(redis.call('GET', KEYS[4]) or '0'), -1, {}}
   end
   if cur[1] == ARGV[2] and cur[2] == ARGV[3] and cur[3] == 'up' then
     changed = 0
@@ -34,10 +34,10 @@ redis.call('DEL', KEYS[5])
 for i = 8, #ARGV do
   redis.call('SADD', KEYS[5], ARGV[i])
 end
-local freed = 0
+local freed = {}
 for _, member in ipairs(before) do
   if redis.call('SISMEMBER', KEYS[5], member) == 0 then
-    freed = freed + 1
+    freed[#freed + 1] = member
   end
 end
 redis.call('HSET', KEYS[1], 'reserved', redis.call('SCARD', KEYS[5]))
