@@ -204,7 +204,9 @@ class Settings:
     job_ttl_ms: int = _setting(3600000, "how long a job's record stays in Redis")
     job_audio_ttl_ms: int = _setting(600000, "how long a job's audio stays in Redis for re-dispatch")
     result_audio_ttl_ms: int = _setting(
-        120000, "how long a result's synthesized speech stays in Redis for a client that resumes its session"
+        30000,
+        "how long a result's synthesized speech stays in Redis for a client that resumes its session (Redis"
+        " memory: results per second x TTS bytes x this)",
     )
     session_resume_ttl_ms: int = _setting(
         300000,

@@ -286,6 +286,7 @@ async def load_phase(
         ("lingua_redis_round_trips_total", ""), 0.0
     )
     commands = sum(calls_after.values()) - sum(calls_before.values())
+    memory = await redis.info("memory") if redis else {}
     report.load = {
         "sessions": args.sessions,
         "sessions_admitted": len(sink["admitted"]),
@@ -314,6 +315,8 @@ async def load_phase(
         # counts the commands scripts run inside Redis, and the registry's own polling: all commands.
         "redis_round_trips_per_job": trips / max(jobs, 1),
         "redis_commands_per_job": commands / max(jobs, 1),
+        # Redis memory right after the load: job records, and results' TTS audio kept for resumes.
+        "redis_used_memory_mb": int(memory.get("used_memory", 0)) / 2**20,
         "scheduler_cpu_s_per_1000_jobs": cpu / max(jobs, 1) * 1000,
         # Waiting for a CPU (ready, not running) per second of load: > 0 means the machine, not the
         # scheduler, is the bottleneck of the moment; every such millisecond lands in the latencies above.

@@ -75,7 +75,7 @@ class JobStore:
         metrics: SchedulerMetrics | None = None,
         on_full: Callable[[], None] | None = None,
         instance: InstanceKeys | None = None,
-        result_audio_ttl_ms: int = 120_000,
+        result_audio_ttl_ms: int = 30_000,
     ) -> None:
         """`on_full` is called each time Redis refuses to record a job for memory (OOM). `instance`: the
         instance whose sessions' jobs these are (recorded as their owner, the sessions in its index, so a
