@@ -76,6 +76,7 @@ class Session:
         self._kept: collections.deque[_Kept] = collections.deque()
         self._sent_samples = 0
         self._ended = False
+        self._playing = False  # the last playback state sent (sent again on a resume while true)
         self._lock = asyncio.Lock()  # writes, and a resume's start + resend, one at a time
         self.resumes = 0  # how many times the session was resumed on a new stream
 
@@ -98,6 +99,7 @@ class Session:
 
     async def playback(self, playing: bool) -> None:
         async with self._lock:
+            self._playing = playing
             await self._write(session_pb2.StreamRequest(playback=session_pb2.PlaybackState(playing=playing)))
 
     async def finalize(self) -> None:
@@ -210,6 +212,8 @@ class Session:
             )
         self.started = first.started
         self.resume_token = first.started.resume_token or self.resume_token
+        if self._playing:  # a new stream starts with playback off
+            await call.write(session_pb2.StreamRequest(playback=session_pb2.PlaybackState(playing=True)))
         for kept in list(self._kept):
             await call.write(session_pb2.StreamRequest(audio=_chunk(kept)))
         if self._ended:
