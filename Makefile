@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help setup redis proto run test test-fast lint check bench clean
+.PHONY: help setup redis engines proto run test test-fast lint check bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -17,11 +17,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP) redis ## Create .venv, install the package with dev tools, install redis-server if missing
+setup: $(STAMP) redis engines ## Create .venv, install the package with dev tools, install redis-server and the engines' Debian packages if missing
 
 redis: ## Install redis-server (and redis-cli, for the Redis Cluster tests) from Debian's packages when missing (as root, or through sudo)
 	@scripts/apt-ensure.sh redis-server=redis-server redis-cli=redis-tools
 	@redis-server --version
+
+engines: ## Install the reference node's engines from Debian's packages when missing: espeak-ng (TTS), apertium with its en<>es pair (translation)
+	@scripts/apt-ensure.sh espeak-ng=espeak-ng apertium=apertium /usr/share/apertium/modes/eng-spa.mode=apertium-eng-spa
+	@espeak-ng --version
 
 proto: $(STAMP) ## Regenerate Python code from proto/ (commit the result)
 	$(PY) scripts/gen_protos.py

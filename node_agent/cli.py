@@ -17,7 +17,15 @@ from lingua_grpc.logs import configure_logging
 from lingua_grpc.pb import common_pb2
 from lingua_grpc.registry import LanguagePair
 from node_agent.agent import FAULTS, AgentConfig, NodeAgent
-from node_agent.engines import ENGINES, create_engine
+from node_agent.engines import (
+    ASR_ENGINES,
+    ENGINES,
+    MT_ENGINES,
+    TTS_ENGINES,
+    EngineOptions,
+    Pipeline,
+    build_pipeline,
+)
 from node_agent.gpu import GpuProbe
 
 
@@ -55,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pairs",
         default=_env("PAIRS", ""),
-        required=not _env("PAIRS", ""),
-        help="language pairs served, comma separated: en-es,en-zh (pt-BR>en for regional tags)",
+        help="language pairs served, comma separated: en-es,en-zh (pt-BR>en for regional tags). Default:"
+        " every pair the engines serve together (required with synthetic translation, which takes any)",
     )
     p.add_argument(
         "--asr-languages",
@@ -75,7 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="jobs run at once (default 4)",
     )
     p.add_argument(
-        "--engine", choices=ENGINES, default=_env("ENGINE", "synthetic"), help="engine to run jobs"
+        "--engine",
+        choices=ENGINES,
+        default=_env("ENGINE", "synthetic"),
+        help="engine of every stage not named by --asr/--mt/--tts (default synthetic)",
+    )
+    p.add_argument("--asr", choices=ASR_ENGINES, default=_env("ASR", "") or None, help="speech recognition")
+    p.add_argument("--mt", choices=MT_ENGINES, default=_env("MT", "") or None, help="translation")
+    p.add_argument("--tts", choices=TTS_ENGINES, default=_env("TTS", "") or None, help="speech synthesis")
+    p.add_argument(
+        "--tts-voice",
+        action="append",
+        default=[],
+        metavar="LANG=VOICE",
+        help="voice of the TTS engine for a language (espeak-ng: es=es-419), repeatable",
     )
     p.add_argument(
         "--synthetic-latency-ms",
@@ -118,10 +139,43 @@ def _split(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def capabilities_from_args(args: argparse.Namespace, gpus: GpuProbe) -> common_pb2.NodeCapabilities:
-    pairs = [LanguagePair.parse(p) for p in _split(args.pairs)]
-    if not pairs:
-        raise InvalidArgument("--pairs needs at least one pair, such as en-es")
+def _assignments(items: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise InvalidArgument(f"{flag} {item!r}: write KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def pipeline_from_args(args: argparse.Namespace) -> Pipeline:
+    options = EngineOptions(args.synthetic_latency_ms, _assignments(args.tts_voice, "--tts-voice"))
+    return build_pipeline(args.asr or args.engine, args.mt or args.engine, args.tts or args.engine, options)
+
+
+def pairs_from_args(args: argparse.Namespace, pipeline: Pipeline) -> list[LanguagePair]:
+    """The pairs asked for (`--pairs`), each one the engines serve together; without --pairs, every pair
+    they serve. InvalidArgument names what is missing."""
+    asked = [LanguagePair.parse(p) for p in _split(args.pairs)]
+    if not asked:
+        servable = pipeline.servable()
+        if servable is None:
+            raise InvalidArgument("--pairs needs at least one pair, such as en-es")
+        asked = sorted(p for p in servable if not pipeline.missing(p))
+        if not asked:
+            raise InvalidArgument(f"the engines ({pipeline.name}) serve no language pair together")
+    problems = [f"{pair}: {'; '.join(gaps)}" for pair in asked if (gaps := pipeline.missing(pair))]
+    if problems:
+        raise InvalidArgument("cannot serve " + " | ".join(problems))
+    return asked
+
+
+def capabilities_from_args(
+    args: argparse.Namespace, gpus: GpuProbe, pipeline: Pipeline | None = None
+) -> common_pb2.NodeCapabilities:
+    pipeline = pipeline or pipeline_from_args(args)
+    pairs = pairs_from_args(args, pipeline)
     labels = {}
     for item in args.label:
         key, sep, value = item.partition("=")
@@ -133,7 +187,7 @@ def capabilities_from_args(args: argparse.Namespace, gpus: GpuProbe) -> common_p
         translation_pairs=[
             common_pb2.LanguagePair(source_language=p.source, target_language=p.target) for p in pairs
         ],
-        tts_languages=_split(args.tts_languages) or sorted({p.target for p in pairs}),
+        tts_languages=_split(args.tts_languages) or pipeline.tts_languages(p.target for p in pairs),
         gpus=[
             common_pb2.Gpu(index=g.index, name=g.name, uuid=g.uuid, memory_total_bytes=g.memory_total_bytes)
             for g in gpus.gpus
@@ -156,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level, args.log_format)
     gpus = GpuProbe()
     try:
-        capabilities = capabilities_from_args(args, gpus)
-        engine = create_engine(args.engine, args.synthetic_latency_ms)
+        engine = pipeline_from_args(args)
+        capabilities = capabilities_from_args(args, gpus, engine)
     except (InvalidArgument, ValueError) as exc:
         print(f"lingua-node: {exc}", file=sys.stderr)
         return 2

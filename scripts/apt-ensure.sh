@@ -2,7 +2,8 @@
 # Installs Debian packages for the commands that are not on PATH.
 #
 # Usage: scripts/apt-ensure.sh COMMAND=PACKAGE [COMMAND=PACKAGE ...]
-#   e.g. scripts/apt-ensure.sh redis-server=redis-server
+#   e.g. scripts/apt-ensure.sh redis-server=redis-server /usr/share/apertium/modes/eng-spa.mode=apertium-eng-spa
+# A COMMAND that starts with / is a file the package installs (for packages of data, without a command).
 #
 # Runs apt-get directly as root and through sudo otherwise. `env` carries DEBIAN_FRONTEND through sudo and
 # works with no sudo at all (a bare `VAR=value` after an empty "$SUDO" would be taken for a command name).
@@ -18,7 +19,11 @@ for pair in "$@"; do
     echo "apt-ensure: expected COMMAND=PACKAGE, got '$pair'" >&2
     exit 2
   fi
-  command -v "$command" >/dev/null 2>&1 || missing+=("$package")
+  if [[ $command == /* ]]; then
+    [[ -e $command ]] || missing+=("$package")
+  else
+    command -v "$command" >/dev/null 2>&1 || missing+=("$package")
+  fi
 done
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 

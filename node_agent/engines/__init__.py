@@ -1,18 +1,76 @@
-"""Engines a node agent can run. `create_engine` picks one by name."""
+"""Engines a node agent runs, one per stage: `build_pipeline` picks each by name."""
 
 from __future__ import annotations
 
-from node_agent.engines.base import Audio, Engine
+from dataclasses import dataclass, field
+
+from node_agent.engines.base import Audio, Engine, Pipeline, Recognizer, Synthesizer, Translator
 from node_agent.engines.synthetic import SyntheticEngine
 
-ENGINES = ("synthetic",)
+ASR_ENGINES = ("synthetic",)
+MT_ENGINES = ("synthetic", "apertium")
+TTS_ENGINES = ("synthetic", "espeak-ng")
+ENGINES = ("synthetic",)  # `--engine`: the same engine for every stage
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    synthetic_latency_ms: int = 0
+    tts_voices: dict[str, str] = field(default_factory=dict)  # language -> voice of the TTS engine
+
+
+def build_pipeline(asr: str, mt: str, tts: str, options: EngineOptions | None = None) -> Pipeline:
+    """The engines named for each stage. ValueError names an unknown engine or what an engine lacks (a
+    program, a package)."""
+    options = options or EngineOptions()
+    s = options.synthetic_latency_ms / 1000
+    synthetic = SyntheticEngine(asr_latency_s=s, mt_latency_s=s, tts_latency_s=s)
+    recognizer: Recognizer
+    translator: Translator
+    synthesizer: Synthesizer
+    if asr == "synthetic":
+        recognizer = synthetic
+    else:
+        raise ValueError(f"unknown ASR engine {asr!r}; choose from {', '.join(ASR_ENGINES)}")
+    if mt == "synthetic":
+        translator = synthetic
+    elif mt == "apertium":
+        from node_agent.engines.apertium import ApertiumTranslator
+
+        translator = ApertiumTranslator()
+    else:
+        raise ValueError(f"unknown translation engine {mt!r}; choose from {', '.join(MT_ENGINES)}")
+    if tts == "synthetic":
+        synthesizer = synthetic
+    elif tts == "espeak-ng":
+        from node_agent.engines.espeak import EspeakSynthesizer
+
+        synthesizer = EspeakSynthesizer(voices=options.tts_voices)
+    else:
+        raise ValueError(f"unknown TTS engine {tts!r}; choose from {', '.join(TTS_ENGINES)}")
+    return Pipeline(recognizer, translator, synthesizer)
 
 
 def create_engine(name: str, latency_ms: int = 0) -> Engine:
-    if name == "synthetic":
-        s = latency_ms / 1000
-        return SyntheticEngine(asr_latency_s=s, mt_latency_s=s, tts_latency_s=s)
-    raise ValueError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
+    """`--engine NAME`: the same engine for every stage."""
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
+    return build_pipeline(name, name, name, EngineOptions(synthetic_latency_ms=latency_ms))
 
 
-__all__ = ["ENGINES", "Audio", "Engine", "SyntheticEngine", "create_engine"]
+__all__ = [
+    "ASR_ENGINES",
+    "ENGINES",
+    "MT_ENGINES",
+    "TTS_ENGINES",
+    "Audio",
+    "Engine",
+    "EngineOptions",
+    "Pipeline",
+    "Recognizer",
+    "Synthesizer",
+    "SyntheticEngine",
+    "Translator",
+    "build_pipeline",
+    "create_engine",
+]

@@ -24,9 +24,16 @@ def _rms_dbfs(pcm: bytes) -> float:
 
 
 class SyntheticEngine:
-    """Same input, same output; each stage takes `*_latency_s` (0 by default)."""
+    """Same input, same output; each stage takes `*_latency_s` (0 by default). Any language, any pair: it is
+    an engine for every stage (Recognizer, Translator and Synthesizer at once)."""
 
     name = "synthetic"
+
+    def languages(self) -> None:
+        return None
+
+    def pairs(self) -> None:
+        return None
 
     def __init__(
         self, asr_latency_s: float = 0.0, mt_latency_s: float = 0.0, tts_latency_s: float = 0.0

@@ -73,6 +73,14 @@ def test_installs_only_what_is_missing_and_nothing_when_all_is_there(tmp_path: P
     assert calls == []
 
 
+def test_a_data_package_is_found_by_a_file_it_installs(tmp_path: Path) -> None:
+    present = tmp_path / "eng-spa.mode"
+    present.touch()
+    done, calls = _run(tmp_path, 0, f"{present}=apertium-eng-spa", f"{tmp_path}/absent.mode=apertium-en-ca")
+    assert done.returncode == 0, done.stderr
+    assert calls[-1].endswith("install -y -qq --no-install-recommends apertium-en-ca")
+
+
 def test_a_failed_install_fails_the_recipe(tmp_path: Path) -> None:
     log = tmp_path / "calls.log"
     _stand_ins(tmp_path / "bin", log, 0)
