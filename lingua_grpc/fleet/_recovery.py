@@ -75,6 +75,8 @@ class Recovery:
         """`batch`: inbox entries read at once from a dead instance's inbox. `accept_timeout_ms`: an attempt
         ASSIGNED longer than this at the takeover never reached its node."""
         self._accept_timeout_ms = accept_timeout_ms
+        # (due in ms since the epoch, job id, attempt, dead owner) of attempts to look at again
+        self._rechecks: list[tuple[int, str, int, str]] = []
         self._redis = redis
         self._prefix = prefix
         self._scripts = scripts
@@ -109,7 +111,9 @@ class Recovery:
                 log.warning("recovery sweep failed", extra={"error": repr(exc)})
 
     async def sweep(self) -> list[Recovered]:
-        """Takes over each dead instance this survivor is first to claim."""
+        """Takes over each dead instance this survivor is first to claim, and looks again at the attempts
+        of earlier takeovers that were too young to judge."""
+        await self._recheck_due()
         out = []
         for record in await self._instances.list():
             if not record.alive and record.instance_id != self._id:
@@ -214,9 +218,11 @@ class Recovery:
                 if record is None or record.state not in (JobState.CREATED, *LIVE_STATES):
                     continue
                 if owner:  # resumable: only an attempt that never reached its node goes back
-                    assigned_ms = int(record.fields.get("assigned_ms", 0) or 0)
-                    stale = self._clock.now_ms() - assigned_ms > self._accept_timeout_ms
-                    if record.state is not JobState.ASSIGNED or not record.node_id or not stale:
+                    if record.state is not JobState.ASSIGNED or not record.node_id:
+                        continue
+                    due_ms = int(record.fields.get("assigned_ms", 0) or 0) + self._accept_timeout_ms
+                    if self._clock.now_ms() <= due_ms:  # it may still be on its way: judged once due
+                        self._rechecks.append((due_ms, record.job_id, record.attempt, keys.instance_id))
                         continue
                     to, changes = JobState.CREATED, {"node_id": ""}
                 else:
@@ -236,3 +242,28 @@ class Recovery:
         if sessions:
             await self._redis.srem(keys.sessions, *sessions)
         return ended, requeued, freed
+
+    async def _recheck_due(self) -> None:
+        """Attempts of a dead owner that were ASSIGNED less than an accept timeout before its takeover: still
+        ASSIGNED once the timeout passed, they never reached their node (its acceptance would have been
+        recorded by the instance holding it): back to CREATED, cancelled, their slots freed."""
+        now = self._clock.now_ms()
+        due = [r for r in self._rechecks if r[0] < now]
+        self._rechecks = [r for r in self._rechecks if r[0] >= now]
+        for _, job, attempt, dead in due:
+            record = await self._store.get(job)
+            if record is None or record.state is not JobState.ASSIGNED or record.attempt != attempt:
+                continue
+            if await self._store.session_owner(job) not in (dead, None):
+                continue  # resumed meanwhile: its new owner watches it
+            if not await self._store.transition(
+                job, attempt, (JobState.ASSIGNED,), JobState.CREATED, node_id=""
+            ):
+                continue
+            self._metrics.recovered.labels("jobs_requeued").inc()
+            why = f"its session's instance {dead} died before the attempt reached the node"
+            self._relay.forget(job, attempt)
+            self._transport.cancel(record.node_id, job, attempt, why)
+            if await self._store.release(record.node_id, job, attempt):
+                self._metrics.slots_reconciled.inc()
+                self._metrics.recovered.labels("slots_released").inc()
