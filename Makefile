@@ -14,7 +14,7 @@ help: ## List the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,engines]'
 	touch $(STAMP)
 
 setup: $(STAMP) redis engines ## Create .venv, install the package with dev tools, install redis-server and the engines' Debian packages if missing

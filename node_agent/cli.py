@@ -92,6 +92,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mt", choices=MT_ENGINES, default=_env("MT", "") or None, help="translation")
     p.add_argument("--tts", choices=TTS_ENGINES, default=_env("TTS", "") or None, help="speech synthesis")
     p.add_argument(
+        "--asr-model",
+        default=_env("ASR_MODEL", "tiny.en"),
+        help="faster-whisper model: a CTranslate2 Whisper directory, or tiny.en (bundled; default)",
+    )
+    p.add_argument(
+        "--asr-device",
+        choices=("auto", "cpu", "cuda"),
+        default=_env("ASR_DEVICE", "auto"),
+        help="where faster-whisper runs: auto (CUDA when a GPU is found, else CPU; default)",
+    )
+    p.add_argument(
+        "--asr-compute-type",
+        default=_env("ASR_COMPUTE_TYPE", "auto"),
+        help="faster-whisper's compute type: auto (float16 on CUDA, int8 on CPU; default), or a CTranslate2"
+        " type such as int8_float16",
+    )
+    p.add_argument(
         "--tts-voice",
         action="append",
         default=[],
@@ -149,8 +166,16 @@ def _assignments(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
-def pipeline_from_args(args: argparse.Namespace) -> Pipeline:
-    options = EngineOptions(args.synthetic_latency_ms, _assignments(args.tts_voice, "--tts-voice"))
+def pipeline_from_args(args: argparse.Namespace, gpus: int = 0) -> Pipeline:
+    options = EngineOptions(
+        args.synthetic_latency_ms,
+        _assignments(args.tts_voice, "--tts-voice"),
+        args.asr_model,
+        args.asr_device,
+        args.asr_compute_type,
+        args.max_concurrency,
+        gpus,
+    )
     return build_pipeline(args.asr or args.engine, args.mt or args.engine, args.tts or args.engine, options)
 
 
@@ -210,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level, args.log_format)
     gpus = GpuProbe()
     try:
-        engine = pipeline_from_args(args)
+        engine = pipeline_from_args(args, len(gpus.gpus))  # models load and warm up before registering
         capabilities = capabilities_from_args(args, gpus, engine)
     except (InvalidArgument, ValueError) as exc:
         print(f"lingua-node: {exc}", file=sys.stderr)

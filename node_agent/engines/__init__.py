@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from node_agent.engines.base import Audio, Engine, Pipeline, Recognizer, Synthesizer, Translator
 from node_agent.engines.synthetic import SyntheticEngine
 
-ASR_ENGINES = ("synthetic",)
+ASR_ENGINES = ("synthetic", "faster-whisper")
 MT_ENGINES = ("synthetic", "apertium")
 TTS_ENGINES = ("synthetic", "espeak-ng")
 ENGINES = ("synthetic",)  # `--engine`: the same engine for every stage
@@ -17,6 +17,11 @@ ENGINES = ("synthetic",)  # `--engine`: the same engine for every stage
 class EngineOptions:
     synthetic_latency_ms: int = 0
     tts_voices: dict[str, str] = field(default_factory=dict)  # language -> voice of the TTS engine
+    asr_model: str = "tiny.en"  # faster-whisper: a CTranslate2 Whisper directory, or the bundled tiny.en
+    asr_device: str = "auto"
+    asr_compute_type: str = "auto"
+    workers: int = 1  # jobs the node runs at once: model calls in parallel
+    gpus: int = 0  # GPUs NVML found
 
 
 def build_pipeline(asr: str, mt: str, tts: str, options: EngineOptions | None = None) -> Pipeline:
@@ -30,6 +35,18 @@ def build_pipeline(asr: str, mt: str, tts: str, options: EngineOptions | None = 
     synthesizer: Synthesizer
     if asr == "synthetic":
         recognizer = synthetic
+    elif asr == "faster-whisper":
+        from node_agent.engines.whisper import FasterWhisperRecognizer, WhisperOptions
+
+        recognizer = FasterWhisperRecognizer(
+            WhisperOptions(
+                options.asr_model,
+                options.asr_device,
+                options.asr_compute_type,
+                options.workers,
+                options.gpus,
+            )
+        )
     else:
         raise ValueError(f"unknown ASR engine {asr!r}; choose from {', '.join(ASR_ENGINES)}")
     if mt == "synthetic":

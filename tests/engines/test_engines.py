@@ -14,11 +14,38 @@ import pytest
 from lingua_grpc.client import LinguaClient, Reconnect
 from lingua_grpc.registry import LanguagePair
 from node_agent.engines.apertium import ApertiumTranslator
+from node_agent.engines.base import Audio
 from node_agent.engines.espeak import EspeakSynthesizer
+from node_agent.engines.whisper import FasterWhisperRecognizer, WhisperOptions
 from tests.audio import chunks, silence, tone
 from tests.e2e._procs import BIN, start_node, start_scheduler
 
 pytestmark = [pytest.mark.engines, pytest.mark.timeout(120)]
+
+
+SENTENCE = "hello world. this is a test of the translation service."
+
+
+def spoken(text: str, voice: str = "en-us") -> Audio:
+    """English speech made with espeak-ng, at 22,050 Hz."""
+    wav = subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", "130", "--stdout", text], capture_output=True, check=True
+    ).stdout
+    at = wav.find(b"data", 12)
+    return Audio(wav[at + 8 :], 22050)
+
+
+@pytest.fixture(scope="session")
+def whisper() -> FasterWhisperRecognizer:
+    """The bundled tiny.en model, loaded (and warmed up) once for the test session."""
+    return FasterWhisperRecognizer(WhisperOptions(workers=2))
+
+
+async def test_whisper_transcribes_english_speech_into_its_words(whisper: FasterWhisperRecognizer) -> None:
+    assert whisper.languages() == {"en"} and whisper.device == "cpu" and whisper.compute_type == "int8"
+    text = (await whisper.transcribe(spoken(SENTENCE), "en")).lower()
+    for word in ("world", "test", "translation", "service"):
+        assert word in text, text
 
 
 def rms_dbfs(pcm: bytes) -> float:
@@ -103,6 +130,50 @@ async def test_a_session_through_real_processes_gets_spanish_text_and_speech(tmp
         assert "de" in result.translated_text.split(), result.translated_text  # "utterance of" -> "... de"
         assert result.tts_audio_format.sample_rate_hz == 22050 and rms_dbfs(result.tts_audio) > -30
         assert result.timings.translation_ms >= 0 and result.timings.tts_ms > 0
+    finally:
+        node.kill()
+        scheduler.kill()
+
+
+async def test_spoken_english_becomes_spanish_text_and_speech_through_real_processes(tmp_path: Path) -> None:
+    """Every stage real: faster-whisper (tiny.en), Apertium en>es, espeak-ng, in real scheduler and node
+    processes; the client streams espeak-ng's English at its own pace."""
+    scheduler = await start_scheduler(tmp_path)
+    node = start_node(
+        tmp_path,
+        scheduler.grpc,
+        "cpu-all-real",
+        "--asr",
+        "faster-whisper",
+        "--mt",
+        "apertium",
+        "--tts",
+        "espeak-ng",
+        pairs="en-es",
+    )
+    try:
+        await node.log_contains("registered", timeout_s=60)
+        assert "ASR model ready" in node.log(), "loaded and warmed up before registering"
+        speech = spoken(SENTENCE)
+        async with LinguaClient(scheduler.grpc, reconnect=Reconnect(within_s=0)) as client:
+            session = await client.start_session("en", "es", sample_rate_hz=speech.sample_rate_hz)
+            step = speech.sample_rate_hz // 10 * 2
+            for i in range(0, len(speech.data), step):
+                await session.send_audio(speech.data[i : i + step])
+            await session.end()
+            messages = [m async for m in session]
+        results = [m.result for m in messages if m.HasField("result")]
+        assert len(results) == 1, [m.WhichOneof("kind") for m in messages]
+        result = results[0]
+        assert "translation service" in result.source_text.lower(), result.source_text
+        spanish = result.translated_text.lower()
+        assert "prueba" in spanish and "servicio de traducción" in spanish, (
+            spanish
+        )  # a test of the translation service
+        progress = [m.progress.text for m in messages if m.HasField("progress")]
+        assert progress[:2] == [result.source_text, result.translated_text], "progress carries the real text"
+        assert result.tts_audio_format.sample_rate_hz == 22050 and rms_dbfs(result.tts_audio) > -30
+        assert result.timings.asr_ms > 0
     finally:
         node.kill()
         scheduler.kill()
