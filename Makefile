@@ -30,7 +30,7 @@ engines: ## Install the reference node's engines from Debian's packages when mis
 proto: $(STAMP) ## Regenerate Python code from proto/ (commit the result)
 	$(PY) scripts/gen_protos.py
 
-run: setup ## Start a scheduler on embedded Redis with one local synthetic node agent
+run: setup ## Start a scheduler on embedded Redis with one local node agent of real engines for en>es (`.venv/bin/lingua-dev --synthetic` for stand-in ones)
 	$(VENV)/bin/lingua-dev
 
 test: setup ## Run the whole test suite

@@ -77,9 +77,12 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
                 if isinstance(out, ResultOut | SkippedOut):
                     actor.sent = out.index + 1
                 actor.outbox_bytes -= output_bytes(out)
-            # Over for good, unless the scheduler is stopping (the client resumes on another instance) or
-            # another stream took the session over.
-            resumable = isinstance(out.error, Unavailable | Aborted)
+            # Over for good once the client said end_of_stream or erred; resumable when the scheduler is
+            # stopping (the client resumes on another instance), another stream took the session over, or
+            # the stream just ended.
+            resumable = isinstance(out.error, Unavailable | Aborted) or (
+                out.error is None and not actor.ended_by_client
+            )
             if out.error is not None:
                 await context.abort(status_for(out.error), str(out.error))
         except asyncio.CancelledError:
@@ -129,12 +132,12 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             if when is not None and now + self._idle_timeout_s - when > self._idle_timeout_s / 10:
                 idle.reschedule(now + self._idle_timeout_s)
             if message is None:
-                # A half-close without end_of_stream ends the stream the same way. A client that went
-                # (cancelled, or its connection broke) may read as an end too: its open utterance is then
-                # cut there; the session stays resumable (the handler is cancelled), and the client's audio
-                # sent again on the resume is dropped up to that cut, so nothing is answered twice.
+                # A half-close without end_of_stream ends the stream the same way, but leaves the session
+                # resumable: a client that went (cancelled, or its connection broke) may read as an end too.
+                # Its open utterance is then cut there, and the audio it sends again on the resume is dropped
+                # up to that cut, so nothing is answered twice.
                 if not ended and not context.cancelled():
-                    actor.end_of_stream()
+                    actor.end_of_stream(said=False)
                 return
             kind = message.WhichOneof("kind")
             if kind == "start":

@@ -1,11 +1,21 @@
-"""WAV files in and out: 16-bit mono PCM, and a demo file of tones separated by silence."""
+"""WAV files in and out: 16-bit mono PCM, and the demo: English sentences spoken by espeak-ng (or, without
+it, tones standing in for speech), separated by silence."""
 
 from __future__ import annotations
 
+import io
 import math
+import shutil
 import struct
+import subprocess
 import wave
 from pathlib import Path
+
+DEMO_SENTENCES = (
+    "Good morning everyone, thank you for coming to the meeting.",
+    "This is a test of the translation service.",
+    "The weather is very nice today.",
+)
 
 
 class WavError(ValueError):
@@ -45,3 +55,21 @@ def demo_pcm(sample_rate_hz: int = 16000, utterances: int = 3) -> bytes:
         )
         out += bytes(2 * sample_rate_hz)
     return bytes(out)
+
+
+def spoken_demo(sentences: tuple[str, ...] = DEMO_SENTENCES) -> tuple[bytes, int] | None:
+    """English sentences spoken by espeak-ng, each followed by a second of silence: (PCM, rate). None when
+    espeak-ng is not installed."""
+    binary = shutil.which("espeak-ng")
+    if binary is None:
+        return None
+    out, rate = bytearray(), 22050
+    for sentence in sentences:
+        wav = subprocess.run(
+            [binary, "-v", "en-us", "-s", "130", "--stdout", sentence], capture_output=True, check=True
+        ).stdout
+        with wave.open(io.BytesIO(wav)) as w:
+            rate = w.getframerate()
+        out += wav[wav.find(b"data", 12) + 8 :]  # (espeak-ng streams: its header's length is a placeholder)
+        out += bytes(2 * rate)
+    return bytes(out), rate

@@ -13,7 +13,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from lingua_grpc import __version__
-from lingua_grpc.cli._wav import WavError, demo_pcm, read_pcm16_mono, write_pcm16_mono
+from lingua_grpc.cli._wav import WavError, demo_pcm, read_pcm16_mono, spoken_demo, write_pcm16_mono
 from lingua_grpc.client import ChannelSecurity, LinguaClient, Reconnect, addresses_of, open_channel
 from lingua_grpc.pb import registry_pb2, registry_pb2_grpc, session_pb2
 
@@ -64,8 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="how long a session whose stream broke keeps trying to resume (default 30; 0: never)",
     )
-    demo = sub.add_parser("demo-wav", help="write a demo WAV: tones standing in for three utterances")
+    demo = sub.add_parser(
+        "demo-wav", help="write a demo WAV: three English sentences spoken by espeak-ng (or tones)"
+    )
     demo.add_argument("file")
+    demo.add_argument(
+        "--tones", action="store_true", help="tones standing in for speech (what the synthetic engine needs)"
+    )
     sub.add_parser("snapshot", help="print the current registry snapshot")
     sub.add_parser("nodes", help="list registered nodes")
     sub.add_parser("pools", help="list pools")
@@ -217,8 +222,14 @@ def _print_human(message: session_pb2.StreamResponse, tts_dir: Path | None) -> N
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo-wav":
-        write_pcm16_mono(args.file, demo_pcm(), 16000)
-        print(f"wrote {args.file}: three tones standing in for speech, 16 kHz mono")
+        speech = None if args.tones else spoken_demo()
+        if speech is None:
+            write_pcm16_mono(args.file, demo_pcm(), 16000)
+            why = "" if args.tones else " (espeak-ng is not installed: no speech)"
+            print(f"wrote {args.file}: three tones standing in for speech, 16 kHz mono{why}")
+        else:
+            write_pcm16_mono(args.file, *speech)
+            print(f"wrote {args.file}: three English sentences spoken by espeak-ng, {speech[1]} Hz mono")
         return 0
     try:
         _security(args).check()

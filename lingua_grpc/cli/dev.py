@@ -1,4 +1,5 @@
-"""`lingua-dev` (what `make run` starts): a scheduler on embedded Redis plus one local synthetic node agent.
+"""`lingua-dev` (what `make run` starts): a scheduler on embedded Redis plus one local node agent with real
+engines for en>es (faster-whisper, Apertium, espeak-ng), or `--synthetic` ones for any pair.
 
 Both are real child processes with their logs on this terminal's stderr. Ctrl-C drains the node, then
 stops the scheduler (which stops its embedded Redis).
@@ -14,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from lingua_grpc.cli._wav import demo_pcm, write_pcm16_mono
+from lingua_grpc.cli._wav import demo_pcm, spoken_demo, write_pcm16_mono
 
 BIN = Path(sys.executable).parent
 
@@ -47,12 +48,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--metrics-port", type=int, default=int(os.environ.get("LINGUA_METRICS_PORT", "9464"))
     )
-    parser.add_argument("--pairs", default="en-es,en-zh,en-de")
-    parser.add_argument("--max-concurrency", type=int, default=4)
+    parser.add_argument(
+        "--synthetic", action="store_true", help="a synthetic node (stand-in output, any pair) instead"
+    )
+    parser.add_argument(
+        "--pairs", default="", help="pairs served (default en-es; synthetic: en-es,en-zh,en-de)"
+    )
+    parser.add_argument("--max-concurrency", type=int, default=2)
     args = parser.parse_args(argv)
 
     demo = Path(sys.prefix) / "lingua-demo.wav"
-    write_pcm16_mono(demo, demo_pcm(), 16000)
+    speech = None if args.synthetic else spoken_demo()
+    if args.synthetic or speech is None:
+        write_pcm16_mono(demo, demo_pcm(), 16000)
+        what = "three tones standing in for speech"
+    else:
+        write_pcm16_mono(demo, *speech)
+        what = "three English sentences spoken by espeak-ng"
+    if args.synthetic:
+        node_id, pairs, engines = (
+            "local-synthetic-1",
+            args.pairs or "en-es,en-zh,en-de",
+            ["--engine", "synthetic"],
+        )
+        described = "synthetic engine"
+    else:
+        node_id, pairs = "local-1", args.pairs or "en-es"
+        engines = ["--asr", "faster-whisper", "--mt", "apertium", "--tts", "espeak-ng"]
+        described = "faster-whisper tiny.en, Apertium, espeak-ng"
     scheduler, banner = _start_scheduler(args.listen, args.metrics_port)
     address = banner.removeprefix("lingua-scheduler listening on ").split(" ", 1)[0]
     node = subprocess.Popen(
@@ -61,21 +84,20 @@ def main(argv: list[str] | None = None) -> int:
             "--scheduler",
             address,
             "--node-id",
-            "local-synthetic-1",
+            node_id,
             "--pairs",
-            args.pairs,
+            pairs,
             "--max-concurrency",
             str(args.max_concurrency),
-            "--engine",
-            "synthetic",
+            *engines,
             "--log-format",
             "text",
         ],
     )
     print(
         f"\n{banner}\n"
-        f"node agent local-synthetic-1 (synthetic engine, pairs {args.pairs}) connecting to {address}\n\n"
-        f"Try (three tones standing in for speech, translated by the synthetic engine):\n"
+        f"node agent {node_id} ({described}; pairs {pairs}) connecting to {address}\n\n"
+        f"Try ({what}; each result's speech is written to /tmp/lingua-tts):\n"
         f"  {BIN / 'lingua-client'} --scheduler {address} stream {demo} --src en --tgt es --tts-out /tmp/lingua-tts\n\n"
         f"More:\n"
         f"  {BIN / 'lingua-client'} --scheduler {address} watch\n"

@@ -218,6 +218,7 @@ class SessionActor:
         self.sent = start.next_to_send  # answers written to the client's stream (the servicer counts)
         self.handed_to: str | None = None  # the session lives on after this stream (see JobSink)
         self.resumed = False  # this stream resumed the session
+        self.ended_by_client = False  # the client sent end_of_stream
         self.resume_token = ""  # the latest token issued to the client ('' when sessions are not resumable)
         self.token_issued_ms = 0
         self._inbox: Mailbox[_Event] = Mailbox()  # client events, in order
@@ -250,7 +251,11 @@ class SessionActor:
     def finalize(self) -> None:
         self._post(_Finalize(end_of_stream=False))
 
-    def end_of_stream(self) -> None:
+    def end_of_stream(self, said: bool = True) -> None:
+        """No more audio. `said`: the client sent `end_of_stream` (the session is then over for good once
+        answered); else its stream just ended (a half-close, or a broken connection that reads the same):
+        answered the same, the session stays resumable."""
+        self.ended_by_client = self.ended_by_client or said
         self._post(_Finalize(end_of_stream=True))
 
     def fail(self, error: LinguaError, at_once: bool = False) -> None:

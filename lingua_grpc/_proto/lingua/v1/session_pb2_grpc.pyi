@@ -56,7 +56,9 @@ class SessionServiceStub:
       4. Send the kept audio again, then carry on with new audio. The server drops the part of it that it had
          already recorded (before `started.audio_offset`). New utterances take the next indexes.
     The instance that held the session before ends its stream with ABORTED, if it is still alive. A token
-    is valid `session_resume_ttl_ms` after it was issued, for the credential that opened the session.
+    is valid `session_resume_ttl_ms` after it was issued, for the credential that opened the session. A
+    session is over for good (no resume) once the client sent `end_of_stream` and got every answer, or
+    after an error of its own; a stream that just ends (half-closed or broken) leaves it resumable.
 
     Errors: INVALID_ARGUMENT for a bad start message, format or option (the message says what to fix);
     FAILED_PRECONDITION when the first message is not `start` or a message comes in the wrong order;
@@ -104,7 +106,9 @@ class SessionServiceAsyncStub(SessionServiceStub):
       4. Send the kept audio again, then carry on with new audio. The server drops the part of it that it had
          already recorded (before `started.audio_offset`). New utterances take the next indexes.
     The instance that held the session before ends its stream with ABORTED, if it is still alive. A token
-    is valid `session_resume_ttl_ms` after it was issued, for the credential that opened the session.
+    is valid `session_resume_ttl_ms` after it was issued, for the credential that opened the session. A
+    session is over for good (no resume) once the client sent `end_of_stream` and got every answer, or
+    after an error of its own; a stream that just ends (half-closed or broken) leaves it resumable.
 
     Errors: INVALID_ARGUMENT for a bad start message, format or option (the message says what to fix);
     FAILED_PRECONDITION when the first message is not `start` or a message comes in the wrong order;
@@ -155,7 +159,9 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
           4. Send the kept audio again, then carry on with new audio. The server drops the part of it that it had
              already recorded (before `started.audio_offset`). New utterances take the next indexes.
         The instance that held the session before ends its stream with ABORTED, if it is still alive. A token
-        is valid `session_resume_ttl_ms` after it was issued, for the credential that opened the session.
+        is valid `session_resume_ttl_ms` after it was issued, for the credential that opened the session. A
+        session is over for good (no resume) once the client sent `end_of_stream` and got every answer, or
+        after an error of its own; a stream that just ends (half-closed or broken) leaves it resumable.
 
         Errors: INVALID_ARGUMENT for a bad start message, format or option (the message says what to fix);
         FAILED_PRECONDITION when the first message is not `start` or a message comes in the wrong order;
