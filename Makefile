@@ -47,13 +47,14 @@ lint: setup ## ruff, mypy and buf lint
 
 check: lint test ## lint, then test
 
-bench: setup ## Benchmarks with baselines (figures in README): job throughput, audio ingest, real-time overhead + idle RSS, burst, overload (2x one instance's capacity), two instances (sessions on one, nodes on the other)
+bench: setup ## Benchmarks with baselines (figures in README): job throughput, audio ingest, real-time overhead + idle RSS, burst, overload (2x one instance's capacity), two instances (sessions on one, nodes on the other), real engines (each stage's real-time factor)
 	$(VENV)/bin/lingua-bench --sessions 100 --utterances 20 --whole-utterances --idle-sessions 0 --json bench-jobs.json
 	$(VENV)/bin/lingua-bench --sessions 100 --utterances 10 --idle-sessions 0 --json bench-ingest.json
 	$(VENV)/bin/lingua-bench --realtime --sessions 100 --utterances 10 --idle-sessions 10000 --json bench-realtime.json
 	$(VENV)/bin/lingua-bench --realtime --lockstep --sessions 100 --utterances 10 --idle-sessions 0 --json bench-burst.json
 	$(VENV)/bin/lingua-bench --realtime --sessions 400 --utterances 30 --ramp-s 30 --idle-sessions 0 --skip-baselines --json bench-overload.json
 	$(VENV)/bin/lingua-bench --realtime --sessions 100 --utterances 10 --idle-sessions 0 --skip-baselines --nodes-on-second-instance --json bench-two-instances.json
+	$(VENV)/bin/lingua-bench --real-engines --realtime --nodes 1 --node-concurrency 2 --sessions 4 --utterances 6 --idle-sessions 0 --skip-baselines --json bench-real-engines.json
 
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import functools
 import json
 import os
 import random
@@ -35,6 +36,7 @@ from redis.asyncio import Redis
 from tqdm import tqdm
 
 from lingua_grpc._grpc import read_message
+from lingua_grpc.cli._wav import DEMO_SENTENCES, spoken_demo
 from lingua_grpc.client import LinguaClient, Session
 from lingua_grpc.jobs import JobStore
 from lingua_grpc.pb import registry_pb2, registry_pb2_grpc, session_pb2
@@ -59,9 +61,22 @@ def utterance_pcm(i: int) -> bytes:
     return speech + bytes(2 * RATE * SILENCE_MS // 1000)
 
 
-def chunked(pcm: bytes, chunk_ms: int = CHUNK_MS) -> list[bytes]:
-    step = 2 * RATE * chunk_ms // 1000
+def chunked(pcm: bytes, chunk_ms: int = CHUNK_MS, rate: int = RATE) -> list[bytes]:
+    step = 2 * rate * chunk_ms // 1000
     return [pcm[i : i + step] for i in range(0, len(pcm), step)]
+
+
+@functools.cache
+def spoken_utterances() -> tuple[list[bytes], int]:
+    """English sentences spoken by espeak-ng, each followed by a second of silence (for --real-engines)."""
+    sentences, rate = [], RATE
+    for sentence in DEMO_SENTENCES:
+        speech = spoken_demo((sentence,))
+        if speech is None:
+            raise SystemExit("lingua-bench: --real-engines needs espeak-ng (make setup installs it)")
+        sentences.append(speech[0])
+        rate = speech[1]
+    return sentences, rate
 
 
 def _raw(data: bytes) -> bytes:
@@ -139,7 +154,12 @@ async def run_session(
     await asyncio.sleep(delay_s)  # --ramp-s: sessions arrive spread over the ramp, as users do
     asked = time.perf_counter()
     try:
-        session = await client.start_session("en", "es", RATE, session_pb2.SessionOptions(tts_enabled=False))
+        session = await client.start_session(
+            "en",
+            "es",
+            spoken_utterances()[1] if args.real_engines else RATE,
+            session_pb2.SessionOptions(tts_enabled=args.real_engines),
+        )
     except grpc.aio.AioRpcError as exc:
         if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
             raise
@@ -147,7 +167,15 @@ async def run_session(
         bar.update(args.utterances)
         return 0
     sink["admitted"].append(1)
-    if args.whole_utterances:  # one message per utterance, marked final: measures jobs, not audio ingest
+    rate = RATE
+    if args.real_engines:  # spoken sentences, a chunk at a time (real ASR needs real speech)
+        spoken, rate = spoken_utterances()
+        messages = [
+            (c, False)
+            for i in range(args.utterances)
+            for c in chunked(spoken[i % len(spoken)], args.chunk_ms, rate)
+        ]
+    elif args.whole_utterances:  # one message per utterance, marked final: measures jobs, not audio ingest
         messages = [(utterance_pcm(i), True) for i in range(args.utterances)]
     else:
         messages = [
@@ -177,6 +205,10 @@ async def run_session(
             sink["delivery_us"].append(t.scheduler_delivery_us)
             sink["overhead_us"].append(t.scheduler_dispatch_us + t.scheduler_delivery_us)
             sink["total_ms"].append(t.total_ms)
+            speech_ms = max(message.result.audio_duration_ms, 1)
+            sink["asr_rtf"].append(t.asr_ms / speech_ms)
+            sink["mt_rtf"].append(t.translation_ms / speech_ms)
+            sink["tts_rtf"].append(t.tts_ms / speech_ms)
             bar.update(1)
         elif message.HasField("skipped"):
             sink["skipped"].append(1)
@@ -251,6 +283,9 @@ async def load_phase(
             "skipped",
             "refused_ms",
             "admitted",
+            "asr_rtf",
+            "mt_rtf",
+            "tts_rtf",
         )
     }
     calls_before = await redis_calls(redis) if redis else {}
@@ -313,6 +348,12 @@ async def load_phase(
         "end_to_end_p99_ms": percentile(sink["total_ms"], 99),
         # Round trips as the scheduler counts them per job operation (its metrics); commandstats also
         # counts the commands scripts run inside Redis, and the registry's own polling: all commands.
+        # Each stage's time on the node over the utterance's audio duration (real-time factor; p50 / p99).
+        **{
+            f"{stage}_rtf_p{p}": percentile(sink[f"{stage}_rtf"], p)
+            for stage in ("asr", "mt", "tts")
+            for p in (50, 99)
+        },
         "redis_round_trips_per_job": trips / max(jobs, 1),
         "redis_commands_per_job": commands / max(jobs, 1),
         # Redis memory right after the load: job records, and results' TTS audio kept for resumes.
@@ -565,8 +606,11 @@ def start_node(address: str, node_id: str, args: argparse.Namespace) -> Proc:
             "en-es",
             "--max-concurrency",
             str(args.node_concurrency),
-            "--synthetic-latency-ms",
-            str(args.node_latency_ms),
+            *(
+                ("--asr", "faster-whisper", "--mt", "apertium", "--tts", "espeak-ng")
+                if args.real_engines
+                else ("--synthetic-latency-ms", str(args.node_latency_ms))
+            ),
             "--log-level",
             "WARNING",
         ],
@@ -601,6 +645,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--metrics-url", default="", help="its /metrics URL, for Redis round trips per job")
     p.add_argument("--nodes", type=int, default=4, help="synthetic node agents to start (default 4)")
+    p.add_argument(
+        "--real-engines",
+        action="store_true",
+        help="nodes of real engines (faster-whisper, Apertium, espeak-ng) fed English sentences spoken by"
+        " espeak-ng, TTS on: reports each stage's real-time factor on this machine",
+    )
     p.add_argument("--node-concurrency", type=int, default=64, help="max concurrency per node (default 64)")
     p.add_argument("--node-latency-ms", type=int, default=0, help="synthetic latency per stage (default 0)")
     p.add_argument("--sessions", type=int, default=100, help="concurrent sessions (default 100)")

@@ -4,6 +4,7 @@ through real `lingua-scheduler` and `lingua-node` processes."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import subprocess
 from array import array
@@ -177,3 +178,22 @@ async def test_spoken_english_becomes_spanish_text_and_speech_through_real_proce
     finally:
         node.kill()
         scheduler.kill()
+
+
+def test_the_bench_drives_real_engine_nodes_and_reports_each_stage_s_real_time_factor(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [
+            str(BIN / "lingua-bench"),
+            *("--real-engines", "--nodes", "1", "--node-concurrency", "1", "--sessions", "1"),
+            *("--utterances", "2", "--idle-sessions", "0", "--skip-baselines", "--quiet", "--json", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    load = json.loads(out.read_text())["load"]
+    assert load["utterances_completed"] == 2 and load["utterances_skipped"] == 0
+    assert all(load[f"{stage}_rtf_p50"] > 0 for stage in ("asr", "mt", "tts")), load
