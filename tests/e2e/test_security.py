@@ -150,6 +150,8 @@ async def _register_once(secured: Secured, node_id: str, token: str) -> grpc.Sta
             first = await asyncio.wait_for(read_message(call), 10)
         except grpc.aio.AioRpcError as exc:
             return exc.code()
+        except asyncio.InvalidStateError:  # refused while the write was in flight: the call has the status
+            return await call.code()
         call.cancel()
         assert first is not None and first.HasField("registered")
         return grpc.StatusCode.OK
