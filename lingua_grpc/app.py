@@ -214,7 +214,15 @@ class Scheduler:
         await dispatcher.start()
         stack.push_async_callback(dispatcher.stop)
         relay = self.relay = Relay(
-            s.instance_id, dispatcher, links, courier, store, self.metrics, self.clock, transport.holder
+            s.instance_id,
+            dispatcher,
+            links,
+            courier,
+            store,
+            self.metrics,
+            self.clock,
+            transport.holder,
+            s.job_deadline_ms,
         )
         stack.push_async_callback(relay.stop)
         inbox = Inbox(
@@ -259,7 +267,12 @@ class Scheduler:
             s.max_sessions,
             self.load,
             s.overload_queue_wait_ms,
-            Resumability(records, ResumeTokens(resume_key, s.session_resume_ttl_ms, self.clock), relay),
+            Resumability(
+                records,
+                ResumeTokens(resume_key, s.session_resume_ttl_ms, self.clock),
+                relay,
+                s.session_resume_max_answers,
+            ),
         )
         relay.on_moved = self.sessions.moved
         relay.session_here = self.sessions.is_open
@@ -279,7 +292,7 @@ class Scheduler:
         )
         instances = InstanceRegistry(redis, keys, scripts)
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
-            RegistryServicer(cache, hub, instances, store, records), server
+            RegistryServicer(cache, hub, instances, store, records, s.session_resume_max_answers), server
         )
         session_pb2_grpc.add_SessionServiceServicer_to_server(
             SessionServicer(self.sessions, s.max_chunk_bytes, s.session_idle_timeout_ms), server

@@ -212,6 +212,11 @@ class Settings:
         300000,
         "how long a resume token stays valid after it was issued (sessions send fresh ones as they go on)",
     )
+    session_resume_max_answers: int = _setting(
+        1000,
+        "most answers a resume sends again from the store (a client's next_utterance_index may be that far"
+        " from the session's; further is refused INVALID_ARGUMENT), and most jobs GetSession lists",
+    )
     resume_key_file: str = _setting(
         "",
         "file holding the fleet's key (at least 16 bytes) that signs resume tokens; every instance needs the"
@@ -336,6 +341,7 @@ class Settings:
             "job_max_attempts",
             "result_audio_ttl_ms",
             "session_resume_ttl_ms",
+            "session_resume_max_answers",
             "queue_retry_ms",
             "slot_release_retry_ms",
             "loop_lag_interval_ms",

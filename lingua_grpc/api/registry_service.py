@@ -27,7 +27,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         instances: InstanceRegistry,
         jobs: JobStore,
         sessions: SessionStore,
+        max_jobs_listed: int,
     ) -> None:
+        """`max_jobs_listed`: GetSession lists a session's last jobs, at most this many."""
+        self._max_jobs_listed = max_jobs_listed
         self._cache = cache
         self._hub = hub
         self._instances = instances
@@ -109,7 +112,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             state = await self._sessions.get(request.session_id)
             if state is None:
                 raise NotFound(f"no session {request.session_id} in the store (never opened, or expired)")
-            stored = await self._jobs.records(state.session_id, range(state.next_index), with_tts=False)
+            first = max(0, state.next_index - self._max_jobs_listed)
+            stored = await self._jobs.records(
+                state.session_id, range(first, state.next_index), with_tts=False
+            )
             alive = {r.instance_id for r in await self._instances.list() if r.alive}
         return registry_pb2.GetSessionResponse(
             session=convert.session_record_to_proto(state, state.owner in alive),

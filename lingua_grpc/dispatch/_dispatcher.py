@@ -594,14 +594,18 @@ class Dispatcher:
             self._spawn(self._release(node_id, event.job_id, event.attempt))
 
     async def _record_unwatched(self, node_id: str, output: JobOutput) -> None:
-        """A result of an attempt no session here watches: recorded (fenced), handed to the instance that
-        owns the session now when that is another one."""
         try:
-            completed, released = await self._store.complete_and_release(output, node_id)
+            await self.record_unwatched(node_id, output)
         except RedisError as exc:
             log.warning("result not recorded", extra={"job_id": output.job_id, "error": repr(exc)})
             self._spawn(self._release(node_id, output.job_id, output.attempt))
-            return
+
+    async def record_unwatched(self, node_id: str, output: JobOutput, owner_hint: str = "") -> bool:
+        """A result of an attempt no session here watched when it arrived: recorded (fenced) with its slot
+        released, then handed to the instance that owns the session now (`owner_hint` when the session has
+        no record): this instance's ticket if it watches the attempt by now, else that instance. True when
+        recorded. RedisError when it could not be."""
+        completed, released = await self._store.complete_and_release(output, node_id)
         if released:
             self.slot_freed(node_id)
         if not completed.applied:
@@ -610,10 +614,17 @@ class Dispatcher:
                 "result of an old attempt refused",
                 extra={"job_id": output.job_id, "attempt": output.attempt, "node_id": node_id},
             )
-            return
+            return False
         self._metrics.results_unwatched.inc()
-        if completed.owner and completed.owner != self._store.instance_id:
-            self._transport.forward(completed.owner, node_id, output)
+        owner = completed.owner or owner_hint
+        if owner == self._store.instance_id:
+            if self.watches(output.job_id, output.attempt, node_id):  # the session resumed here meanwhile
+                ticket = self._live[output.job_id]
+                self._leave_node(ticket)
+                self._deliver(ticket, node_id, output, self._clock.monotonic(), recorded=True)
+        elif owner:
+            self._transport.forward(owner, node_id, output)
+        return True
 
     async def _unplace(self, node_id: str, job_id: str, attempt: int) -> None:
         """An attempt no session here watches failed or was lost: the job waits, CREATED, for whoever resumes

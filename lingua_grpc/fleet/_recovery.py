@@ -33,7 +33,7 @@ from lingua_grpc.fleet._inbox import Courier, entries_of
 from lingua_grpc.fleet._instances import InstanceRegistry
 from lingua_grpc.fleet._messages import Assign, Lost, Relayed, Reroute, decode
 from lingua_grpc.fleet._relay import FleetTransport, Relay
-from lingua_grpc.jobs import LIVE_STATES, JobOutput, JobState, JobStore, job_id
+from lingua_grpc.jobs import LIVE_STATES, JobOutput, JobState, JobStore, job_id, parse_job_id
 from lingua_grpc.metrics import SchedulerMetrics
 from lingua_grpc.store import Claim, InstanceKeys, ScriptBook, text
 from lingua_grpc.tasks import cancel_and_wait, raise_if_cancelling
@@ -168,9 +168,9 @@ class Recovery:
                 await self._courier.send(message.owner, lost)
                 returned += 1
             elif isinstance(message, Relayed) and message.recorded:
-                owner = await self._store.session_owner(message.event.job_id)
+                owner = await self._store.session_owner(parse_job_id(message.event.job_id)[0])
                 if owner and owner != keys.instance_id and isinstance(message.event, JobOutput):
-                    self._relay.forward_recorded(owner, message.node_id, message.event)
+                    self._transport.forward(owner, message.node_id, message.event)
             elif isinstance(message, Relayed):
                 results += await self._relay.settle_orphan(message.node_id, message.event)
             elif isinstance(message, Lost):
@@ -210,7 +210,7 @@ class Recovery:
         ended = requeued = freed = 0
         sessions = [text(s) for s in await self._redis.smembers(keys.sessions)]
         for session_id in sessions:
-            owner = await self._store.session_owner(job_id(session_id, 0))
+            owner = await self._store.session_owner(session_id)
             if owner and owner != keys.instance_id:
                 continue  # resumed on another instance, which watches its jobs
             for index in await self._store.live_jobs(session_id):
@@ -218,6 +218,8 @@ class Recovery:
                 if record is None or record.state not in (JobState.CREATED, *LIVE_STATES):
                     continue
                 if owner:  # resumable: only an attempt that never reached its node goes back
+                    if record.state is JobState.ACCEPTED and record.node_id:
+                        self._relay.orphan(record.job_id, record.attempt, record.node_id)  # deadline there
                     if record.state is not JobState.ASSIGNED or not record.node_id:
                         continue
                     due_ms = int(record.fields.get("assigned_ms", 0) or 0) + self._accept_timeout_ms
@@ -254,7 +256,7 @@ class Recovery:
             record = await self._store.get(job)
             if record is None or record.state is not JobState.ASSIGNED or record.attempt != attempt:
                 continue
-            if await self._store.session_owner(job) not in (dead, None):
+            if await self._store.session_owner(parse_job_id(job)[0]) not in (dead, None):
                 continue  # resumed meanwhile: its new owner watches it
             if not await self._store.transition(
                 job, attempt, (JobState.ASSIGNED,), JobState.CREATED, node_id=""

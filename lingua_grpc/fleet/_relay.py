@@ -131,10 +131,13 @@ class Relay:
         store: JobStore,
         metrics: SchedulerMetrics,
         clock: Clock,
-        holder: Callable[[str], str | None] = lambda node_id: None,
+        holder: Callable[[str], str | None],
+        orphan_deadline_ms: int,
     ) -> None:
-        """`holder`: the instance holding a node's stream when not this one (`FleetTransport.holder`)."""
+        """`holder`: the instance holding a node's stream when not this one (`FleetTransport.holder`).
+        `orphan_deadline_ms`: how long an attempt no session watches may run (the job deadline)."""
         self._id = instance_id
+        self._orphan_deadline_s = orphan_deadline_ms / 1000
         self._holder = holder
         self._dispatcher = dispatcher
         self._links = links
@@ -178,24 +181,12 @@ class Relay:
         store says which: the session may have moved since the attempt was handed here), which delivers
         it. A result in the store survives its owner's death; one in a dead owner's inbox would wait."""
         try:
-            completed, released = await self._store.complete_and_release(output, node_id)
+            await self._dispatcher.record_unwatched(node_id, output, owner_hint=route.owner)
         except RedisError as exc:  # the owner records it (or, gone, whoever settles it)
             log.warning(
                 "relayed result not recorded here", extra={"job_id": output.job_id, "error": repr(exc)}
             )
             await self._relay(route, node_id, output)
-            return
-        if released:
-            self._dispatcher.slot_freed(node_id)
-        if not completed.applied:
-            self._metrics.results_fenced.inc()
-            return
-        owner = completed.owner or route.owner
-        if owner == self._id:  # the session moved here
-            await self._dispatcher.on_event(node_id, output, recorded=True)
-        elif owner:
-            message = Relayed(self._id, node_id, output, self._clock.now_ms(), recorded=True)
-            await self._courier.send(owner, message)  # an owner gone finds it in the store when resumed
 
     async def _relay(self, route: Route, node_id: str, event: JobEvent) -> None:
         if not route.owner:  # its session's stream ended: nobody to tell (a result is recorded, above)
@@ -211,6 +202,9 @@ class Relay:
                     extra={"job_id": event.job_id, "attempt": event.attempt, "instance_id": route.owner},
                 )
             await self.settle_orphan(node_id, event)
+            key = (event.job_id, event.attempt)
+            if not outcome.full and self._routes.get(key) is route:  # its owner is gone: nobody's now
+                self._keep(event.job_id, event.attempt, route.node_id, route.connection_id, "")
 
     def node_lost(self, node_id: str, connection_id: str | None = None) -> None:
         self._dispatcher.node_lost(node_id, connection_id)
@@ -269,9 +263,23 @@ class Relay:
 
     def _keep(self, job_id: str, attempt: int, node_id: str, connection_id: str, owner: str) -> None:
         """An attempt on one of this instance's node streams that no session here watches any more: what
-        its node says goes to `owner` ('' for nobody: a result is recorded for the session's resume)."""
-        self._routes[(job_id, attempt)] = Route(owner, node_id, connection_id)
+        its node says goes to `owner` ('' for nobody: a result is recorded for the session's resume). An
+        attempt nobody watches gets the job deadline from now: a node that never answers must not hold the
+        slot for good."""
+        key = (job_id, attempt)
+        route = self._routes[key] = Route(owner, node_id, connection_id)
         self._metrics.relayed_attempts.set(len(self._routes))
+        if not owner:
+            asyncio.get_running_loop().call_later(self._orphan_deadline_s, self._orphan_expired, key, route)
+
+    def _orphan_expired(self, key: Key, route: Route) -> None:
+        if self._routes.get(key) is not route:
+            return  # answered, lost, or watched by a session again since
+        self._forget(key)
+        job_id, attempt = key
+        why = "no answer within the job deadline, and no session watches it"
+        self._links.cancel(route.node_id, job_id, attempt, why)
+        self._dispatcher.unplace(route.node_id, job_id, attempt)
 
     def reroute(self, job_id: str, attempt: int, node_id: str) -> bool | None:
         """A session resumed here: its job's attempt on `node_id` is to be watched by this instance. Returns
@@ -298,6 +306,20 @@ class Relay:
 
         future.add_done_callback(done)
         return None
+
+    def orphan(self, job_id: str, attempt: int, node_id: str) -> None:
+        """A dead owner's attempt that no session watches: the instance holding its node watches it alone
+        from now on (its result recorded for a resume, the job deadline bounding its slot)."""
+        key = (job_id, attempt)
+        if self._links.get(node_id) is not None:
+            route = self._routes.get(key)
+            if route is not None and route.node_id == node_id:
+                self._keep(job_id, attempt, node_id, route.connection_id, "")
+            return
+        holder = self._holder(node_id)
+        if holder is not None:
+            message = Reroute("", node_id, job_id, attempt, self._clock.now_ms())
+            self._courier.send(holder, message).add_done_callback(_drop_result)
 
     def connection_of(self, node_id: str) -> str | None:
         """The connection an attempt on the node goes through from here: its stream, or its holder."""
@@ -338,7 +360,8 @@ class Relay:
 
     def _rerouted(self, message: Reroute) -> None:
         """Another instance resumed the session of an attempt on one of this instance's node streams: what the
-        node says goes there from now on; it hears at once whether the node has the attempt."""
+        node says goes there from now on; it hears at once whether the node has the attempt. With no owner
+        (a dead owner's taker), the attempt becomes nobody's: it gets the job deadline here."""
         key = (message.job_id, message.attempt)
         route = self._routes.get(key)
         if route is None:
@@ -350,9 +373,10 @@ class Relay:
             why = f"node {message.node_id} does not run it on instance {self._id}"
             self._tell_lost(Route(message.owner, message.node_id, ""), key, why, node_gone=False)
             return
-        route = self._routes[key] = Route(message.owner, route.node_id, route.connection_id)
-        self._metrics.relayed_attempts.set(len(self._routes))
-        self._spawn(self._relay(route, message.node_id, JobAccepted(message.job_id, message.attempt)))
+        self._keep(message.job_id, message.attempt, route.node_id, route.connection_id, message.owner)
+        if message.owner:  # (an orphan's reroute, from a dead owner's taker, needs no answer)
+            route = self._routes[key]
+            self._spawn(self._relay(route, message.node_id, JobAccepted(message.job_id, message.attempt)))
 
     def _assign(self, message: Assign) -> None:
         assignment = message.assignment
@@ -373,29 +397,15 @@ class Relay:
         live one; acceptance is recorded; a failure puts the job back to wait, CREATED, and frees the slot.
         True when a result was recorded."""
         if isinstance(event, JobOutput):
-            completed, released = await self._store.complete_and_release(event, node_id)
-            if released:
-                self._dispatcher.slot_freed(node_id)
-            if completed.applied:
+            recorded = await self._dispatcher.record_unwatched(node_id, event)
+            if recorded:
                 self._metrics.recovered.labels("results_recorded").inc()
-                log.info(
-                    "result of an unwatched job recorded",
-                    extra={"job_id": event.job_id, "attempt": event.attempt, "node_id": node_id},
-                )
-                if completed.owner == self._id:
-                    await self._dispatcher.on_event(node_id, event, recorded=True)
-                elif completed.owner:
-                    self.forward_recorded(completed.owner, node_id, event)
-            return completed.applied
+            return recorded
         if isinstance(event, JobAccepted):
             await self._store.transition(event.job_id, event.attempt, (JobState.ASSIGNED,), JobState.ACCEPTED)
         if isinstance(event, JobFailed | JobRejected):
             self._dispatcher.unplace(node_id, event.job_id, event.attempt)
         return False
-
-    def forward_recorded(self, owner: str, node_id: str, output: JobOutput) -> None:
-        message = Relayed(self._id, node_id, output, self._clock.now_ms(), recorded=True)
-        self._courier.send(owner, message).add_done_callback(_drop_result)
 
     def _tell_lost(self, route: Route, key: Key, why: str, node_gone: bool) -> None:
         job_id, attempt = key

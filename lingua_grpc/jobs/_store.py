@@ -140,9 +140,9 @@ class JobStore:
         if self._instance is not None:
             await self._redis.srem(self._instance.sessions, session_id)
 
-    async def session_owner(self, job_id: str) -> str | None:
-        """The instance owning the job's session now; None when the session has no record."""
-        owner = await self._redis.hget(self._jobs.session(parse_job_id(job_id)[0]), "owner")
+    async def session_owner(self, session_id: str) -> str | None:
+        """The instance owning the session now; None when the session has no record."""
+        owner = await self._redis.hget(self._jobs.session(session_id), "owner")
         return None if owner is None else text(owner)
 
     async def live_jobs(self, session_id: str) -> list[int]:

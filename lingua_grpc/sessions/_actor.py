@@ -156,7 +156,7 @@ class SessionLimits:
 
 @dataclass(frozen=True, slots=True)
 class _Meta:
-    ended_at: float
+    ended_at: float | None  # None: it ended before this stream (the session resumed)
     duration_ms: int
 
 
@@ -278,7 +278,7 @@ class SessionActor:
         job (re-watched by this instance), through job_done/job_skipped like any other."""
         self._sequencer.expect(index)
         self._outstanding += 1
-        self._meta[index] = _Meta(float("nan"), duration_ms)
+        self._meta[index] = _Meta(None, duration_ms)
 
     def _post(self, event: _Event, control: bool = False) -> None:
         (self._control if control else self._inbox).put(event)
@@ -403,16 +403,16 @@ class SessionActor:
             if answer.result is not None:
                 done = answer.result
                 self._metrics.results_sent.inc()
-                timed = meta is not None and meta.ended_at == meta.ended_at  # not NaN: ended on this stream
-                if meta is not None and timed:
-                    self._metrics.end_to_end_seconds.observe(now - meta.ended_at)
+                ended_at = meta.ended_at if meta is not None else None
+                if ended_at is not None:
+                    self._metrics.end_to_end_seconds.observe(now - ended_at)
                 self._emit(
                     ResultOut(
                         answer.index,
                         done.output,
                         done.node_id,
                         done.overhead,
-                        total_ms=int((now - meta.ended_at) * 1000) if meta is not None and timed else 0,
+                        total_ms=int((now - ended_at) * 1000) if ended_at is not None else 0,
                         audio_duration_ms=meta.duration_ms if meta else 0,
                     )
                 )

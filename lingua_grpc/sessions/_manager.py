@@ -65,6 +65,7 @@ class Resumability:
     records: SessionStore
     tokens: ResumeTokens
     fleet: SessionFleet
+    max_answers: int  # most answers a resume sends again: how far its next_utterance_index may be
 
 
 class SessionManager:
@@ -254,6 +255,12 @@ class SessionManager:
         if start.pair is not None and start.pair != state.pair:
             self._metrics.resume_refused.labels("mismatch").inc()
             raise InvalidArgument(f"start.language_pair {start.pair} is not the session's ({state.pair})")
+        if abs(start.next_utterance_index - state.next_index) > resume.max_answers:
+            self._metrics.resume_refused.labels("mismatch").inc()
+            raise InvalidArgument(
+                f"start.next_utterance_index {start.next_utterance_index} is more than {resume.max_answers}"
+                f" away from the session's {state.next_index} utterances"
+            )
         if start.sample_rate_hz and start.sample_rate_hz != state.sample_rate_hz:
             self._metrics.resume_refused.labels("mismatch").inc()
             raise InvalidArgument(

@@ -15,6 +15,7 @@ from lingua_grpc.clock import Clock
 from lingua_grpc.errors import FailedPrecondition, InvalidArgument
 
 _VERSION = "v1"
+MAX_TOKEN_CHARS = 256  # a token is ~100 characters; anything longer is refused before any hashing
 
 
 class ResumeTokens:
@@ -33,6 +34,10 @@ class ResumeTokens:
     def session_of(self, token: str) -> str:
         """The session a valid token resumes. InvalidArgument for a token that is not one of this fleet's
         (malformed, altered, another key); FailedPrecondition for an expired one."""
+        if len(token) > MAX_TOKEN_CHARS:
+            raise InvalidArgument(
+                f"resume_token is over {MAX_TOKEN_CHARS} characters: not a Lingua resume token"
+            )
         body, _, signature = token.rpartition(".")
         parts = body.split(".")
         if len(parts) != 3 or parts[0] != _VERSION or not parts[2].isdigit() or not parts[1]:

@@ -187,7 +187,7 @@ async def test_client_disconnecting_mid_utterance_leaves_its_session_to_resume(d
     stream broke, when gRPC shows the break as an end of input first, or left for the client to send again
     when it resumes.)"""
     await drill.start()
-    node = await drill.node("gpu-1", "--synthetic-latency-ms", "1000")
+    node = await drill.node("gpu-1", "--synthetic-latency-ms", "600")  # 1.8 s a job: within the deadline
     from lingua_grpc.client import LinguaClient
     from tests.audio import silence, tone
 

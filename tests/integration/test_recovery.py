@@ -70,3 +70,46 @@ async def test_an_attempt_assigned_just_before_its_owner_died_is_put_back_once_d
         assert await store.audio("s1", 0) == spec.audio, "kept for the resume"
     finally:
         await survivor.stop(grace_s=0.2)
+
+
+async def test_a_job_left_running_for_a_resume_on_a_node_that_never_answers_frees_its_slot_at_the_deadline(
+    redis_server: RedisServer, redis: Redis, keys: RegistryKeys, key_prefix: str
+) -> None:
+    """The client goes while its job runs: the job is kept for a resume, but no session watches it. A node
+    that never answers must not hold the slot for good: at the job deadline the attempt is cancelled on the
+    node, the job waits CREATED (its audio kept) and the slot is free."""
+    from lingua_grpc.client import LinguaClient, Reconnect
+    from node_agent.engines import SyntheticEngine
+    from tests.audio import silence, tone
+    from tests.integration._fleet import Fleet
+
+    scheduler = Scheduler(fast_settings(redis_server.url, key_prefix, job_deadline_ms=500))
+    await scheduler.start()
+    assert scheduler.endpoints is not None and scheduler.dispatcher is not None
+    fleet = Fleet(scheduler.endpoints.grpc)
+    try:
+        await fleet.add("gpu-1", SyntheticEngine(mt_latency_s=3600))  # accepts, never answers
+        async with LinguaClient(scheduler.endpoints.grpc, reconnect=Reconnect(within_s=0)) as client:
+            session = await client.start_session("en", "es")
+            await session.send_audio(tone(400) + silence(1000))
+            dispatcher = scheduler.dispatcher
+
+            async def running() -> bool:
+                return dispatcher.running == 1
+
+            await wait_until(running, what="the job running on the node")
+            session.cancel()
+        store = JobStore(redis, JobKeys(key_prefix), keys, ScriptBook(redis), 60_000, 60_000)
+
+        async def put_back() -> bool:
+            r = await store.get(f"{session.session_id}:0")
+            return (
+                r is not None and r.state is JobState.CREATED and not await redis.scard(keys.slots("gpu-1"))
+            )
+
+        await wait_until(put_back, what="the unanswered attempt ended at its deadline, its slot free")
+        agent, _ = fleet.agents["gpu-1"]
+        assert agent.running_jobs == 0, "cancelled on the node"
+    finally:
+        await fleet.stop()
+        await scheduler.stop(grace_s=0.2)

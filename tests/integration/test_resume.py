@@ -351,3 +351,26 @@ async def test_operators_read_a_session_and_its_jobs_from_the_store(
             assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
         await fleet.stop()
+
+
+async def test_a_resume_naming_an_index_far_from_the_session_s_is_refused_and_changes_nothing(
+    pair: tuple[Scheduler, Scheduler],
+) -> None:
+    """A hostile or broken client cannot make a resume read (or an operator's GetSession list) millions of
+    jobs, nor push the session's indexes towards overflow: `session_resume_max_answers` bounds both."""
+    a, b = pair
+    fleet = Fleet(address(a))
+    await fleet.add("gpu-1")
+    try:
+        session_id, token = await open_and_leave(address(a))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await raw_start(
+                address(b), session_pb2.SessionStart(resume_token=token, next_utterance_index=4_000_000_000)
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "more than 1000 away" in (refused.value.details() or "")
+        assert b.session_records is not None
+        state = await b.session_records.get(session_id)
+        assert state is not None and (state.owner, state.epoch, state.next_index) == ("sched-a", 1, 0)
+    finally:
+        await fleet.stop()

@@ -46,3 +46,9 @@ def test_another_fleets_token_is_refused_and_short_keys_are_not_taken() -> None:
         ours.session_of(theirs.issue("abc123"))
     with pytest.raises(ValueError, match="16 bytes"):
         ResumeTokens(b"short", 60_000, ManualClock())
+
+
+def test_a_token_longer_than_any_real_one_is_refused_before_hashing() -> None:
+    tokens = ResumeTokens(KEY, 60_000, ManualClock())
+    with pytest.raises(InvalidArgument, match="over 256 characters"):
+        tokens.session_of("v1." + "a" * 10_000 + ".1.x")

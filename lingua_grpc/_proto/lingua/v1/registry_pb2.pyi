@@ -775,7 +775,7 @@ class GetSessionResponse(_message.Message):
 
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
-        """Its jobs still in the store, by utterance index."""
+        """Its last jobs still in the store (at most `session_resume_max_answers`), by utterance index."""
 
     def __init__(
         self,

@@ -135,7 +135,8 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetSession(self, request, context):
-        """A session as the store records it (owner, progress, resumability) with its jobs, in utterance order.
+        """A session as the store records it (owner, progress, resumability) with its last jobs (at most
+        `session_resume_max_answers`), in utterance order.
         NOT_FOUND when the store has no such session (never opened, or expired).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -54,7 +54,8 @@ class RegistryServiceStub:
     Transcripts, translations and audio are users' content and are not shown.
     """
     GetSession: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetSessionRequest, _registry_pb2.GetSessionResponse]
-    """A session as the store records it (owner, progress, resumability) with its jobs, in utterance order.
+    """A session as the store records it (owner, progress, resumability) with its last jobs (at most
+    `session_resume_max_answers`), in utterance order.
     NOT_FOUND when the store has no such session (never opened, or expired).
     """
 
@@ -84,7 +85,8 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     Transcripts, translations and audio are users' content and are not shown.
     """
     GetSession: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetSessionRequest, _registry_pb2.GetSessionResponse]  # type: ignore[assignment]
-    """A session as the store records it (owner, progress, resumability) with its jobs, in utterance order.
+    """A session as the store records it (owner, progress, resumability) with its last jobs (at most
+    `session_resume_max_answers`), in utterance order.
     NOT_FOUND when the store has no such session (never opened, or expired).
     """
 
@@ -159,7 +161,8 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.GetSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.GetSessionResponse, _abc.Awaitable[_registry_pb2.GetSessionResponse]]:
-        """A session as the store records it (owner, progress, resumability) with its jobs, in utterance order.
+        """A session as the store records it (owner, progress, resumability) with its last jobs (at most
+        `session_resume_max_answers`), in utterance order.
         NOT_FOUND when the store has no such session (never opened, or expired).
         """
 

@@ -149,7 +149,8 @@ class SessionStart(_message.Message):
     """Free-form name of the client software, for logs ("meeting-bot/2.3")."""
     next_utterance_index: _builtins.int
     """Resuming only: index of the first utterance whose answer (`result` or `skipped`) the client has not
-    received; answers from this index on are sent again. 0 when it received none.
+    received; answers from this index on are sent again. 0 when it received none. At most
+    `session_resume_max_answers` (1000) away from the session's utterance count: INVALID_ARGUMENT beyond.
     """
     audio_offset: _builtins.int
     """Resuming only: position of the first audio sample this stream sends, in samples since the session's
