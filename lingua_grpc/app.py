@@ -118,7 +118,9 @@ class Scheduler:
         self._background: set[asyncio.Task[None]] = set()
         # Read at construction, so a bad auth file stops the start before anything else runs.
         self.gate = AccessGate(
-            CredentialBook.load(settings.auth_file) if settings.auth_file else None, self.metrics
+            CredentialBook.load(settings.auth_file) if settings.auth_file else None,
+            self.metrics,
+            refusal_read_s=settings.refusal_read_ms / 1000,
         )
         self._resume_key = _read_resume_key(settings.resume_key_file) if settings.resume_key_file else None
         self.cache: SnapshotCache | None = None

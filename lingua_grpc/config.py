@@ -75,6 +75,12 @@ class Settings:
     insecure: bool = _setting(
         False, "serve outside loopback without credentials or TLS (warned at start and in metrics)"
     )
+    refusal_read_ms: int = _setting(
+        500,
+        "a streaming call refused for its credentials first reads the caller's first message, waiting at most"
+        " this long, so that a client whose first write is in flight gets the refusal's status (grpcio may"
+        " report INTERNAL instead, grpc/grpc#36066); 0: refuse at once",
+    )
     redis_url: str = _setting(
         "", "Redis to use (redis://HOST:PORT/DB); empty starts a private embedded redis-server"
     )
@@ -310,7 +316,12 @@ class Settings:
         ):
             if getattr(self, name) < 10:
                 out.append(f"{name} must be at least 10")
-        for name in ("overload_loop_lag_ms", "overload_delivery_ms", "overload_queue_wait_ms"):
+        for name in (
+            "overload_loop_lag_ms",
+            "overload_delivery_ms",
+            "overload_queue_wait_ms",
+            "refusal_read_ms",
+        ):
             if getattr(self, name) < 0:
                 out.append(f"{name} must be 0 (off) or more")
         if not 0 <= self.overload_loop_busy_percent <= 100:

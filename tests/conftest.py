@@ -8,7 +8,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,3 +221,21 @@ async def snapshot_where(
         return await asyncio.wait_for(follow(), timeout_s)
     finally:
         stream.cancel()
+
+
+_LOG_TAIL_CHARS = 6000
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failing test that ran real processes shows the end of each one's log (they write them under the
+    test's tmp_path): a CI run's failure then says what the scheduler and nodes saw."""
+    report: pytest.TestReport = yield
+    tmp = getattr(item, "funcargs", {}).get("tmp_path")
+    if report.failed and isinstance(tmp, Path) and tmp.is_dir():
+        for log in sorted(tmp.glob("**/*.log")):
+            text = log.read_text(errors="replace")
+            report.sections.append((f"log {log.relative_to(tmp)} ({call.when})", text[-_LOG_TAIL_CHARS:]))
+    return report

@@ -67,6 +67,10 @@ class AccessGate:
 
     book: CredentialBook | None
     metrics: SchedulerMetrics
+    # A refused streaming call reads the caller's first message (waiting at most this long) before its
+    # status goes out: a status that overtakes the client's first write reaches grpcio's asyncio client as
+    # INTERNAL "Internal error from Core" instead of the refusal (grpc/grpc#36066).
+    refusal_read_s: float = 0.0
     _calls: set[_OpenCall] = field(default_factory=set)
 
     def admit(self, metadata: Iterable[tuple[str, str | bytes]] | None, role: Role, method: str) -> Principal:
@@ -117,11 +121,16 @@ class AccessGate:
 
     @contextlib.asynccontextmanager
     async def calling(
-        self, context: grpc.aio.ServicerContext[Any, Any], role: Role, method: str
+        self, context: grpc.aio.ServicerContext[Any, Any], role: Role, method: str, streaming: bool = False
     ) -> AsyncIterator[None]:
+        """Runs the call as its caller's principal; refuses it (UNAUTHENTICATED, PERMISSION_DENIED)
+        otherwise. `streaming`: the caller streams requests (its first one is read before a refusal)."""
         try:
             principal = self.admit(context.invocation_metadata(), role, method)
         except LinguaError as exc:
+            if streaming and self.refusal_read_s > 0:
+                with contextlib.suppress(Exception):  # whatever it sent, or nothing: the refusal follows
+                    await asyncio.wait_for(context.read(), self.refusal_read_s)
             await context.abort(status_for(exc), str(exc))
         call = _OpenCall(principal, asyncio.current_task())
         self._calls.add(call)
@@ -209,14 +218,14 @@ def _guarded(handler: Any, gate: AccessGate, role: Role, method: str) -> Handler
     if inspect.isasyncgenfunction(inner):
 
         async def behaviour(request: Any, context: Any) -> AsyncIterator[Any]:
-            async with gate.calling(context, role, method):
+            async with gate.calling(context, role, method, handler.request_streaming):
                 async for response in inner(request, context):
                     yield response
 
     else:
 
         async def behaviour(request: Any, context: Any) -> Any:
-            async with gate.calling(context, role, method):
+            async with gate.calling(context, role, method, handler.request_streaming):
                 return await inner(request, context)
 
     make: Any = getattr(grpc, f"{kind}_rpc_method_handler")

@@ -7,10 +7,10 @@ from typing import cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 log = logging.getLogger(__name__)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -238,6 +239,37 @@ async def test_a_burst_beyond_the_pool_waits_for_connections_instead_of_failing(
         assert replies == [None] * 20
     finally:
         await client.aclose()
+
+
+async def test_pooled_connections_left_from_before_a_redis_restart_are_retried_not_failed(
+    tmp_path: Path, keys: RegistryKeys
+) -> None:
+    """Redis restarted (its data lost): every pooled connection is dead, and the first command on each must
+    reconnect and run, scripts (loaded again) and pipelines alike. The retry policy was redis-py's
+    synchronous Retry, which the asyncio client awaits without retrying: each connection's first command
+    after a restart failed, and a client's utterance with it (skipped FAILED)."""
+    from lingua_grpc.store import redis_client
+    from tests.conftest import start_redis_server, stop_redis_server
+
+    server = start_redis_server(tmp_path)
+    client = redis_client(server.url, socket_timeout_s=5, max_connections=16)
+    scripts = ScriptBook(client)
+    registry = NodeRegistry(client, keys, scripts)
+    try:
+        await asyncio.gather(
+            *(client.blpop([f"warm:{i}"], timeout=0.05) for i in range(16))
+        )  # 16 in the pool
+        stop_redis_server(server)
+        server = start_redis_server(tmp_path, server.port)
+        await asyncio.gather(
+            *(registry.register(registration(f"gpu-{i}"), "inst", f"c{i}", LEASE_MS) for i in range(8)),
+            *(scripts.run_pipelined(scripts.expire_node(keys, f"gpu-{i}")) for i in range(8)),
+            *(client.blpop([f"after:{i}"], timeout=0.05) for i in range(8)),
+        )
+        assert len(await client.smembers(keys.nodes)) == 8
+    finally:
+        await client.aclose()
+        stop_redis_server(server)
 
 
 async def test_registering_again_makes_the_slot_set_exactly_what_the_node_runs(
