@@ -13,7 +13,7 @@ from lingua_grpc.registry._model import (
     canonical_language,
 )
 from lingua_grpc.registry._pools import Pool, PoolSpec, derive_pools, load_pools_file
-from lingua_grpc.registry._snapshot import EMPTY_SNAPSHOT, RegistrySnapshot, build_snapshot
+from lingua_grpc.registry._snapshot import EMPTY_SNAPSHOT, RegistrySnapshot, Stamp, build_snapshot
 from lingua_grpc.registry._store import NodeRegistry, Registered
 from lingua_grpc.store import DrainOutcome, HeartbeatOutcome
 
@@ -36,6 +36,7 @@ __all__ = [
     "RegistrySnapshot",
     "SnapshotCache",
     "SnapshotListener",
+    "Stamp",
     "build_snapshot",
     "canonical_language",
     "derive_pools",

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from lingua_grpc.clock import Clock, SystemClock
 from lingua_grpc.metrics import SchedulerMetrics
 from lingua_grpc.registry._pools import PoolSpec
-from lingua_grpc.registry._snapshot import EMPTY_SNAPSHOT, RegistrySnapshot, build_snapshot
+from lingua_grpc.registry._snapshot import EMPTY_SNAPSHOT, RegistrySnapshot, Stamp, build_snapshot
 from lingua_grpc.registry._store import NodeRegistry
 from lingua_grpc.tasks import cancel_and_wait, raise_if_cancelling
 
@@ -84,17 +84,21 @@ class SnapshotCache:
         """Re-reads Redis now and swaps in the result; returns the current snapshot."""
         async with self._rebuild_lock:  # one read at a time, so an older read never replaces a newer one
             started = time.perf_counter()
-            version, records = await self._registry.read()
-            snapshot = build_snapshot(version, records, self._specs, self._clock.now_ms())
+            stamp, records = await self._registry.read()
+            snapshot = build_snapshot(stamp.version, records, self._specs, self._clock.now_ms(), stamp.epoch)
             self._metrics.snapshot_build_seconds.observe(time.perf_counter() - started)
             self._metrics.snapshot_builds.inc()
             previous = self._current
-            if version < previous.version:
-                # Redis lost its data (restart without persistence): versions start again from 0.
-                log.warning("registry version went back", extra={"from": previous.version, "to": version})
+            if (previous.epoch and stamp.epoch != previous.epoch) or stamp.version < previous.version:
+                # Redis lost its data (restart without persistence): versions start again from 0, and the
+                # first registration after sets a new epoch.
+                log.warning(
+                    "registry started again: Redis lost it",
+                    extra={"from_version": previous.version, "to_version": stamp.version},
+                )
             self._current = snapshot
-            self._metrics.registry_version.set(version)
-        if version != previous.version:
+            self._metrics.registry_version.set(stamp.version)
+        if snapshot.stamp != previous.stamp:
             for listener in self._listeners:
                 try:
                     listener(snapshot)
@@ -109,16 +113,16 @@ class SnapshotCache:
         snapshot = self._current
         if after_version == 0 or snapshot.version != after_version:
             yield snapshot
-        last = snapshot.version
+        last = snapshot.stamp
         while True:
             async with self._changed:
                 await self._changed.wait_for(partial(self._differs_from, last))
             snapshot = self._current
-            last = snapshot.version
+            last = snapshot.stamp
             yield snapshot
 
-    def _differs_from(self, version: int) -> bool:
-        return self._current.version != version
+    def _differs_from(self, stamp: Stamp) -> bool:
+        return self._current.stamp != stamp
 
     async def _run(self) -> None:
         backoff = self._poll_s
@@ -129,7 +133,7 @@ class SnapshotCache:
             await asyncio.sleep(backoff)
             try:
                 stale = self._clock.monotonic() - last_full >= self._refresh_s
-                if stale or await self._registry.version() != self._current.version:
+                if stale or await self._registry.stamp() != self._current.stamp:
                     await self.refresh()
                     last_full = self._clock.monotonic()
                 self._set_reachable(True)

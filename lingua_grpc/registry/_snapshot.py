@@ -15,6 +15,15 @@ from lingua_grpc.registry._pools import Pool, PoolSpec, derive_pools
 
 
 @dataclass(frozen=True, slots=True)
+class Stamp:
+    """Which registry state a read saw. Versions count changes from 0; when Redis loses its data they start
+    again, and the epoch (set by the first registration after) tells the two apart."""
+
+    epoch: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
 class RegistrySnapshot:
     version: int
     nodes: Mapping[str, NodeRecord]
@@ -22,6 +31,11 @@ class RegistrySnapshot:
     pools_by_pair: Mapping[LanguagePair, tuple[Pool, ...]]
     pools_by_node: Mapping[str, tuple[str, ...]]
     built_ms: int
+    epoch: str = ""  # the registry's epoch (see NodeRegistry.stamp): versions of two epochs are unrelated
+
+    @property
+    def stamp(self) -> Stamp:
+        return Stamp(self.epoch, self.version)
 
     def pools_for(self, pair: LanguagePair) -> tuple[Pool, ...]:
         return self.pools_by_pair.get(pair, ())
@@ -35,7 +49,7 @@ class RegistrySnapshot:
 
 
 def build_snapshot(
-    version: int, records: Iterable[NodeRecord], specs: tuple[PoolSpec, ...], built_ms: int
+    version: int, records: Iterable[NodeRecord], specs: tuple[PoolSpec, ...], built_ms: int, epoch: str = ""
 ) -> RegistrySnapshot:
     """Pure: the same inputs give the same snapshot."""
     nodes = {r.node_id: r for r in sorted(records, key=lambda r: r.node_id)}
@@ -53,6 +67,7 @@ def build_snapshot(
         pools_by_pair=MappingProxyType({k: tuple(v) for k, v in by_pair.items()}),
         pools_by_node=MappingProxyType({k: tuple(v) for k, v in by_node.items()}),
         built_ms=built_ms,
+        epoch=epoch,
     )
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from lingua_grpc.registry._model import NodeCapabilities, NodeLoad, NodeRecord, NodeState, Registration
+from lingua_grpc.registry._snapshot import Stamp
 from lingua_grpc.store import (
     DrainOutcome,
     HeartbeatOutcome,
@@ -103,11 +104,18 @@ class NodeRegistry:
         return removed
 
     async def version(self) -> int:
-        raw = await self._redis.get(self._keys.version)
-        return int(raw or 0)
+        return (await self.stamp()).version
 
-    async def read(self, max_attempts: int = 5) -> tuple[int, list[NodeRecord]]:
-        """A consistent read of every node: retried when the version moves during the read.
+    async def stamp(self) -> Stamp:
+        """The registry's version and epoch: one read (both keys share the `{registry}` slot)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(self._keys.version)
+            pipe.get(self._keys.epoch)
+            version, epoch = await pipe.execute()
+        return _stamp(version, epoch)
+
+    async def read(self, max_attempts: int = 5) -> tuple[Stamp, list[NodeRecord]]:
+        """A consistent read of every node: retried when the version (or epoch) moves during the read.
 
         Pipelines, not transactions: every change of membership or capabilities bumps the version, so
         reading the version before and after brackets the read (and a Redis Cluster client, whose
@@ -116,17 +124,19 @@ class NodeRegistry:
         for _ in range(max_attempts):
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.get(k.version)
+                pipe.get(k.epoch)
                 pipe.smembers(k.nodes)
-                version_before, members = await pipe.execute()
+                version, epoch, members = await pipe.execute()
             node_ids = sorted(text(m) for m in members)
             async with self._redis.pipeline(transaction=False) as pipe:
                 for node_id in node_ids:
                     pipe.hgetall(k.node(node_id))
                     pipe.pttl(k.lease(node_id))
                 pipe.get(k.version)
+                pipe.get(k.epoch)
                 replies = await pipe.execute()
-            if replies[-1] == version_before:
-                return int(version_before or 0), _records(node_ids, replies[:-1])
+            if replies[-2:] == [version, epoch]:
+                return _stamp(version, epoch), _records(node_ids, replies[:-2])
         raise RuntimeError(f"registry kept changing during {max_attempts} reads")
 
     async def read_node(self, node_id: str) -> NodeRecord | None:
@@ -137,6 +147,10 @@ class NodeRegistry:
             fields, ttl = await pipe.execute()
         records = _records([node_id], [fields, ttl])
         return records[0] if records else None
+
+
+def _stamp(version: bytes | None, epoch: bytes | None) -> Stamp:
+    return Stamp(text(epoch) if epoch else "", int(version or 0))
 
 
 def _records(node_ids: Sequence[str], replies: Sequence[object]) -> list[NodeRecord]:

@@ -2,6 +2,8 @@
 
 Registry keys (tag `{registry}`), with the default prefix:
     lingua:v1:{registry}:version        registry version counter
+    lingua:v1:{registry}:epoch          set with the first registration on an empty registry: a new value says
+                                        Redis lost the registry (and versions started again from 0)
     lingua:v1:{registry}:nodes          set of registered node ids
     lingua:v1:{registry}:node:<id>      node hash: capabilities, state, instance, load, reserved...
     lingua:v1:{registry}:lease:<id>     lease, expires (PX) unless heartbeats renew it
@@ -41,6 +43,10 @@ class RegistryKeys:
     @property
     def version(self) -> str:
         return f"{self._tag}:version"
+
+    @property
+    def epoch(self) -> str:
+        return f"{self._tag}:epoch"
 
     @property
     def nodes(self) -> str:

@@ -236,7 +236,7 @@ class ScriptBook:
         args += list(holding)
         return ScriptCall(
             self._scripts["register_node"],
-            self._node_keys(k, node_id),
+            [*self._node_keys(k, node_id), k.epoch],
             args,
             lambda r: (int(r[0]), RegisterOutcome(int(r[1])), [text(m) for m in r[2]]),
         )

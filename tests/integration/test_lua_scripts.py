@@ -49,8 +49,8 @@ async def test_register_creates_node_lease_and_bumps_version(
 ) -> None:
     result = await registry.register(registration(), "inst-a", "conn-1", LEASE_MS)
     assert result.changed and result.version == 1
-    version, records = await registry.read()
-    assert version == 1
+    stamp, records = await registry.read()
+    assert stamp.version == 1 and stamp.epoch, "the first registration on an empty registry sets its epoch"
     (node,) = records
     assert node.node_id == "gpu-1" and node.state is NodeState.UP and node.instance_id == "inst-a"
     assert node.capabilities.pairs_served() == {LanguagePair("en", "es")}

@@ -87,3 +87,37 @@ async def test_current_snapshot_is_swapped_not_mutated(cache: SnapshotCache, reg
     await cache.refresh()
     assert cache.current is not held
     assert held.version == 0 and not held.nodes
+
+
+async def test_a_registry_redis_lost_and_refilled_to_the_same_version_is_read_again(
+    cache: SnapshotCache, registry: NodeRegistry, redis: Redis, keys: RegistryKeys, key_prefix: str
+) -> None:
+    """Redis lost its data (a restart without persistence) and nodes registered again before this instance
+    polled: the version is the one it holds, the nodes are not. The epoch set by the first registration on
+    the empty registry makes it read them (every instance but the one the nodes registered through)."""
+    watch = cache.watch()
+    await next_snapshot(watch)
+    await registry.register(registration("a"), "i", "c1", LEASE_MS)
+    before = await next_snapshot(watch)
+    assert before.version == 1 and set(before.nodes) == {"a"}
+
+    scripts = ScriptBook(redis)
+    call = scripts.register_node(
+        keys,
+        "b",
+        capabilities_json=registration("b").capabilities.to_json(),
+        max_concurrency=2,
+        instance_id="i",
+        connection_id="c2",
+        lease_ms=LEASE_MS,
+        credential="anonymous",
+    )
+    lost = [k async for k in redis.scan_iter(match=f"{key_prefix}*")]
+    async with redis.pipeline(transaction=True) as pipe:  # at once, as far as any poll can tell
+        pipe.delete(*lost)
+        pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+        await pipe.execute()
+
+    after = await next_snapshot(watch)
+    assert after.version == 1 and set(after.nodes) == {"b"}
+    assert after.epoch != before.epoch

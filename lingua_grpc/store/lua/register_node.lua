@@ -1,6 +1,8 @@
 -- register_node: adds a node to the registry, or refreshes its registration (a reconnect).
 -- KEYS[1] node hash      KEYS[2] node lease      KEYS[3] node index (set)      KEYS[4] registry version
 -- KEYS[5] node slots (set of job attempts holding a slot)
+-- KEYS[6] registry epoch: set here when missing (an empty registry: new, or Redis lost its data), so that
+--         instances comparing versions see that versions started again
 -- ARGV[1] node id        ARGV[2] capabilities, canonical JSON                  ARGV[3] max concurrency
 -- ARGV[4] scheduler instance id holding the stream                             ARGV[5] connection id
 -- ARGV[6] lease in ms      ARGV[7] name of the credential registering ('anonymous' without credentials)
@@ -13,6 +15,9 @@
 -- are refused afterwards.
 local t = redis.call('TIME')
 local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
+if redis.call('EXISTS', KEYS[6]) == 0 then
+  redis.call('SET', KEYS[6], t[1] .. '.' .. t[2] .. '/' .. ARGV[5])
+end
 local changed = 1
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local cur = redis.call('HMGET', KEYS[1], 'capabilities', 'max_concurrency', 'state', 'credential')
