@@ -159,6 +159,7 @@ class Scheduler:
             s.redis_backoff_max_ms / 1000,
             s.redis_max_connections,
             cluster=s.redis_cluster,
+            retries=s.redis_command_retries,
         )
         stack.push_async_callback(redis.aclose)
         stack.push_async_callback(self._stop_storage_probe)  # it writes to Redis: stopped before it closes

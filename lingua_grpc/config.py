@@ -134,7 +134,13 @@ class Settings:
     pools_file: str = _setting("", "TOML file of configured pools that replace derived ones for their pairs")
     redis_backoff_max_ms: int = _setting(5000, "longest wait between Redis connection attempts")
     redis_socket_timeout_ms: int = _setting(
-        5000, "timeout of one Redis command (and of waiting for a connection)"
+        5000,
+        "timeout of one Redis command (and of waiting for a connection); a timed-out command is not retried",
+    )
+    redis_command_retries: int = _setting(
+        3,
+        "times a Redis command whose connection dropped (a restart, a failover) is sent again on a new one,"
+        " 50 ms to 1 s apart (jittered)",
     )
     redis_max_connections: int = _setting(64, "Redis connections per scheduler; more callers wait for one")
     redis_server_path: str = _setting("redis-server", "redis-server binary for the embedded Redis")
