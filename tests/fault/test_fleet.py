@@ -119,9 +119,14 @@ async def test_the_instance_owning_sessions_killed_while_their_jobs_run_on_anoth
     """The jobs run on; the survivor holding the node records their results (kept for the session's resume),
     frees every slot, relays nothing more, and the node's whole capacity serves the next sessions."""
     a, b = await two_instances(drill)
-    await drill.node("gpu-1", "--synthetic-latency-ms", "600", schedulers=[b])
+    node = await drill.node("gpu-1", "--synthetic-latency-ms", "600", schedulers=[b])
     await held_by(drill, "sched-b", seen_by=a)
     doomed = asyncio.create_task(drill.session(utterances(2), scheduler=a))
+
+    async def both_running() -> bool:  # on the node: a job whose slot is reserved but not yet handed over
+        return node.log().count("job started") == 2  # waits CREATED for the resume instead (test_recovery)
+
+    await wait_until(both_running, what="both jobs running on gpu-1")
     await slots_held(drill, 2)
     a.send(signal.SIGKILL)
     with pytest.raises(Exception, match=r"UNAVAILABLE|Socket closed|Connection"):
