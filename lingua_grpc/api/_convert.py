@@ -184,6 +184,7 @@ def snapshot_to_proto(s: RegistrySnapshot) -> registry_pb2.RegistrySnapshot:
         nodes=[node_to_proto(n, s.pools_by_node.get(n.node_id, ())) for n in s.nodes.values()],
         pools=[pool_to_proto(p) for p in s.pools],
         built_unix_ms=s.built_ms,
+        epoch=s.epoch,
     )
 
 

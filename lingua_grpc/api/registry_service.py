@@ -45,7 +45,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def WatchSnapshots(
         self, request: registry_pb2.WatchSnapshotsRequest, context: Context
     ) -> AsyncIterator[registry_pb2.WatchSnapshotsResponse]:
-        async for snapshot in self._cache.watch(request.after_version):
+        async for snapshot in self._cache.watch(request.after_version, request.after_epoch):
             yield registry_pb2.WatchSnapshotsResponse(snapshot=convert.snapshot_to_proto(snapshot))
 
     async def ListNodes(

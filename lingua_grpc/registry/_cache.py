@@ -108,10 +108,11 @@ class SnapshotCache:
                 self._changed.notify_all()
         return snapshot
 
-    async def watch(self, after_version: int = 0) -> AsyncIterator[RegistrySnapshot]:
-        """Yields the current snapshot (unless it is `after_version`), then each new version once."""
+    async def watch(self, after_version: int = 0, after_epoch: str = "") -> AsyncIterator[RegistrySnapshot]:
+        """Yields the current snapshot (unless it is `after_version`, of `after_epoch` when given), then each
+        new version once."""
         snapshot = self._current
-        if after_version == 0 or snapshot.version != after_version:
+        if after_version == 0 or snapshot.version != after_version or after_epoch not in ("", snapshot.epoch):
             yield snapshot
         last = snapshot.stamp
         while True:

@@ -121,3 +121,10 @@ async def test_a_registry_redis_lost_and_refilled_to_the_same_version_is_read_ag
     after = await next_snapshot(watch)
     assert after.version == 1 and set(after.nodes) == {"b"}
     assert after.epoch != before.epoch
+    # A watcher that reconnects naming the version it last saw, and that version's epoch, gets the new
+    # registry at once though its version is the same; naming the current epoch, it waits for a change.
+    assert set((await next_snapshot(cache.watch(1, before.epoch))).nodes) == {"b"}
+    pending = asyncio.ensure_future(anext(cache.watch(1, after.epoch)))
+    done, _ = await asyncio.wait({pending}, timeout=0.3)
+    assert not done, "the watcher already has this snapshot"
+    pending.cancel()

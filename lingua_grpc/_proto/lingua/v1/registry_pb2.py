@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from lingua_grpc._proto.lingua.v1 import common_pb2 as lingua_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18lingua/v1/registry.proto\x12\tlingua.v1\x1a\x16lingua/v1/common.proto\"\xb0\x02\n\x04Node\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.lingua.v1.NodeState\x12\x31\n\x0c\x63\x61pabilities\x18\x03 \x01(\x0b\x32\x1b.lingua.v1.NodeCapabilities\x12!\n\x04load\x18\x04 \x01(\x0b\x32\x13.lingua.v1.NodeLoad\x12\x16\n\x0ereserved_slots\x18\x05 \x01(\r\x12\x1d\n\x15scheduler_instance_id\x18\x06 \x01(\t\x12\x1a\n\x12registered_unix_ms\x18\x07 \x01(\x04\x12\x1e\n\x16last_heartbeat_unix_ms\x18\x08 \x01(\x04\x12\x1a\n\x12lease_remaining_ms\x18\t \x01(\r\x12\r\n\x05pools\x18\n \x03(\t\"j\n\x04Pool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\rlanguage_pair\x18\x02 \x01(\x0b\x32\x17.lingua.v1.LanguagePair\x12\x10\n\x08node_ids\x18\x03 \x03(\t\x12\x12\n\nconfigured\x18\x04 \x01(\x08\"z\n\x10RegistrySnapshot\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x1e\n\x05nodes\x18\x02 \x03(\x0b\x32\x0f.lingua.v1.Node\x12\x1e\n\x05pools\x18\x03 \x03(\x0b\x32\x0f.lingua.v1.Pool\x12\x15\n\rbuilt_unix_ms\x18\x04 \x01(\x04\"\x14\n\x12GetSnapshotRequest\"D\n\x13GetSnapshotResponse\x12-\n\x08snapshot\x18\x01 \x01(\x0b\x32\x1b.lingua.v1.RegistrySnapshot\".\n\x15WatchSnapshotsRequest\x12\x15\n\rafter_version\x18\x01 \x01(\x04\"G\n\x16WatchSnapshotsResponse\x12-\n\x08snapshot\x18\x01 \x01(\x0b\x32\x1b.lingua.v1.RegistrySnapshot\"B\n\x10ListNodesRequest\x12.\n\rlanguage_pair\x18\x01 \x01(\x0b\x32\x17.lingua.v1.LanguagePair\"D\n\x11ListNodesResponse\x12\x1e\n\x05nodes\x18\x01 \x03(\x0b\x32\x0f.lingua.v1.Node\x12\x0f\n\x07version\x18\x02 \x01(\x04\"\x12\n\x10ListPoolsRequest\"D\n\x11ListPoolsResponse\x12\x1e\n\x05pools\x18\x01 \x03(\x0b\x32\x0f.lingua.v1.Pool\x12\x0f\n\x07version\x18\x02 \x01(\x04\"3\n\x10\x44rainNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"C\n\x11\x44rainNodeResponse\x12\x1d\n\x04node\x18\x01 \x01(\x0b\x32\x0f.lingua.v1.Node\x12\x0f\n\x07version\x18\x02 \x01(\x04\"\xe3\x01\n\x11SchedulerInstance\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x61live\x18\x03 \x01(\x08\x12\x1a\n\x12lease_remaining_ms\x18\x04 \x01(\r\x12\x17\n\x0fstarted_unix_ms\x18\x05 \x01(\x04\x12\x1e\n\x16last_heartbeat_unix_ms\x18\x06 \x01(\x04\x12\x17\n\x0fnodes_connected\x18\x07 \x01(\r\x12\x15\n\rsessions_open\x18\x08 \x01(\r\x12\x14\n\x0cjobs_running\x18\t \x01(\r\"\x16\n\x14ListInstancesRequest\"H\n\x15ListInstancesResponse\x12/\n\tinstances\x18\x01 \x03(\x0b\x32\x1c.lingua.v1.SchedulerInstance\"\x8a\x03\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x17\n\x0futterance_index\x18\x03 \x01(\r\x12\"\n\x05state\x18\x04 \x01(\x0e\x32\x13.lingua.v1.JobState\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\r\x12\x0f\n\x07node_id\x18\x06 \x01(\t\x12\x1e\n\x16\x63reated_by_instance_id\x18\x07 \x01(\t\x12.\n\rlanguage_pair\x18\x08 \x01(\x0b\x32\x17.lingua.v1.LanguagePair\x12\x17\n\x0f\x63reated_unix_ms\x18\t \x01(\x04\x12\x18\n\x10\x61ssigned_unix_ms\x18\n \x01(\x04\x12\x17\n\x0fupdated_unix_ms\x18\x0b \x01(\x04\x12\x0e\n\x06reason\x18\x0c \x01(\t\x12(\n\x07timings\x18\r \x01(\x0b\x32\x17.lingua.v1.StageTimings\x12\x16\n\x0etts_audio_kept\x18\x0e \x01(\x08\x12\x12\n\naudio_kept\x18\x0f \x01(\x08\"\xf6\x02\n\rSessionRecord\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12.\n\rlanguage_pair\x18\x02 \x01(\x0b\x32\x17.lingua.v1.LanguagePair\x12,\n\x0c\x61udio_format\x18\x03 \x01(\x0b\x32\x16.lingua.v1.AudioFormat\x12\x19\n\x11owner_instance_id\x18\x04 \x01(\t\x12\x13\n\x0bowner_alive\x18\x05 \x01(\x08\x12\x0f\n\x07resumes\x18\x06 \x01(\r\x12\x1c\n\x14next_utterance_index\x18\x07 \x01(\r\x12\x14\n\x0c\x61nswers_sent\x18\x08 \x01(\r\x12\x14\n\x0c\x61udio_offset\x18\t \x01(\x04\x12\r\n\x05\x65nded\x18\n \x01(\x08\x12\x12\n\ncredential\x18\x0b \x01(\t\x12\x13\n\x0b\x63lient_name\x18\x0c \x01(\t\x12\x17\n\x0f\x63reated_unix_ms\x18\r \x01(\x04\x12\x17\n\x0fupdated_unix_ms\x18\x0e \x01(\x04\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"-\n\x0eGetJobResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.lingua.v1.Job\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"]\n\x12GetSessionResponse\x12)\n\x07session\x18\x01 \x01(\x0b\x32\x18.lingua.v1.SessionRecord\x12\x1c\n\x04jobs\x18\x02 \x03(\x0b\x32\x0e.lingua.v1.Job*\xb2\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_CREATED\x10\x01\x12\x16\n\x12JOB_STATE_ASSIGNED\x10\x02\x12\x16\n\x12JOB_STATE_ACCEPTED\x10\x03\x12\x17\n\x13JOB_STATE_COMPLETED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x15\n\x11JOB_STATE_SKIPPED\x10\x06\x32\xee\x04\n\x0fRegistryService\x12L\n\x0bGetSnapshot\x12\x1d.lingua.v1.GetSnapshotRequest\x1a\x1e.lingua.v1.GetSnapshotResponse\x12W\n\x0eWatchSnapshots\x12 .lingua.v1.WatchSnapshotsRequest\x1a!.lingua.v1.WatchSnapshotsResponse0\x01\x12\x46\n\tListNodes\x12\x1b.lingua.v1.ListNodesRequest\x1a\x1c.lingua.v1.ListNodesResponse\x12\x46\n\tListPools\x12\x1b.lingua.v1.ListPoolsRequest\x1a\x1c.lingua.v1.ListPoolsResponse\x12\x46\n\tDrainNode\x12\x1b.lingua.v1.DrainNodeRequest\x1a\x1c.lingua.v1.DrainNodeResponse\x12R\n\rListInstances\x12\x1f.lingua.v1.ListInstancesRequest\x1a .lingua.v1.ListInstancesResponse\x12=\n\x06GetJob\x12\x18.lingua.v1.GetJobRequest\x1a\x19.lingua.v1.GetJobResponse\x12I\n\nGetSession\x12\x1c.lingua.v1.GetSessionRequest\x1a\x1d.lingua.v1.GetSessionResponseB\x14Z\x12lingua/v1;linguav1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18lingua/v1/registry.proto\x12\tlingua.v1\x1a\x16lingua/v1/common.proto\"\xb0\x02\n\x04Node\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.lingua.v1.NodeState\x12\x31\n\x0c\x63\x61pabilities\x18\x03 \x01(\x0b\x32\x1b.lingua.v1.NodeCapabilities\x12!\n\x04load\x18\x04 \x01(\x0b\x32\x13.lingua.v1.NodeLoad\x12\x16\n\x0ereserved_slots\x18\x05 \x01(\r\x12\x1d\n\x15scheduler_instance_id\x18\x06 \x01(\t\x12\x1a\n\x12registered_unix_ms\x18\x07 \x01(\x04\x12\x1e\n\x16last_heartbeat_unix_ms\x18\x08 \x01(\x04\x12\x1a\n\x12lease_remaining_ms\x18\t \x01(\r\x12\r\n\x05pools\x18\n \x03(\t\"j\n\x04Pool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\rlanguage_pair\x18\x02 \x01(\x0b\x32\x17.lingua.v1.LanguagePair\x12\x10\n\x08node_ids\x18\x03 \x03(\t\x12\x12\n\nconfigured\x18\x04 \x01(\x08\"\x89\x01\n\x10RegistrySnapshot\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x1e\n\x05nodes\x18\x02 \x03(\x0b\x32\x0f.lingua.v1.Node\x12\x1e\n\x05pools\x18\x03 \x03(\x0b\x32\x0f.lingua.v1.Pool\x12\x15\n\rbuilt_unix_ms\x18\x04 \x01(\x04\x12\r\n\x05\x65poch\x18\x05 \x01(\t\"\x14\n\x12GetSnapshotRequest\"D\n\x13GetSnapshotResponse\x12-\n\x08snapshot\x18\x01 \x01(\x0b\x32\x1b.lingua.v1.RegistrySnapshot\"C\n\x15WatchSnapshotsRequest\x12\x15\n\rafter_version\x18\x01 \x01(\x04\x12\x13\n\x0b\x61\x66ter_epoch\x18\x02 \x01(\t\"G\n\x16WatchSnapshotsResponse\x12-\n\x08snapshot\x18\x01 \x01(\x0b\x32\x1b.lingua.v1.RegistrySnapshot\"B\n\x10ListNodesRequest\x12.\n\rlanguage_pair\x18\x01 \x01(\x0b\x32\x17.lingua.v1.LanguagePair\"D\n\x11ListNodesResponse\x12\x1e\n\x05nodes\x18\x01 \x03(\x0b\x32\x0f.lingua.v1.Node\x12\x0f\n\x07version\x18\x02 \x01(\x04\"\x12\n\x10ListPoolsRequest\"D\n\x11ListPoolsResponse\x12\x1e\n\x05pools\x18\x01 \x03(\x0b\x32\x0f.lingua.v1.Pool\x12\x0f\n\x07version\x18\x02 \x01(\x04\"3\n\x10\x44rainNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"C\n\x11\x44rainNodeResponse\x12\x1d\n\x04node\x18\x01 \x01(\x0b\x32\x0f.lingua.v1.Node\x12\x0f\n\x07version\x18\x02 \x01(\x04\"\xe3\x01\n\x11SchedulerInstance\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x61live\x18\x03 \x01(\x08\x12\x1a\n\x12lease_remaining_ms\x18\x04 \x01(\r\x12\x17\n\x0fstarted_unix_ms\x18\x05 \x01(\x04\x12\x1e\n\x16last_heartbeat_unix_ms\x18\x06 \x01(\x04\x12\x17\n\x0fnodes_connected\x18\x07 \x01(\r\x12\x15\n\rsessions_open\x18\x08 \x01(\r\x12\x14\n\x0cjobs_running\x18\t \x01(\r\"\x16\n\x14ListInstancesRequest\"H\n\x15ListInstancesResponse\x12/\n\tinstances\x18\x01 \x03(\x0b\x32\x1c.lingua.v1.SchedulerInstance\"\x8a\x03\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x17\n\x0futterance_index\x18\x03 \x01(\r\x12\"\n\x05state\x18\x04 \x01(\x0e\x32\x13.lingua.v1.JobState\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\r\x12\x0f\n\x07node_id\x18\x06 \x01(\t\x12\x1e\n\x16\x63reated_by_instance_id\x18\x07 \x01(\t\x12.\n\rlanguage_pair\x18\x08 \x01(\x0b\x32\x17.lingua.v1.LanguagePair\x12\x17\n\x0f\x63reated_unix_ms\x18\t \x01(\x04\x12\x18\n\x10\x61ssigned_unix_ms\x18\n \x01(\x04\x12\x17\n\x0fupdated_unix_ms\x18\x0b \x01(\x04\x12\x0e\n\x06reason\x18\x0c \x01(\t\x12(\n\x07timings\x18\r \x01(\x0b\x32\x17.lingua.v1.StageTimings\x12\x16\n\x0etts_audio_kept\x18\x0e \x01(\x08\x12\x12\n\naudio_kept\x18\x0f \x01(\x08\"\xf6\x02\n\rSessionRecord\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12.\n\rlanguage_pair\x18\x02 \x01(\x0b\x32\x17.lingua.v1.LanguagePair\x12,\n\x0c\x61udio_format\x18\x03 \x01(\x0b\x32\x16.lingua.v1.AudioFormat\x12\x19\n\x11owner_instance_id\x18\x04 \x01(\t\x12\x13\n\x0bowner_alive\x18\x05 \x01(\x08\x12\x0f\n\x07resumes\x18\x06 \x01(\r\x12\x1c\n\x14next_utterance_index\x18\x07 \x01(\r\x12\x14\n\x0c\x61nswers_sent\x18\x08 \x01(\r\x12\x14\n\x0c\x61udio_offset\x18\t \x01(\x04\x12\r\n\x05\x65nded\x18\n \x01(\x08\x12\x12\n\ncredential\x18\x0b \x01(\t\x12\x13\n\x0b\x63lient_name\x18\x0c \x01(\t\x12\x17\n\x0f\x63reated_unix_ms\x18\r \x01(\x04\x12\x17\n\x0fupdated_unix_ms\x18\x0e \x01(\x04\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"-\n\x0eGetJobResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.lingua.v1.Job\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"]\n\x12GetSessionResponse\x12)\n\x07session\x18\x01 \x01(\x0b\x32\x18.lingua.v1.SessionRecord\x12\x1c\n\x04jobs\x18\x02 \x03(\x0b\x32\x0e.lingua.v1.Job*\xb2\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_CREATED\x10\x01\x12\x16\n\x12JOB_STATE_ASSIGNED\x10\x02\x12\x16\n\x12JOB_STATE_ACCEPTED\x10\x03\x12\x17\n\x13JOB_STATE_COMPLETED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x15\n\x11JOB_STATE_SKIPPED\x10\x06\x32\xee\x04\n\x0fRegistryService\x12L\n\x0bGetSnapshot\x12\x1d.lingua.v1.GetSnapshotRequest\x1a\x1e.lingua.v1.GetSnapshotResponse\x12W\n\x0eWatchSnapshots\x12 .lingua.v1.WatchSnapshotsRequest\x1a!.lingua.v1.WatchSnapshotsResponse0\x01\x12\x46\n\tListNodes\x12\x1b.lingua.v1.ListNodesRequest\x1a\x1c.lingua.v1.ListNodesResponse\x12\x46\n\tListPools\x12\x1b.lingua.v1.ListPoolsRequest\x1a\x1c.lingua.v1.ListPoolsResponse\x12\x46\n\tDrainNode\x12\x1b.lingua.v1.DrainNodeRequest\x1a\x1c.lingua.v1.DrainNodeResponse\x12R\n\rListInstances\x12\x1f.lingua.v1.ListInstancesRequest\x1a .lingua.v1.ListInstancesResponse\x12=\n\x06GetJob\x12\x18.lingua.v1.GetJobRequest\x1a\x19.lingua.v1.GetJobResponse\x12I\n\nGetSession\x12\x1c.lingua.v1.GetSessionRequest\x1a\x1d.lingua.v1.GetSessionResponseB\x14Z\x12lingua/v1;linguav1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,52 +33,52 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lingua_grpc._proto.lingua.v
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z\022lingua/v1;linguav1'
-  _globals['_JOBSTATE']._serialized_start=2484
-  _globals['_JOBSTATE']._serialized_end=2662
+  _globals['_JOBSTATE']._serialized_start=2521
+  _globals['_JOBSTATE']._serialized_end=2699
   _globals['_NODE']._serialized_start=64
   _globals['_NODE']._serialized_end=368
   _globals['_POOL']._serialized_start=370
   _globals['_POOL']._serialized_end=476
-  _globals['_REGISTRYSNAPSHOT']._serialized_start=478
-  _globals['_REGISTRYSNAPSHOT']._serialized_end=600
-  _globals['_GETSNAPSHOTREQUEST']._serialized_start=602
-  _globals['_GETSNAPSHOTREQUEST']._serialized_end=622
-  _globals['_GETSNAPSHOTRESPONSE']._serialized_start=624
-  _globals['_GETSNAPSHOTRESPONSE']._serialized_end=692
-  _globals['_WATCHSNAPSHOTSREQUEST']._serialized_start=694
-  _globals['_WATCHSNAPSHOTSREQUEST']._serialized_end=740
-  _globals['_WATCHSNAPSHOTSRESPONSE']._serialized_start=742
-  _globals['_WATCHSNAPSHOTSRESPONSE']._serialized_end=813
-  _globals['_LISTNODESREQUEST']._serialized_start=815
-  _globals['_LISTNODESREQUEST']._serialized_end=881
-  _globals['_LISTNODESRESPONSE']._serialized_start=883
-  _globals['_LISTNODESRESPONSE']._serialized_end=951
-  _globals['_LISTPOOLSREQUEST']._serialized_start=953
-  _globals['_LISTPOOLSREQUEST']._serialized_end=971
-  _globals['_LISTPOOLSRESPONSE']._serialized_start=973
-  _globals['_LISTPOOLSRESPONSE']._serialized_end=1041
-  _globals['_DRAINNODEREQUEST']._serialized_start=1043
-  _globals['_DRAINNODEREQUEST']._serialized_end=1094
-  _globals['_DRAINNODERESPONSE']._serialized_start=1096
-  _globals['_DRAINNODERESPONSE']._serialized_end=1163
-  _globals['_SCHEDULERINSTANCE']._serialized_start=1166
-  _globals['_SCHEDULERINSTANCE']._serialized_end=1393
-  _globals['_LISTINSTANCESREQUEST']._serialized_start=1395
-  _globals['_LISTINSTANCESREQUEST']._serialized_end=1417
-  _globals['_LISTINSTANCESRESPONSE']._serialized_start=1419
-  _globals['_LISTINSTANCESRESPONSE']._serialized_end=1491
-  _globals['_JOB']._serialized_start=1494
-  _globals['_JOB']._serialized_end=1888
-  _globals['_SESSIONRECORD']._serialized_start=1891
-  _globals['_SESSIONRECORD']._serialized_end=2265
-  _globals['_GETJOBREQUEST']._serialized_start=2267
-  _globals['_GETJOBREQUEST']._serialized_end=2298
-  _globals['_GETJOBRESPONSE']._serialized_start=2300
-  _globals['_GETJOBRESPONSE']._serialized_end=2345
-  _globals['_GETSESSIONREQUEST']._serialized_start=2347
-  _globals['_GETSESSIONREQUEST']._serialized_end=2386
-  _globals['_GETSESSIONRESPONSE']._serialized_start=2388
-  _globals['_GETSESSIONRESPONSE']._serialized_end=2481
-  _globals['_REGISTRYSERVICE']._serialized_start=2665
-  _globals['_REGISTRYSERVICE']._serialized_end=3287
+  _globals['_REGISTRYSNAPSHOT']._serialized_start=479
+  _globals['_REGISTRYSNAPSHOT']._serialized_end=616
+  _globals['_GETSNAPSHOTREQUEST']._serialized_start=618
+  _globals['_GETSNAPSHOTREQUEST']._serialized_end=638
+  _globals['_GETSNAPSHOTRESPONSE']._serialized_start=640
+  _globals['_GETSNAPSHOTRESPONSE']._serialized_end=708
+  _globals['_WATCHSNAPSHOTSREQUEST']._serialized_start=710
+  _globals['_WATCHSNAPSHOTSREQUEST']._serialized_end=777
+  _globals['_WATCHSNAPSHOTSRESPONSE']._serialized_start=779
+  _globals['_WATCHSNAPSHOTSRESPONSE']._serialized_end=850
+  _globals['_LISTNODESREQUEST']._serialized_start=852
+  _globals['_LISTNODESREQUEST']._serialized_end=918
+  _globals['_LISTNODESRESPONSE']._serialized_start=920
+  _globals['_LISTNODESRESPONSE']._serialized_end=988
+  _globals['_LISTPOOLSREQUEST']._serialized_start=990
+  _globals['_LISTPOOLSREQUEST']._serialized_end=1008
+  _globals['_LISTPOOLSRESPONSE']._serialized_start=1010
+  _globals['_LISTPOOLSRESPONSE']._serialized_end=1078
+  _globals['_DRAINNODEREQUEST']._serialized_start=1080
+  _globals['_DRAINNODEREQUEST']._serialized_end=1131
+  _globals['_DRAINNODERESPONSE']._serialized_start=1133
+  _globals['_DRAINNODERESPONSE']._serialized_end=1200
+  _globals['_SCHEDULERINSTANCE']._serialized_start=1203
+  _globals['_SCHEDULERINSTANCE']._serialized_end=1430
+  _globals['_LISTINSTANCESREQUEST']._serialized_start=1432
+  _globals['_LISTINSTANCESREQUEST']._serialized_end=1454
+  _globals['_LISTINSTANCESRESPONSE']._serialized_start=1456
+  _globals['_LISTINSTANCESRESPONSE']._serialized_end=1528
+  _globals['_JOB']._serialized_start=1531
+  _globals['_JOB']._serialized_end=1925
+  _globals['_SESSIONRECORD']._serialized_start=1928
+  _globals['_SESSIONRECORD']._serialized_end=2302
+  _globals['_GETJOBREQUEST']._serialized_start=2304
+  _globals['_GETJOBREQUEST']._serialized_end=2335
+  _globals['_GETJOBRESPONSE']._serialized_start=2337
+  _globals['_GETJOBRESPONSE']._serialized_end=2382
+  _globals['_GETSESSIONREQUEST']._serialized_start=2384
+  _globals['_GETSESSIONREQUEST']._serialized_end=2423
+  _globals['_GETSESSIONRESPONSE']._serialized_start=2425
+  _globals['_GETSESSIONRESPONSE']._serialized_end=2518
+  _globals['_REGISTRYSERVICE']._serialized_start=2702
+  _globals['_REGISTRYSERVICE']._serialized_end=3324
 # @@protoc_insertion_point(module_scope)

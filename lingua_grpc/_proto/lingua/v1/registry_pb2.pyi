@@ -172,10 +172,16 @@ class RegistrySnapshot(_message.Message):
     NODES_FIELD_NUMBER: _builtins.int
     POOLS_FIELD_NUMBER: _builtins.int
     BUILT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """Registry version; grows with every change of membership, capabilities or drain state."""
     built_unix_ms: _builtins.int
     """When the scheduler built this snapshot, in ms since the Unix epoch."""
+    epoch: _builtins.str
+    """The registry's life this version belongs to: set when the first node registers on an empty registry.
+    When Redis loses its data, versions start again from 0 under a new epoch, so two snapshots are the same
+    state only if both epoch and version match. Empty while no node has registered.
+    """
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Node]:
         """Every registered node, sorted by id."""
@@ -191,10 +197,11 @@ class RegistrySnapshot(_message.Message):
         nodes: _abc.Iterable[Global___Node] | None = ...,
         pools: _abc.Iterable[Global___Pool] | None = ...,
         built_unix_ms: _builtins.int = ...,
+        epoch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["built_unix_ms", b"built_unix_ms", "nodes", b"nodes", "pools", b"pools", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["built_unix_ms", b"built_unix_ms", "epoch", b"epoch", "nodes", b"nodes", "pools", b"pools", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -248,16 +255,22 @@ class WatchSnapshotsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     AFTER_VERSION_FIELD_NUMBER: _builtins.int
+    AFTER_EPOCH_FIELD_NUMBER: _builtins.int
     after_version: _builtins.int
     """Send only snapshots newer than this version; 0 sends the current one first."""
+    after_epoch: _builtins.str
+    """The epoch of the snapshot `after_version` came from. When set and no longer the registry's epoch (Redis
+    lost its data since), the current snapshot is sent first whatever its version.
+    """
     def __init__(
         self,
         *,
         after_version: _builtins.int = ...,
+        after_epoch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_version", b"after_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_epoch", b"after_epoch", "after_version", b"after_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
