@@ -173,31 +173,33 @@ async def test_sessions_over_the_instance_limit_are_refused(client: LinguaClient
     await wait_until(third_opens, what="a slot freed by a closed session")
 
 
-@pytest.mark.settings(session_outbox_max_bytes=256 * 1024, session_max_outstanding=64)
+class LongSpeech(SyntheticEngine):
+    """A node whose every result carries 1 MB of speech, spoken after a pause (so results come after the
+    client's writes)."""
+
+    async def synthesize(self, text: str, language: str) -> Audio:
+        await super().synthesize(text, language)  # spends the engine's tts_latency_s
+        return Audio(b"\x01\x00" * 512 * 1024, 16000)
+
+
+@pytest.mark.settings(session_outbox_max_bytes=256 * 1024)
 async def test_a_client_that_never_reads_is_ended_and_its_session_freed(
     scheduler: Scheduler, client: LinguaClient, fleet: Fleet
 ) -> None:
-    await fleet.add("gpu-1", max_concurrency=8)
+    await fleet.add("gpu-1", LongSpeech(tts_latency_s=0.3), max_concurrency=8)
     session = await client.start_session("en", "es")
-
-    sending = True
-
-    async def send_forever() -> None:
-        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            while sending:
-                await session.send_audio(tone(200), is_final=True)
-
-    sender = asyncio.create_task(send_forever())
+    # Its audio, then end_of_stream, all written before any result: a write in flight when the status
+    # arrives fails, and grpcio then reports INTERNAL in its place (grpc/grpc#36066). 16 MB of results
+    # outgrow what gRPC's buffers take (a few MB here) plus the 256 KB outbox.
+    for _ in range(16):
+        await session.send_audio(tone(200), is_final=True)
+    await session.end()
     assert scheduler.sessions is not None
 
     async def freed() -> bool:
         return scheduler.sessions is not None and scheduler.sessions.open_sessions == 0
 
     await wait_until(freed, timeout_s=60, what="the scheduler ending the session that is never read")
-    sending = False  # (cancelling a write would cancel the call)
-    # The write in flight ends first (gRPC still takes the client's writes, and drops them): a write
-    # still in flight when the status arrives fails, and grpcio then reports INTERNAL instead of it.
-    await asyncio.wait_for(sender, 10)
     # When the client reads at last, what was in flight comes first, then the status.
     with pytest.raises(grpc.aio.AioRpcError) as ended:
         await collect(session, 30)
