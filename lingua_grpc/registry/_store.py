@@ -103,9 +103,6 @@ class NodeRegistry:
                 removed.append(node_id)
         return removed
 
-    async def version(self) -> int:
-        return (await self.stamp()).version
-
     async def stamp(self) -> Stamp:
         """The registry's version and epoch: one read (both keys share the `{registry}` slot)."""
         async with self._redis.pipeline(transaction=False) as pipe:

@@ -91,7 +91,7 @@ async def test_heartbeat_renews_lease_and_records_load(
     assert await redis.pttl(keys.lease("gpu-1")) > 300
     node = await registry.read_node("gpu-1")
     assert node is not None and node.load.running_jobs == 1 and node.load.gpu_utilization == 0.5
-    assert await registry.version() == 1, "a heartbeat is not a registry change"
+    assert (await registry.stamp()).version == 1, "a heartbeat is not a registry change"
 
 
 async def test_heartbeat_from_an_older_connection_is_refused(registry: NodeRegistry) -> None:
@@ -119,10 +119,10 @@ async def test_lease_lapses_and_expiry_removes_the_node_once(
 
     await wait_until(lease_gone, what="the 50 ms lease to lapse")
     assert await registry.heartbeat("gpu-1", "c1", NodeLoad(), LEASE_MS) is HeartbeatOutcome.UNKNOWN
-    version_before = await registry.version()
+    version_before = (await registry.stamp()).version
     assert await registry.expire_lapsed() == ["gpu-1"]
     assert await registry.expire_lapsed() == []
-    assert await registry.version() == version_before + 1
+    assert (await registry.stamp()).version == version_before + 1
     assert [n.node_id for n in (await registry.read())[1]] == ["gpu-2"]
     assert not await redis.exists(keys.node("gpu-1"))
 
@@ -150,7 +150,7 @@ async def test_deregister_is_idempotent(registry: NodeRegistry, redis: Redis, ke
     await registry.register(registration(), "inst-a", "conn-1", LEASE_MS)
     assert await registry.deregister("gpu-1", "conn-1")
     assert not await registry.deregister("gpu-1", "conn-1")
-    assert await registry.version() == 2
+    assert (await registry.stamp()).version == 2
     assert await redis.scard(keys.nodes) == 0
     assert not await redis.exists(keys.node("gpu-1"), keys.lease("gpu-1"))
 
