@@ -36,6 +36,7 @@ from redis.asyncio import Redis
 from tqdm import tqdm
 
 from lingua_grpc._grpc import read_message
+from lingua_grpc.bench._fates import Fates, Ledger, account
 from lingua_grpc.cli._wav import DEMO_SENTENCES, spoken_demo
 from lingua_grpc.client import LinguaClient, Session
 from lingua_grpc.jobs import JobStore
@@ -141,6 +142,7 @@ class Report:
     idle: dict[str, float] = field(default_factory=dict)
     baselines: dict[str, float] = field(default_factory=dict)
     ratios: dict[str, float] = field(default_factory=dict)
+    fates: Fates = field(default_factory=Fates)
 
 
 async def redis_calls(redis: Redis) -> dict[str, int]:
@@ -149,8 +151,16 @@ async def redis_calls(redis: Redis) -> dict[str, int]:
 
 
 async def run_session(
-    client: LinguaClient, args: argparse.Namespace, bar: tqdm, sink: dict[str, list[float]], delay_s: float
+    client: LinguaClient,
+    args: argparse.Namespace,
+    bar: tqdm,
+    sink: dict[str, list[float]],
+    delay_s: float,
+    ledger: Ledger,
 ) -> int:
+    """One session: sends its utterances and records every answer in `ledger` (see _fates). A refusal at
+    start and a stream that ends with an error are recorded there too, never raised: the run's accounting
+    decides what they cost."""
     await asyncio.sleep(delay_s)  # --ramp-s: sessions arrive spread over the ramp, as users do
     asked = time.perf_counter()
     try:
@@ -158,62 +168,88 @@ async def run_session(
             "en",
             "es",
             spoken_utterances()[1] if args.real_engines else RATE,
-            session_pb2.SessionOptions(tts_enabled=args.real_engines),
+            session_pb2.SessionOptions(tts_enabled=args.real_engines or args.tts),
         )
     except grpc.aio.AioRpcError as exc:
-        if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
-            raise
+        if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:  # not admission: a fault, unaccounted
+            ledger.error = f"{exc.code().name} at start: {exc.details()}"
+            bar.update(args.utterances)
+            return 0
+        ledger.refused = True
         sink["refused_ms"].append((time.perf_counter() - asked) * 1000)  # how long a refusal took
         bar.update(args.utterances)
         return 0
+    ledger.name = session.session_id or ledger.name
     sink["admitted"].append(1)
     rate = RATE
+    # (audio, is_final, index of the utterance this message completes or -1)
+    messages: list[tuple[bytes, bool, int]] = []
     if args.real_engines:  # spoken sentences, a chunk at a time (real ASR needs real speech)
         spoken, rate = spoken_utterances()
-        messages = [
-            (c, False)
-            for i in range(args.utterances)
-            for c in chunked(spoken[i % len(spoken)], args.chunk_ms, rate)
-        ]
+        for i in range(args.utterances):
+            chunks = chunked(spoken[i % len(spoken)], args.chunk_ms, rate)
+            messages += [(c, False, i if k == len(chunks) - 1 else -1) for k, c in enumerate(chunks)]
     elif args.whole_utterances:  # one message per utterance, marked final: measures jobs, not audio ingest
-        messages = [(utterance_pcm(i), True) for i in range(args.utterances)]
+        messages = [(utterance_pcm(i), True, i) for i in range(args.utterances)]
     else:
-        messages = [
-            (c, False) for i in range(args.utterances) for c in chunked(utterance_pcm(i), args.chunk_ms)
-        ]
+        for i in range(args.utterances):
+            chunks = chunked(utterance_pcm(i), args.chunk_ms)
+            messages += [(c, False, i if k == len(chunks) - 1 else -1) for k, c in enumerate(chunks)]
+    sent_at: dict[int, float] = {}
 
     async def send() -> None:
         # Real time: each session keeps its own microphone clock and joins at a random moment of the
         # utterance cycle, as independent speakers do. Sessions in lockstep would end their utterances
         # within one chunk of each other: a burst of S jobs at once that no fleet of clients produces
-        # (`--lockstep` measures that burst on purpose).
+        # (`--lockstep` measures that burst on purpose). Whole utterances in real time: one per utterance's
+        # length of audio (a push-to-talk speaker); `steady` (the sweep) sends the first at once, the
+        # sessions' starts being spread over one period by the ramp.
         loop = asyncio.get_running_loop()
-        period = args.chunk_ms / 1000
+        period = UTTERANCE_MS / 1000 if args.whole_utterances else args.chunk_ms / 1000
         phase = period if args.lockstep else UTTERANCE_MS / 1000
-        start = loop.time() + random.uniform(0, phase)
-        for k, (chunk, final) in enumerate(messages):
+        start = loop.time() + (0.0 if args.steady else random.uniform(0, phase))
+        for k, (chunk, final, index) in enumerate(messages):
             if args.realtime:
                 await asyncio.sleep(max(0.0, start + k * period - loop.time()))
             await session.send_audio(chunk, is_final=final)
+            if index >= 0:
+                sent_at[index] = time.perf_counter()
+                ledger.sent = index + 1
         await session.end()
 
     sender = asyncio.create_task(send())
-    async for message in session:
-        if message.HasField("result"):
-            t = message.result.timings
-            sink["dispatch_us"].append(t.scheduler_dispatch_us)
-            sink["delivery_us"].append(t.scheduler_delivery_us)
-            sink["overhead_us"].append(t.scheduler_dispatch_us + t.scheduler_delivery_us)
-            sink["total_ms"].append(t.total_ms)
-            speech_ms = max(message.result.audio_duration_ms, 1)
-            sink["asr_rtf"].append(t.asr_ms / speech_ms)
-            sink["mt_rtf"].append(t.translation_ms / speech_ms)
-            sink["tts_rtf"].append(t.tts_ms / speech_ms)
-            bar.update(1)
-        elif message.HasField("skipped"):
-            sink["skipped"].append(1)
-            bar.update(1)
-    await sender
+    try:
+        async for message in session:
+            kind = message.WhichOneof("kind")
+            if kind == "result":
+                r = message.result
+                ledger.result(r.utterance_index)
+                t = r.timings
+                sink["dispatch_us"].append(t.scheduler_dispatch_us)
+                sink["delivery_us"].append(t.scheduler_delivery_us)
+                sink["overhead_us"].append(t.scheduler_dispatch_us + t.scheduler_delivery_us)
+                sink["total_ms"].append(t.total_ms)
+                if r.utterance_index in sent_at:
+                    sink["client_ms"].append((time.perf_counter() - sent_at[r.utterance_index]) * 1000)
+                if r.attempt > 1:
+                    sink["later_attempts"].append(r.attempt)
+                speech_ms = max(r.audio_duration_ms, 1)
+                sink["asr_rtf"].append(t.asr_ms / speech_ms)
+                sink["mt_rtf"].append(t.translation_ms / speech_ms)
+                sink["tts_rtf"].append(t.tts_ms / speech_ms)
+                bar.update(1)
+            elif kind == "skipped":
+                reason = session_pb2.SkipReason.Name(message.skipped.reason).removeprefix("SKIP_REASON_")
+                ledger.skipped(message.skipped.utterance_index, reason)
+                sink["skipped"].append(1)
+                bar.update(1)
+        await sender
+    except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
+        code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
+        details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+        ledger.error = f"{code}: {details}"
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
     return len(messages)
 
 
@@ -231,6 +267,33 @@ async def scheduler_samples(metrics_url: str) -> dict[tuple[str, str], float]:
                 out[(s.name, s.labels["le"])] = s.value
             elif s.name in ("lingua_event_loop_busy_ratio", "lingua_sessions_open"):
                 out[(s.name, "")] = s.value
+            elif s.name in COUNTERS:  # summed over labels; skips and refusals also by reason
+                out[(s.name, "")] += s.value
+                if "reason" in s.labels:
+                    out[(s.name, s.labels["reason"])] += s.value
+    return out
+
+
+# Counters of the scheduler that a run reports as the difference between before and after its load.
+COUNTERS = {
+    "lingua_job_redispatches_total": "redispatches",
+    "lingua_job_timeouts_total": "attempt_timeouts",
+    "lingua_results_fenced_total": "results_of_old_attempts_refused",
+    "lingua_jobs_dispatched_total": "attempts_dispatched",
+    "lingua_utterances_skipped_total": "scheduler_skips",
+    "lingua_sessions_refused_total": "scheduler_sessions_refused",
+}
+
+
+def counter_deltas(
+    before: dict[tuple[str, str], float], after: dict[tuple[str, str], float]
+) -> dict[str, float]:
+    """The run's share of each counter in COUNTERS; for those with a reason label, by reason too."""
+    out: dict[str, float] = {}
+    for (name, label), value in sorted(after.items()):
+        if name in COUNTERS:
+            key = COUNTERS[name] + (f"_{label}" if label else "")
+            out[key] = value - before.get((name, label), 0.0)
     return out
 
 
@@ -283,12 +346,16 @@ async def load_phase(
             "skipped",
             "refused_ms",
             "admitted",
+            "client_ms",
+            "later_attempts",
             "asr_rtf",
             "mt_rtf",
             "tts_rtf",
         )
     }
     calls_before = await redis_calls(redis) if redis else {}
+    memory_before = int((await redis.info("memory"))["used_memory"]) if redis else 0
+    memory_peak = memory_before
     samples_before = await scheduler_samples(metrics_url)
     cpu_before = scheduler.cpu_s() if scheduler else 0.0
     waited_before = scheduler.runqueue_wait_s() if scheduler else 0.0
@@ -296,22 +363,30 @@ async def load_phase(
     busy: list[float] = []
 
     async def watch_busy() -> None:  # the loop's busy share, as the scheduler's admission sees it
-        while metrics_url:
+        nonlocal memory_peak
+        while metrics_url or redis:
             await asyncio.sleep(0.5)
-            busy.append((await scheduler_samples(metrics_url)).get(("lingua_event_loop_busy_ratio", ""), 0.0))
+            if metrics_url:
+                samples = await scheduler_samples(metrics_url)
+                busy.append(samples.get(("lingua_event_loop_busy_ratio", ""), 0.0))
+            if redis:  # Redis memory at its highest during the load, sampled
+                memory_peak = max(memory_peak, int((await redis.info("memory"))["used_memory"]))
 
     watcher = asyncio.create_task(watch_busy())
+    ledgers = [Ledger(f"session-{i}", args.utterances) for i in range(args.sessions)]
     async with LinguaClient(address) as client:
         with tqdm(total=total, desc="utterances", unit="utt", disable=args.quiet) as bar:
             started = time.perf_counter()
             sent = await asyncio.gather(
                 *(
-                    run_session(client, args, bar, sink, i * args.ramp_s / args.sessions)
-                    for i in range(args.sessions)
+                    run_session(client, args, bar, sink, i * args.ramp_s / args.sessions, ledger)
+                    for i, ledger in enumerate(ledgers)
                 )
             )
             elapsed = time.perf_counter() - started
     watcher.cancel()
+    await asyncio.gather(watcher, return_exceptions=True)
+    report.fates = account(ledgers)
     jobs = len(sink["total_ms"])
     cpu = (scheduler.cpu_s() - cpu_before) if scheduler else 0.0
     waited = (scheduler.runqueue_wait_s() - waited_before) if scheduler else 0.0
@@ -322,15 +397,25 @@ async def load_phase(
     )
     commands = sum(calls_after.values()) - sum(calls_before.values())
     memory = await redis.info("memory") if redis else {}
+    memory_after = int(memory.get("used_memory", 0))
+    admitted = max(len(sink["admitted"]), 1)
+    fates = report.fates
     report.load = {
         "sessions": args.sessions,
         "sessions_admitted": len(sink["admitted"]),
         # Refused at start (RESOURCE_EXHAUSTED: the instance is saturated or full), and how fast.
         "sessions_refused": len(sink["refused_ms"]),
         "refusal_p99_ms": percentile(sink["refused_ms"], 99) if sink["refused_ms"] else float("nan"),
+        "utterances_sent": fates.sent,
         "utterances_completed": jobs,
         "utterances_skipped": len(sink["skipped"]),
+        # Every utterance's fate (see _fates): skips by reason, what admission kept from being sent, and
+        # what was neither answered nor skipped (a run with any of those fails).
+        **{f"skipped_{reason}": n for reason, n in sorted(fates.skipped.items())},
+        "utterances_of_refused_sessions": fates.refused_utterances,
+        "utterances_unaccounted": fates.lost + fates.duplicated + fates.not_sent + fates.answered_unsent,
         "elapsed_s": elapsed,
+        # Goodput: utterances answered with a result per second, first session's start to last answer.
         "utterances_per_s": jobs / elapsed,
         "chunks_per_s": sum(sent) / elapsed,
         "overhead_p50_ms": percentile(sink["overhead_us"], 50) / 1000,
@@ -346,6 +431,12 @@ async def load_phase(
         "loop_busy_max": max(busy, default=0.0),
         "end_to_end_p50_ms": percentile(sink["total_ms"], 50),
         "end_to_end_p99_ms": percentile(sink["total_ms"], 99),
+        # As the client sees it: its utterance's last audio sent -> its result received (queueing in the
+        # session, and the load generator's own delays, included).
+        "client_end_to_end_p50_ms": percentile(sink["client_ms"], 50),
+        "client_end_to_end_p99_ms": percentile(sink["client_ms"], 99),
+        "results_of_a_later_attempt": len(sink["later_attempts"]),
+        **counter_deltas(samples_before, samples),
         # Round trips as the scheduler counts them per job operation (its metrics); commandstats also
         # counts the commands scripts run inside Redis, and the registry's own polling: all commands.
         # Each stage's time on the node over the utterance's audio duration (real-time factor; p50 / p99).
@@ -357,7 +448,11 @@ async def load_phase(
         "redis_round_trips_per_job": trips / max(jobs, 1),
         "redis_commands_per_job": commands / max(jobs, 1),
         # Redis memory right after the load: job records, and results' TTS audio kept for resumes.
-        "redis_used_memory_mb": int(memory.get("used_memory", 0)) / 2**20,
+        "redis_used_memory_mb": memory_after / 2**20,
+        "redis_peak_memory_mb": memory_peak / 2**20,
+        # What the load left in Redis, and its peak, over the sessions admitted (before: the empty fleet).
+        "redis_kib_per_session_after": (memory_after - memory_before) / admitted / 1024,
+        "redis_kib_per_session_peak": (max(memory_peak, memory_after) - memory_before) / admitted / 1024,
         "scheduler_cpu_s_per_1000_jobs": cpu / max(jobs, 1) * 1000,
         # Waiting for a CPU (ready, not running) per second of load: > 0 means the machine, not the
         # scheduler, is the bottleneck of the moment; every such millisecond lands in the latencies above.
@@ -519,10 +614,13 @@ async def run(args: argparse.Namespace) -> Report:
                     "0",
                     "--log-level",
                     "WARNING",
-                    "--session-queue-timeout-ms",
-                    "60000",
-                    "--session-gap-timeout-ms",
-                    "60000",
+                    # Unless --user-defaults: long queue and gap timeouts, so a throughput run measures
+                    # throughput rather than skips (the sweep runs the scheduler as users get it).
+                    *(
+                        ()
+                        if args.user_defaults
+                        else ("--session-queue-timeout-ms", "60000", "--session-gap-timeout-ms", "60000")
+                    ),
                     *shlex.split(args.scheduler_args),
                 ],
                 "listening on",
@@ -655,7 +753,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-latency-ms", type=int, default=0, help="synthetic latency per stage (default 0)")
     p.add_argument("--sessions", type=int, default=100, help="concurrent sessions (default 100)")
     p.add_argument("--utterances", type=int, default=10, help="utterances per session (default 10)")
-    p.add_argument("--realtime", action="store_true", help="send audio at real-time pace")
+    p.add_argument(
+        "--realtime",
+        action="store_true",
+        help="send audio at real-time pace (with --whole-utterances: one utterance per 1.2 s per session)",
+    )
+    p.add_argument(
+        "--tts",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="sessions ask for synthesized speech (default on, as users get it; --no-tts: text only)",
+    )
+    p.add_argument(
+        "--user-defaults",
+        action="store_true",
+        help="start the scheduler with its own defaults (otherwise its queue and gap timeouts are 60 s, so"
+        " throughput runs measure throughput, not skips)",
+    )
+    sweep = p.add_argument_group(
+        "offered-load sweep",
+        "--sweep measures capacity (completed utterances/s of a burst, TTS on, admission on, the scheduler's"
+        " defaults), then offers bursts and steady load at multiples of it, TTS on and off, each step on a"
+        " fresh scheduler and nodes, and prints per step: offered, goodput, end to end p50/p99, refusals,"
+        " skips by reason, re-dispatches, Redis memory per session, and every utterance's fate",
+    )
+    sweep.add_argument("--sweep", action="store_true", help="run the offered-load sweep")
+    sweep.add_argument(
+        "--capacity",
+        type=float,
+        default=0.0,
+        help="utterances/s to take as capacity instead of measuring it (0: measure)",
+    )
+    sweep.add_argument(
+        "--capacity-sessions",
+        type=int,
+        default=20,
+        help="sessions of the capacity burst, each --burst-utterances (default 20)",
+    )
+    sweep.add_argument(
+        "--multipliers", default="0.5,1,2,5", help="offered load, times capacity (default 0.5,1,2,5)"
+    )
+    sweep.add_argument("--shapes", default="burst,steady", help="burst, steady or both (default both)")
+    sweep.add_argument("--tts-modes", default="on,off", help="on, off or both (default both, on first)")
+    sweep.add_argument(
+        "--burst-s",
+        type=float,
+        default=1.0,
+        help="a burst is this many seconds of the offered rate, sent at once (default 1)",
+    )
+    sweep.add_argument(
+        "--burst-utterances", type=int, default=20, help="whole utterances per burst session (default 20)"
+    )
+    sweep.add_argument(
+        "--steady-s",
+        type=float,
+        default=4.8,
+        help="steady load lasts this long: sessions of real-time whole utterances (one per 1.2 s each),"
+        " as many as the rate needs, their starts spread over 1.2 s (default 4.8)",
+    )
     p.add_argument(
         "--ramp-s", type=float, default=0.0, help="start the sessions spread evenly over this many seconds"
     )
@@ -692,14 +847,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="write the report as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--log-dir", default="", help="keep the scheduler's and nodes' logs (WARNING and up) here")
+    p.set_defaults(steady=False)  # the sweep's steady steps: each session's first utterance at its start
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.sweep:
+        from lingua_grpc.bench._sweep import sweep  # here: it imports this module
+
+        return sweep(args)
     report = asyncio.run(run(args))
     print_table(report)
+    print(f"\nfates: {report.fates.summary()}")
     if args.json:
         Path(args.json).write_text(json.dumps(asdict(report), indent=2))
         print(f"\nwrote {args.json}")
+    if not report.fates.ok:
+        print(f"lingua-bench: FAILED: {report.fates.failure()}", file=sys.stderr)
+        return 1
     return 0

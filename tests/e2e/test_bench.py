@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+
+from lingua_grpc.pb import session_pb2, session_pb2_grpc
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -74,3 +79,72 @@ def test_job_throughput_run_is_set_beside_the_bare_reservation_loop(tmp_path: Pa
     assert set(report["baselines"]) == {"reservations_per_s", "reservation_p50_ms"}
     assert set(report["ratios"]) == {"jobs_vs_reservation_loop"}
     assert "jobs_vs_reservation_loop" in table
+
+
+def test_a_tiny_sweep_accounts_for_every_utterance_and_exits_0(tmp_path: Path) -> None:
+    out = tmp_path / "sweep.json"
+    proc = subprocess.run(
+        [
+            *(str(BIN / "lingua-bench"), "--sweep", "--nodes", "1", "--tts-modes", "on"),
+            *("--capacity-sessions", "2", "--burst-utterances", "3", "--multipliers", "0.2"),
+            *("--burst-s", "0.5", "--steady-s", "1.2", "--json", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "sweep: capacity" in proc.stdout and "goal: no FAILED skip" in proc.stdout
+    sweep = json.loads(out.read_text())
+    assert sweep["capacity_utterances_per_s"] > 0
+    steps = {s["label"]: s for s in sweep["steps"]}
+    assert set(steps) == {"capacity-tts-on-x1", "burst-tts-on-x0.2", "steady-tts-on-x0.2"}
+    for label, step in steps.items():
+        fates = step["fates"]
+        assert f"{label}: offered" in proc.stdout  # each step prints its fates as it ends
+        assert fates["unaccounted"] == []
+        assert fates["sent"] == fates["completed"] + sum(fates["skipped"].values()) > 0
+        for key in ("redispatches", "attempt_timeouts", "redis_kib_per_session_peak", "sessions_refused"):
+            assert key in step["load"], key
+    assert steps["steady-tts-on-x0.2"]["load"]["utterances_per_s"] > 0
+
+
+class _AnswersOnlyTheFirst(session_pb2_grpc.SessionServiceServicer):
+    """A stand-in scheduler that answers utterance 0 and ends the stream OK without answering the rest."""
+
+    def Stream(
+        self, request_iterator: Iterator[session_pb2.StreamRequest], context: grpc.ServicerContext
+    ) -> Iterator[session_pb2.StreamResponse]:
+        next(request_iterator)
+        yield session_pb2.StreamResponse(started=session_pb2.SessionStarted(session_id="stand-in"))
+        answered = False
+        for request in request_iterator:
+            if request.HasField("audio") and not answered:
+                answered = True
+                yield session_pb2.StreamResponse(result=session_pb2.UtteranceResult(utterance_index=0))
+            if request.HasField("end_of_stream"):
+                return
+
+
+def test_the_bench_fails_its_run_when_an_utterance_is_neither_answered_nor_skipped() -> None:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    session_pb2_grpc.add_SessionServiceServicer_to_server(_AnswersOnlyTheFirst(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        proc = subprocess.run(
+            [
+                *(str(BIN / "lingua-bench"), "--scheduler", f"127.0.0.1:{port}", "--sessions", "1"),
+                *("--utterances", "3", "--whole-utterances", "--idle-sessions", "0", "--skip-baselines"),
+                "--quiet",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        server.stop(None)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "fates: sent 3 = completed 1 + skipped 0 (none) + lost 2" in proc.stdout
+    assert "lingua-bench: FAILED: utterances neither answered once nor skipped" in proc.stderr
+    assert "stand-in#1: no answer" in proc.stderr and "stand-in#2: no answer" in proc.stderr
