@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help setup redis engines proto run test test-fast lint check bench clean
+.PHONY: help setup redis engines proto run test test-fast lint check bench soak clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,6 +56,11 @@ bench: setup ## Benchmarks with baselines (figures in README): offered-load swee
 	$(VENV)/bin/lingua-bench --realtime --sessions 400 --utterances 30 --ramp-s 30 --idle-sessions 0 --skip-baselines --json bench-overload.json
 	$(VENV)/bin/lingua-bench --realtime --sessions 100 --utterances 10 --idle-sessions 0 --skip-baselines --nodes-on-second-instance --json bench-two-instances.json
 	$(VENV)/bin/lingua-bench --real-engines --realtime --nodes 1 --node-concurrency 2 --sessions 4 --utterances 6 --idle-sessions 0 --skip-baselines --json bench-real-engines.json
+
+MINUTES ?= 10
+SEED ?=
+soak: setup ## Chaos soak (README "Chaos testing"): three schedulers, one Redis, synthetic nodes, seeded random faults, invariants checked; make soak MINUTES=10 SEED=7
+	$(PY) -m tests.soak --minutes $(MINUTES) $(if $(SEED),--seed $(SEED)) --json out/soak-report.json
 
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
