@@ -48,7 +48,7 @@ lint: setup ## ruff, mypy and buf lint
 check: lint test ## lint, then test
 
 bench: setup ## Benchmarks with baselines (figures in README): offered-load sweep (goodput at 0.5-5x capacity, bursts and steady, TTS on then off), job throughput, audio ingest, real-time overhead + idle RSS, burst, overload (2x one instance's capacity), two instances (sessions on one, nodes on the other), real engines (each stage's real-time factor). Every run prints every utterance's fate and fails when one is neither answered nor skipped
-	$(VENV)/bin/lingua-bench --sweep --json bench-sweep.json
+	$(VENV)/bin/lingua-bench --sweep --json bench-sweep.json --fates-file bench-fates.jsonl
 	$(VENV)/bin/lingua-bench --sessions 100 --utterances 20 --whole-utterances --idle-sessions 0 --json bench-jobs.json
 	$(VENV)/bin/lingua-bench --sessions 100 --utterances 10 --idle-sessions 0 --json bench-ingest.json
 	$(VENV)/bin/lingua-bench --realtime --sessions 100 --utterances 10 --idle-sessions 10000 --json bench-realtime.json

@@ -10,8 +10,9 @@ counted apart, as refused, never as lost. Pure: no I/O, unit-tested on its own.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -25,6 +26,8 @@ class Ledger:
     results: collections.Counter[int] = field(default_factory=collections.Counter)
     skips: dict[int, list[str]] = field(default_factory=dict)  # index -> reasons (more than one: a duplicate)
     error: str = ""  # the stream's end when it was not OK (e.g. "UNAVAILABLE: ...")
+    latency_ms: dict[int, float] = field(default_factory=dict)  # index -> audio sent to answer, client side
+    attempts: dict[int, int] = field(default_factory=dict)  # index -> attempt that produced the result
 
     def result(self, index: int) -> None:
         self.results[index] += 1
@@ -131,3 +134,36 @@ def account(ledgers: Iterable[Ledger]) -> Fates:
             fates.unaccounted.append(f"{ledger.name}#{index}: answered, never sent")
     fates.skipped = dict(skipped)
     return fates
+
+
+def fate_rows(ledger: Ledger) -> Iterator[dict[str, Any]]:
+    """One row per utterance of the session (and per answer for one never sent): its fate, the skip's
+    reason, the client's end to end and the attempt of its result. Fates: completed, skipped, refused (the
+    session was), not_sent, lost, answered_twice, answered_unsent."""
+    base: dict[str, Any] = {"session": ledger.name}
+    if ledger.refused:
+        for index in range(ledger.planned):
+            yield {**base, "index": index, "fate": "refused"}
+        return
+    for index in range(max(ledger.planned, ledger.sent)):
+        row = {**base, "index": index}
+        results, skips = ledger.results[index], ledger.skips.get(index, [])
+        if index >= ledger.sent:
+            row["fate"] = "not_sent"
+        elif results + len(skips) > 1:
+            row["fate"] = "answered_twice"
+        elif results:
+            row["fate"] = "completed"
+        elif skips:
+            row |= {"fate": "skipped", "reason": skips[0]}
+        else:
+            row["fate"] = "lost"
+        if index in ledger.latency_ms:
+            row["end_to_end_ms"] = round(ledger.latency_ms[index], 1)
+        if index in ledger.attempts:
+            row["attempt"] = ledger.attempts[index]
+        if ledger.error and row["fate"] in ("lost", "not_sent"):
+            row["stream_error"] = ledger.error
+        yield row
+    for index in sorted(i for i in set(ledger.results) | set(ledger.skips) if i >= ledger.sent or i < 0):
+        yield {**base, "index": index, "fate": "answered_unsent"}

@@ -36,7 +36,7 @@ from redis.asyncio import Redis
 from tqdm import tqdm
 
 from lingua_grpc._grpc import read_message
-from lingua_grpc.bench._fates import Fates, Ledger, account
+from lingua_grpc.bench._fates import Fates, Ledger, account, fate_rows
 from lingua_grpc.cli._wav import DEMO_SENTENCES, spoken_demo
 from lingua_grpc.client import LinguaClient, Session
 from lingua_grpc.jobs import JobStore
@@ -224,13 +224,16 @@ async def run_session(
             if kind == "result":
                 r = message.result
                 ledger.result(r.utterance_index)
+                ledger.attempts[r.utterance_index] = r.attempt
                 t = r.timings
                 sink["dispatch_us"].append(t.scheduler_dispatch_us)
                 sink["delivery_us"].append(t.scheduler_delivery_us)
                 sink["overhead_us"].append(t.scheduler_dispatch_us + t.scheduler_delivery_us)
                 sink["total_ms"].append(t.total_ms)
                 if r.utterance_index in sent_at:
-                    sink["client_ms"].append((time.perf_counter() - sent_at[r.utterance_index]) * 1000)
+                    ms = (time.perf_counter() - sent_at[r.utterance_index]) * 1000
+                    sink["client_ms"].append(ms)
+                    ledger.latency_ms[r.utterance_index] = ms
                 if r.attempt > 1:
                     sink["later_attempts"].append(r.attempt)
                 speech_ms = max(r.audio_duration_ms, 1)
@@ -241,6 +244,9 @@ async def run_session(
             elif kind == "skipped":
                 reason = session_pb2.SkipReason.Name(message.skipped.reason).removeprefix("SKIP_REASON_")
                 ledger.skipped(message.skipped.utterance_index, reason)
+                if message.skipped.utterance_index in sent_at:
+                    ms = (time.perf_counter() - sent_at[message.skipped.utterance_index]) * 1000
+                    ledger.latency_ms[message.skipped.utterance_index] = ms
                 sink["skipped"].append(1)
                 bar.update(1)
         await sender
@@ -251,6 +257,14 @@ async def run_session(
         sender.cancel()
         await asyncio.gather(sender, return_exceptions=True)
     return len(messages)
+
+
+def write_fates(path: str, label: str, ledgers: list[Ledger]) -> None:
+    """Appends every utterance's fate, one JSON line each (main empties the file; a sweep's steps append)."""
+    with Path(path).open("a") as out:
+        for ledger in ledgers:
+            for row in fate_rows(ledger):
+                out.write(json.dumps({"run": label, **row}) + "\n")
 
 
 async def scheduler_samples(metrics_url: str) -> dict[tuple[str, str], float]:
@@ -387,6 +401,8 @@ async def load_phase(
     watcher.cancel()
     await asyncio.gather(watcher, return_exceptions=True)
     report.fates = account(ledgers)
+    if args.fates_file:
+        write_fates(args.fates_file, args.run_label, ledgers)
     jobs = len(sink["total_ms"])
     cpu = (scheduler.cpu_s() - cpu_before) if scheduler else 0.0
     waited = (scheduler.runqueue_wait_s() - waited_before) if scheduler else 0.0
@@ -845,14 +861,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--skip-baselines", action="store_true")
     p.add_argument("--json", metavar="PATH", help="write the report as JSON")
+    p.add_argument(
+        "--fates-file",
+        metavar="PATH",
+        default="",
+        help="append every utterance's fate here, one JSON line each (run, session, index, fate: completed,"
+        " skipped with its reason, refused, lost, answered_twice...; end_to_end_ms, attempt)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--log-dir", default="", help="keep the scheduler's and nodes' logs (WARNING and up) here")
-    p.set_defaults(steady=False)  # the sweep's steady steps: each session's first utterance at its start
+    p.set_defaults(
+        steady=False, run_label="run"
+    )  # the sweep's steady steps: each session's first utterance at its start
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.fates_file:
+        Path(args.fates_file).write_text("")
     if args.sweep:
         from lingua_grpc.bench._sweep import sweep  # here: it imports this module
 

@@ -78,6 +78,7 @@ def step_args(args: argparse.Namespace, step: Step) -> argparse.Namespace:
             "nodes_on_second_instance": False,
             "quiet": True,
             "json": None,
+            "run_label": step.label,
             "log_dir": str(Path(args.log_dir) / step.label) if args.log_dir else "",
         }
     )

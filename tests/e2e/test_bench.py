@@ -82,12 +82,12 @@ def test_job_throughput_run_is_set_beside_the_bare_reservation_loop(tmp_path: Pa
 
 
 def test_a_tiny_sweep_accounts_for_every_utterance_and_exits_0(tmp_path: Path) -> None:
-    out = tmp_path / "sweep.json"
+    out, fates_file = tmp_path / "sweep.json", tmp_path / "fates.jsonl"
     proc = subprocess.run(
         [
             *(str(BIN / "lingua-bench"), "--sweep", "--nodes", "1", "--tts-modes", "on"),
             *("--capacity-sessions", "2", "--burst-utterances", "3", "--multipliers", "0.2"),
-            *("--burst-s", "0.5", "--steady-s", "1.2", "--json", str(out)),
+            *("--burst-s", "0.5", "--steady-s", "1.2", "--json", str(out), "--fates-file", str(fates_file)),
         ],
         capture_output=True,
         text=True,
@@ -107,6 +107,12 @@ def test_a_tiny_sweep_accounts_for_every_utterance_and_exits_0(tmp_path: Path) -
         for key in ("redispatches", "attempt_timeouts", "redis_kib_per_session_peak", "sessions_refused"):
             assert key in step["load"], key
     assert steps["steady-tts-on-x0.2"]["load"]["utterances_per_s"] > 0
+    rows = [json.loads(line) for line in fates_file.read_text().splitlines()]
+    for label, step in steps.items():  # one row per utterance, refused sessions' included
+        fates = step["fates"]
+        mine = [r for r in rows if r["run"] == label]
+        assert len(mine) == fates["sent"] + fates["refused_utterances"]
+        assert sum(r["fate"] == "completed" for r in mine) == fates["completed"]
 
 
 class _AnswersOnlyTheFirst(session_pb2_grpc.SessionServiceServicer):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lingua_grpc.bench._fates import Ledger, account
+from lingua_grpc.bench._fates import Ledger, account, fate_rows
 
 pytestmark = pytest.mark.unit
 
@@ -67,3 +67,21 @@ def test_answers_for_utterances_never_sent_fail_the_run() -> None:
     fates = account([ledger, refused])
     assert fates.answered_unsent == 2
     assert fates.unaccounted == ["s1#7: answered, never sent", "s2: refused, yet answered"]
+
+
+def test_every_utterance_gets_one_row_with_its_fate() -> None:
+    ledger = Ledger("s1", planned=4, sent=3, error="UNAVAILABLE: gone")
+    ledger.result(0)
+    ledger.attempts[0], ledger.latency_ms[0] = 2, 12.345
+    ledger.skipped(1, "NO_CAPACITY")
+    ledger.result(5)
+    rows = list(fate_rows(ledger)) + list(fate_rows(Ledger("s2", planned=2, refused=True)))
+    assert rows == [
+        {"session": "s1", "index": 0, "fate": "completed", "end_to_end_ms": 12.3, "attempt": 2},
+        {"session": "s1", "index": 1, "fate": "skipped", "reason": "NO_CAPACITY"},
+        {"session": "s1", "index": 2, "fate": "lost", "stream_error": "UNAVAILABLE: gone"},
+        {"session": "s1", "index": 3, "fate": "not_sent", "stream_error": "UNAVAILABLE: gone"},
+        {"session": "s1", "index": 5, "fate": "answered_unsent"},
+        {"session": "s2", "index": 0, "fate": "refused"},
+        {"session": "s2", "index": 1, "fate": "refused"},
+    ]
