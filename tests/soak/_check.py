@@ -169,8 +169,8 @@ def _without_ttl(fleet: Fleet) -> list[tuple[str, int]]:
 
 
 def check_processes(fleet: Fleet, max_rss_mb: dict[str, float], faults: list[Outcome]) -> list[Violation]:
-    """Memory bounded; no process exited but by a fault of the soak (a scheduler paused past its lease exits,
-    as documented)."""
+    """Memory bounded; no process exited but by a fault of the soak. Documented exits: a scheduler paused
+    (SIGSTOP), or cut off from Redis, past its lease finds itself claimed and exits (status 1)."""
     out: list[Violation] = []
     for m in fleet.members:
         for incarnation, peak in m.max_rss_mb.items():
@@ -182,15 +182,26 @@ def check_processes(fleet: Fleet, max_rss_mb: dict[str, float], faults: list[Out
                 )
     if (peak := fleet.rss_peak.get("redis", 0.0)) > max_rss_mb["redis"]:
         out.append(Violation("memory", f"redis peak RSS {peak:.0f} MB > {max_rss_mb['redis']}"))
-    stops = [(o.fault.target, o.started_at, o.healed_at) for o in faults if o.fault.kind.endswith("_stop")]
+    isolating = ("scheduler_stop", "redis_link_cut", "redis_link_stall")
+    cut_off = [(o.fault.target, o.started_at, o.healed_at) for o in faults if o.fault.kind in isolating]
     for e in fleet.events:
         if e.what != "exited":
             continue
         name = e.detail.split("#", 1)[0]
-        paused = any(t == name and start <= e.at <= healed + 5 for t, start, healed in stops)
-        if not paused:
-            out.append(Violation("process exited on its own", e.detail))
+        if not any(t == name and start <= e.at <= healed + 5 for t, start, healed in cut_off):
+            member = next(m for m in fleet.members if m.name == name)
+            incarnation = int(e.detail.split("#", 1)[1].split()[0])
+            log = fleet.workdir / f"{name}.{incarnation}.log"
+            lines = [ln for ln in _lines(log) if " ERROR " in ln or "Traceback" in ln][-4:]
+            out.append(Violation(f"{member.kind} exited on its own", e.detail[:160], lines))
     return out
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return [f"{path.name}: {line[:300]}" for line in path.read_text(errors="replace").splitlines()]
+    except OSError:
+        return []
 
 
 def recovery_times(logs: list[SessionLog], faults: list[Outcome]) -> dict[str, list[float]]:

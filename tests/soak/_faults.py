@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from tests.soak._fleet import Fleet, Member
 
-# kind -> (exclusion group, how long it keeps its group busy beyond its own length, in s)
+# kind -> (exclusion groups, how long it keeps them busy beyond its own length, in s)
 KINDS: dict[str, tuple[str, float]] = {
     "scheduler_kill": ("scheduler", 4.0),  # kill -9, restarted under its id and address after `length_s`
     "scheduler_stop": ("scheduler", 4.0),  # SIGSTOP for `length_s`, then SIGCONT
@@ -28,6 +28,9 @@ KINDS: dict[str, tuple[str, float]] = {
     "node_link_delay": ("node", 1.0),
     "reader_stall": ("reader", 1.0),  # one client stops reading for `length_s`
     "session_burst": ("burst", 6.0),  # `amount` new sessions at once, beyond capacity
+    # the instance behind the Redis proxy loses Redis, then dies while cut off (`length_s` later): what it
+    # acknowledged must be in Redis for the clients that resume elsewhere (issue 27)
+    "cut_off_scheduler_kill": ("redis+scheduler", 4.0),
 }
 
 _LENGTHS: dict[str, tuple[float, float]] = {
@@ -45,6 +48,7 @@ _LENGTHS: dict[str, tuple[float, float]] = {
     "node_link_delay": (2.0, 5.0),
     "reader_stall": (3.0, 10.0),
     "session_burst": (0.0, 0.0),
+    "cut_off_scheduler_kill": (0.3, 1.5),
 }
 
 
@@ -58,7 +62,7 @@ class Fault:
 
     def describe(self) -> str:
         extra = f" {self.amount}" if self.amount else ""
-        return f"t+{self.at_s:6.1f}s {self.kind:<19} {self.target or '-':<10} {self.length_s:4.1f}s{extra}"
+        return f"t+{self.at_s:6.1f}s {self.kind:<22} {self.target or '-':<10} {self.length_s:4.1f}s{extra}"
 
 
 @dataclass
@@ -91,6 +95,7 @@ def schedule(
         "redis": [""],
         "reader": [f"w{i}" for i in range(workers)],
         "burst": [""],
+        "redis+scheduler": [f"sched-{schedulers - 1}"],
     }
     coverage = list(KINDS)
     rng.shuffle(coverage)
@@ -102,7 +107,8 @@ def schedule(
         kinds = [*coverage, *rng.sample(list(KINDS), len(KINDS))]
         for kind in kinds:
             group, settle = KINDS[kind]
-            if busy_until.get(group, 0.0) > t:
+            groups = group.split("+")
+            if any(busy_until.get(g, 0.0) > t for g in groups):
                 continue
             low, high = _LENGTHS[kind]
             length = round(rng.uniform(low, high), 1)
@@ -117,7 +123,8 @@ def schedule(
             if kind == "session_burst":
                 amount = rng.randint(24, 48)
             out.append(Fault(round(t, 1), kind, target, length, amount))
-            busy_until[group] = t + length + settle
+            for g in groups:
+                busy_until[g] = t + length + settle
             if kind in coverage:
                 coverage.remove(kind)
             t += rng.uniform(min_gap_s, max_gap_s)
@@ -177,6 +184,16 @@ class Injector:
                 await asyncio.to_thread(fleet.redis.stop)
                 await asyncio.sleep(f.length_s)
                 await asyncio.to_thread(fleet.redis.start, kept, not kept)
+            elif f.kind == "cut_off_scheduler_kill":
+                m = self._member(f.target)
+                assert fleet.redis_link is not None
+                fleet.redis_link.cut()
+                await asyncio.sleep(f.length_s)
+                m.held_down = True
+                fleet.kill(m)
+                fleet.redis_link.heal()
+                await asyncio.sleep(0.5)
+                await self._restart(m, o)
             elif f.kind.startswith(("redis_link", "node_link")):
                 links = [fleet.redis_link] if f.kind.startswith("redis") else fleet.node_links
                 for link in links:

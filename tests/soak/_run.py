@@ -97,7 +97,7 @@ async def run(opts: Options) -> tuple[dict[str, Any], list[Violation]]:
         limits = {"scheduler": opts.max_rss_scheduler_mb, "node": opts.max_rss_node_mb}
         violations += check_processes(fleet, {**limits, "redis": opts.max_rss_redis_mb}, injector.outcomes)
         for v in violations:
-            v.evidence = evidence(opts.workdir, v)
+            v.evidence = v.evidence or evidence(opts.workdir, v)
         _write_timeline(opts.workdir / "timeline.txt", fleet, t0)
         report = _report(opts, fleet, clients, injector, faults, load_s, settled_s, violations)
     finally:
