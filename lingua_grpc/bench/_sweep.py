@@ -125,7 +125,7 @@ def print_sweep(capacity: float, steps: list[Step]) -> None:
                 s.shape,
                 "on" if s.tts else "off",
                 f"{s.multiplier:g}",
-                f"{s.offered_per_s:,.0f}",
+                "-" if math.isnan(s.offered_per_s) else f"{s.offered_per_s:,.0f}",
                 f"{s.sessions} ({int(load['sessions_refused'])})",
                 f"{s.fates.sent:,}",
                 f"{s.fates.completed:,}",
