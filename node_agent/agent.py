@@ -308,6 +308,11 @@ class NodeAgent:
         else:
             job = _Job(assign.job_id, assign.attempt)
             self._jobs[job.job_id] = job
+            # Acknowledged on receipt, before the job's first step runs: a node that is busy (every slot
+            # taken, the CPU saturated) still says at once that it has the job, which the scheduler counts
+            # as having reached the node. Its slot bounds how many it holds, so none waits here.
+            accepted = node_pb2.JobAccepted(job_id=assign.job_id, attempt=assign.attempt)
+            self._send(node_pb2.ConnectRequest(job_accepted=accepted))
             log.info("job started", extra={"job_id": assign.job_id, "attempt": assign.attempt})
             job.task = asyncio.create_task(self._run_job(conn, assign), name=f"job-{assign.job_id}")
             job.task.add_done_callback(partial(self._forget_job, job))
@@ -334,9 +339,6 @@ class NodeAgent:
 
     async def _run_job(self, conn: _Connection, a: node_pb2.AssignJob) -> None:
         ids: dict[str, object] = {"job_id": a.job_id, "attempt": a.attempt}
-        self._send(
-            node_pb2.ConnectRequest(job_accepted=node_pb2.JobAccepted(job_id=a.job_id, attempt=a.attempt))
-        )
         fault = self.config.faulty(a.utterance_index)
         if fault is not None:
             log.warning("injected fault", extra={"fault": fault, "job_id": a.job_id, "attempt": a.attempt})

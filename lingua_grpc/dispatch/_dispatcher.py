@@ -5,6 +5,14 @@ A job (`Ticket`) is NEW, QUEUED, RUNNING on a node, BETWEEN attempts, or ENDED (
 (Lua, fenced); the slot of an attempt is released once whatever ends it (result, failure, rejection, deadline,
 node loss). When every node of the pair is full the job waits in its pair's FIFO (`PairQueues`) until a slot
 frees or its queue timeout passes. Every ending goes through `_finish`, which records, counts and notifies.
+
+A busy node is not a lost one. A node gets no more attempts than its slots (the Lua reservation), so it
+never queues work it cannot start; an attempt runs again only when its node is lost (its stream ends, its
+lease lapses: no heartbeat), fails or rejects it, or it passes its deadline (`attempt_deadline_ms`: the job
+deadline plus a share of the utterance's length, counted from the assignment and again from acceptance).
+Never for being slow to accept: under a burst that is what every node is, and moving work from one busy node
+to another only doubles it (a metastable retry storm). Attempts failed by live nodes run again only within a
+retry budget (`RetryBudget`). A job Redis cannot record yet waits for it (`store_wait_ms`), its audio held.
 """
 
 from __future__ import annotations
@@ -17,10 +25,11 @@ import random
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from lingua_grpc.clock import Clock
+from lingua_grpc.dispatch._budget import RetryBudget
 from lingua_grpc.dispatch._placement import VIA, JobTransport, Placed, Placer
 from lingua_grpc.dispatch._queues import PairQueues
 from lingua_grpc.dispatch._ticket import Attempt, Overhead, Phase, Ticket
@@ -36,6 +45,7 @@ from lingua_grpc.jobs import (
     JobStore,
     SkipReason,
     output_from_record,
+    recorded_attempts,
 )
 from lingua_grpc.metrics import SchedulerMetrics
 from lingua_grpc.registry import LanguagePair, SnapshotCache
@@ -46,12 +56,25 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class DispatchSettings:
-    max_attempts: int
-    accept_timeout_ms: int
+    max_attempts: int  # attempts that reached a node
     job_deadline_ms: int
     queue_retry_ms: int
     slot_release_retry_ms: int
     max_queued_per_pair: int = 1000
+    deadline_audio_factor: int = 2  # seconds of deadline per second of audio
+    retry_budget_tokens: int = 100
+    retry_budget_refill_percent: int = 10
+    store_wait_ms: int = 30000
+    store_wait_max_bytes: int = 64 * 1024 * 1024
+
+    def attempt_deadline_ms(self, duration_ms: int) -> int:
+        """How long an attempt of an utterance of `duration_ms` may take on its node."""
+        return self.job_deadline_ms + self.deadline_audio_factor * duration_ms
+
+    @property
+    def max_placements(self) -> int:
+        """Attempts handed towards nodes, reached or not: bounds a job whose attempts never reach one."""
+        return 3 * self.max_attempts
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +106,10 @@ class Dispatcher:
         self._metrics = metrics
         self._clock = clock
         self._placer = Placer(
-            store, cache, transport, settings.job_deadline_ms, clock, rng or random.Random()
+            store, cache, transport, settings.attempt_deadline_ms, clock, rng or random.Random()
         )
+        self._budget = RetryBudget(settings.retry_budget_tokens, settings.retry_budget_refill_percent / 100)
+        self._store_wait_bytes = 0  # audio of the jobs waiting for Redis to record them
         self._queues = PairQueues(settings.max_queued_per_pair)
         self._live: dict[str, Ticket] = {}  # job id -> ticket RUNNING on a node (an index of that phase)
         self._kick = asyncio.Event()
@@ -159,12 +184,17 @@ class Dispatcher:
             return ticket
         self._placing += 1
         try:
-            if self._queues.waiting(pair) or not await self._try_place(
-                ticket, optimistic=not ticket.recorded
-            ):
-                if not ticket.recorded:  # waiting for a slot: the job is recorded CREATED meanwhile
-                    await self._store.start(ticket.spec, 0, answers_sent=ticket.answers_sent)
-                    ticket.recorded = True
+            try:
+                placed = not self._queues.waiting(pair) and await self._try_place(
+                    ticket, optimistic=not ticket.recorded
+                )
+                if not placed and not ticket.recorded:  # waiting for a slot: recorded CREATED meanwhile
+                    await self._record_waiting(ticket)
+            except RedisError as exc:
+                placed = False
+                if not await self._wait_for_store(ticket, exc):
+                    return ticket
+            if not placed:
                 self._queue(ticket, front=False)
         finally:
             self._placing -= 1
@@ -173,6 +203,61 @@ class Dispatcher:
         if ticket.sink.closed and not ticket.ended:  # the session closed while this job was being placed
             self._abandon(ticket)
         return ticket
+
+    async def _record_waiting(self, ticket: Ticket) -> None:
+        """Records a job that waits for a slot, CREATED with no node (idempotent)."""
+        await self._store.start(ticket.spec, 0, answers_sent=ticket.answers_sent)
+        self._mark_recorded(ticket)
+
+    def _mark_recorded(self, ticket: Ticket) -> None:
+        if ticket.recorded:
+            return
+        ticket.recorded = True
+        ticket.sink.job_recorded(ticket.spec.index)
+
+    async def _wait_for_store(self, ticket: Ticket, exc: RedisError) -> bool:
+        """Redis did not answer a write of the job's placement (an outage, a restart, a lost reply): the job
+        waits for it, its audio held, within `store_wait_ms` and `store_wait_max_bytes`; the queue tries it
+        again (repeating first any write whose outcome is unknown). False when it cannot wait: it is ended
+        (STORE_UNAVAILABLE, or STORAGE_FULL when Redis is out of memory, which waiting does not mend)."""
+        self._metrics.redis_errors.labels("place").inc()
+        if isinstance(exc, OutOfMemoryError):
+            why = "the scheduler's store is full: try again later"
+            await self._finish(ticket, Ending(JobState.SKIPPED, "storage_full", why, SkipReason.STORAGE_FULL))
+            return False
+        if ticket.store_wait_until:
+            return True
+        size = len(ticket.spec.audio)
+        if self._store_wait_bytes + size > self._settings.store_wait_max_bytes:
+            why = (
+                f"the scheduler's store (Redis) does not answer ({exc!r}) and"
+                f" {self._store_wait_bytes} bytes of audio already wait for it"
+            )
+            await self._finish(ticket, _store_unavailable(why))
+            return False
+        log.warning("job waits for Redis to record it", extra=_ids(ticket, error=repr(exc)))
+        ticket.store_wait_until = self._clock.monotonic() + self._settings.store_wait_ms / 1000
+        self._store_wait_bytes += size
+        self._metrics.jobs_waiting_for_store.set(self._store_wait_bytes)
+        return True
+
+    def _store_answered(self, ticket: Ticket) -> None:
+        """The job no longer waits for Redis: its queue timeout runs again from now."""
+        if self._stop_store_wait(ticket):
+            ticket.queued_until = self._clock.monotonic() + ticket.queue_timeout_s
+
+    def _stop_store_wait(self, ticket: Ticket) -> bool:
+        if not ticket.store_wait_until:
+            return False
+        ticket.store_wait_until = 0.0
+        self._store_wait_bytes -= len(ticket.spec.audio)
+        self._metrics.jobs_waiting_for_store.set(self._store_wait_bytes)
+        return True
+
+    @property
+    def store_wait_bytes(self) -> int:
+        """Audio held for jobs that wait for Redis to record them (counted in admission)."""
+        return self._store_wait_bytes
 
     def cancel_session(self, session_id: str) -> None:
         """The session ended: queued jobs are dropped, running attempts cancelled on their nodes, and both
@@ -198,8 +283,12 @@ class Dispatcher:
             return
         running = self._live.get(ticket.spec.job_id) is ticket
         ticket.phase = Phase.ENDED
+        self._stop_store_wait(ticket)
         if self._queues.remove(ticket):
             self._metrics.jobs_queued.set(self.queued)
+        if ticket.pending is not None:  # writes whose outcome is unknown: undone, so the job waits CREATED
+            pending, ticket.pending = ticket.pending, None
+            self._spawn(self._unplace(pending.node_id, ticket.spec.job_id, pending.number + 1))
         if not running:
             return
         attempt = self._leave_node(ticket)
@@ -232,9 +321,10 @@ class Dispatcher:
         ticket.phase = Phase.RUNNING
         ticket.recorded = True
         ticket.tries = max(ticket.tries, 1)
+        ticket.placements = max(ticket.placements, 1)
+        ticket.attempt = dataclasses.replace(ticket.attempt, accepted=accepted)
         self._live[ticket.spec.job_id] = ticket
-        ms = self._settings.job_deadline_ms if accepted else self._settings.accept_timeout_ms
-        self._arm_deadline(ticket, ms)
+        self._arm_deadline(ticket, self._settings.attempt_deadline_ms(ticket.spec.duration_ms))
 
     def _abandon(self, ticket: Ticket) -> None:
         if ticket.sink.handed_to is not None:  # the session lives on: its job is left as it is
@@ -260,7 +350,9 @@ class Dispatcher:
             self._deliver(ticket, node_id, event, received_at, recorded=True)
             return
         if isinstance(event, JobAccepted):
-            self._arm_deadline(ticket, self._settings.job_deadline_ms)  # accepted: the job deadline runs now
+            ticket.attempt = dataclasses.replace(ticket.attempt, accepted=True)
+            # The node started it: its deadline runs again from now.
+            self._arm_deadline(ticket, self._settings.attempt_deadline_ms(ticket.spec.duration_ms))
             # Recorded off the node's read loop: its next message (often the result) need not wait for it.
             # A result that overtakes it completes the job, and the late ACCEPTED is then refused.
             self._spawn(self._record_accepted(ticket, event.attempt))
@@ -270,14 +362,14 @@ class Dispatcher:
             await self._complete(ticket, node_id, event, received_at)
         elif isinstance(event, JobRejected):
             log.info("job rejected", extra=_ids(ticket, reason=event.reason, message=event.message))
-            await self._attempt_failed(ticket, f"rejected by {node_id}: {event.reason}")
+            await self._attempt_failed(ticket, f"rejected by {node_id}: {event.reason}", by_live_node=True)
         elif isinstance(event, JobFailed):
             log.warning(
                 "job failed on node", extra=_ids(ticket, message=event.message, retryable=event.retryable)
             )
             why = f"failed on {node_id}: {event.message}"
             if event.retryable:
-                await self._attempt_failed(ticket, why)
+                await self._attempt_failed(ticket, why, by_live_node=True)
             else:
                 await self._finish(ticket, _failed(why))
 
@@ -292,7 +384,8 @@ class Dispatcher:
         ]
         for ticket in lost:
             log.warning("node lost with a job running; re-dispatching", extra=_ids(ticket))
-            self._spawn(self._attempt_failed(ticket, f"node {node_id} lost"))
+            reached = ticket.attempt.reached_node  # else it never left this instance: it does not count
+            self._spawn(self._attempt_failed(ticket, f"node {node_id} lost", reached=reached))
 
     def adopt(
         self, node_id: str, connection_id: str, running: Iterable[tuple[str, int]]
@@ -306,11 +399,13 @@ class Dispatcher:
         for ticket in self._live.values():
             key = (ticket.spec.job_id, ticket.attempt.number)
             if ticket.attempt.node_id == node_id and key in held:
-                ticket.attempt = dataclasses.replace(ticket.attempt, connection_id=connection_id)
+                ticket.attempt = dataclasses.replace(
+                    ticket.attempt, connection_id=connection_id, accepted=True
+                )
                 moved.add(key)
                 # The node runs it: accepted, whether or not its acceptance reached this instance (it may
-                # have gone to a stream, or an instance, that is gone). The job deadline runs from now.
-                self._arm_deadline(ticket, self._settings.job_deadline_ms)
+                # have gone to a stream, or an instance, that is gone). Its deadline runs from now.
+                self._arm_deadline(ticket, self._settings.attempt_deadline_ms(ticket.spec.duration_ms))
                 self._spawn(self._record_accepted(ticket, ticket.attempt.number))
         return moved
 
@@ -318,11 +413,12 @@ class Dispatcher:
         self, job_id: str, attempt: int, why: str, node_failed: bool, node_id: str | None = None
     ) -> None:
         """The instance holding the node's stream could not run this attempt: it runs again (elsewhere,
-        when the node itself failed it: `node_failed`). An attempt this instance no longer watches (its
+        when the node itself failed it: `node_failed`; otherwise the hand-off never reached the node, and
+        the attempt does not count against the job's limit). An attempt this instance no longer watches (its
         session's stream ended) gets its slot freed, when `node_id` is given."""
         ticket = self._live.get(job_id)
         if ticket is not None and ticket.attempt.number == attempt:
-            self._spawn(self._attempt_failed(ticket, why, exclude=node_failed))
+            self._spawn(self._attempt_failed(ticket, why, exclude=node_failed, reached=node_failed))
         elif ticket is None and node_id is not None:
             self._spawn(self._unplace(node_id, job_id, attempt))
 
@@ -353,7 +449,9 @@ class Dispatcher:
     async def _try_place(self, ticket: Ticket, optimistic: bool = False, first: str | None = None) -> bool:
         """One placement try; True when the job no longer waits (on a node, or ended meanwhile)."""
         placement = await self._placer.place(ticket, optimistic, first)
-        ticket.recorded = ticket.recorded or placement.recorded
+        if placement.recorded:
+            self._mark_recorded(ticket)
+        self._store_answered(ticket)
         ticket.attempt = placement.attempt
         if placement.outcome is Placed.NO_SLOT:
             return False
@@ -364,9 +462,10 @@ class Dispatcher:
             self._spawn(self._settle_from_store(ticket))
             return True
         ticket.phase = Phase.RUNNING
-        ticket.tries += 1
+        ticket.tries += 1  # given back if the attempt turns out never to have reached the node
+        ticket.placements += 1
         self._live[ticket.spec.job_id] = ticket
-        self._arm_deadline(ticket, self._settings.accept_timeout_ms)
+        self._arm_deadline(ticket, self._settings.attempt_deadline_ms(ticket.spec.duration_ms))
         self._metrics.jobs_dispatched.inc()
         log.debug("job dispatched", extra=_ids(ticket))
         return True
@@ -390,14 +489,15 @@ class Dispatcher:
         if ticket.attempt.number == attempt and self._live.get(ticket.spec.job_id) is ticket:
             log.warning("job attempt past its deadline; re-dispatching", extra=_ids(ticket, deadline_ms=ms))
             self._metrics.timeouts.inc()
-            self._spawn(
-                self._attempt_failed(ticket, f"node {ticket.attempt.node_id} gave no answer within {ms} ms")
-            )
+            why = f"node {ticket.attempt.node_id} gave no answer within {ms} ms"
+            self._spawn(self._attempt_failed(ticket, why, by_live_node=True))
 
     async def _complete(self, ticket: Ticket, node_id: str, output: JobOutput, received_at: float) -> None:
         self._leave_node(ticket)
         try:
-            completed, released = await self._store.complete_and_release(output, node_id)
+            completed, released = await self._store.complete_and_release(
+                output, node_id, attempts=ticket.tries
+            )
         except RedisError as exc:
             # The result could not be recorded: the job must not be lost with it. It runs again once
             # Redis answers (the queue retries), and the slot is released then or with the node's lease.
@@ -406,6 +506,9 @@ class Dispatcher:
             return
         if released:
             self.slot_freed(node_id)
+        if completed.applied:
+            self._budget.succeeded()
+            self._metrics.retry_budget.set(self._budget.tokens)
         if not completed.applied:
             # Redis refused the result of the attempt this instance runs: the job's record was lost
             # (Redis restarted without its data) or moved on. Run it again rather than lose it; the new
@@ -434,7 +537,9 @@ class Dispatcher:
         ticket.phase = Phase.ENDED  # recorded COMPLETED by the script above
         self._metrics.queue_wait_seconds.observe(queued)
         self._metrics.dispatch_seconds.observe(dispatch)
-        overhead = Overhead(int(queued * 1000), int(dispatch * 1_000_000), received_at, recorded)
+        overhead = Overhead(
+            int(queued * 1000), int(dispatch * 1_000_000), received_at, recorded, attempts=ticket.tries
+        )
         ticket.sink.job_done(ticket.spec.index, output, node_id, overhead)
 
     async def _settle_from_store(self, ticket: Ticket) -> None:
@@ -453,20 +558,40 @@ class Dispatcher:
         if record.state is JobState.COMPLETED:
             output = output_from_record(record.fields, stored.tts_audio)
             now = self._clock.monotonic()
-            ticket.sink.job_done(ticket.spec.index, output, record.node_id, Overhead(0, 0, now, True))
+            overhead = Overhead(0, 0, now, True, attempts=recorded_attempts(record.fields))
+            ticket.sink.job_done(ticket.spec.index, output, record.node_id, overhead)
         else:
             reason = record.fields.get("reason", record.state.value.lower())
             skip = skip_reason_for(record.state, reason)
             ticket.sink.job_skipped(ticket.spec.index, skip, f"recorded {record.state.value}: {reason}")
 
-    async def _attempt_failed(self, ticket: Ticket, why: str, exclude: bool = True) -> None:
+    async def _attempt_failed(
+        self,
+        ticket: Ticket,
+        why: str,
+        exclude: bool = True,
+        reached: bool = True,
+        by_live_node: bool = False,
+    ) -> None:
         """The running attempt ended without an outcome (rejected, failed, deadline, node lost): it is
-        cancelled on its node, its slot freed, and the job placed again (elsewhere, with `exclude`)."""
+        cancelled on its node, its slot freed, and the job placed again (elsewhere, with `exclude`). An
+        attempt that never `reached` its node does not count against the job's attempts; one failed
+        `by_live_node` (not lost with its node) runs again only within the retry budget."""
         if self._live.get(ticket.spec.job_id) is not ticket:
             return
         attempt = self._end_attempt(ticket, why)
         if exclude and attempt.node_id is not None:
             ticket.excluded.add(attempt.node_id)
+        if not reached:
+            ticket.tries -= 1
+        if by_live_node:
+            self._budget.failed()
+            self._metrics.retry_budget.set(self._budget.tokens)
+            if not self._budget.allows_retry():
+                self._metrics.retries_throttled.inc()
+                why = f"{why}; not run again: this instance's retry budget is spent (too many attempts fail)"
+                await self._finish(ticket, _failed(why))
+                return
         await self._run_again(ticket, why, through_queue=False)
 
     async def _run_again(self, ticket: Ticket, why: str, through_queue: bool) -> None:
@@ -474,6 +599,10 @@ class Dispatcher:
         touching Redis now (Redis may be what failed; the queue places it once Redis answers); else at once."""
         if ticket.tries >= self._settings.max_attempts:
             await self._finish(ticket, _failed(f"{ticket.tries} attempts failed; last: {why}"))
+            return
+        if ticket.placements >= self._settings.max_placements:
+            why = f"{ticket.placements} attempts were placed and none reached a node; last: {why}"
+            await self._finish(ticket, _failed(why))
             return
         if not ticket.spec.audio:  # a resumed session's job whose audio is no longer kept
             await self._finish(ticket, _failed(f"{why}; its audio is no longer kept for another attempt"))
@@ -497,6 +626,7 @@ class Dispatcher:
         if ticket.ended:
             return False
         ticket.phase = Phase.ENDED
+        self._stop_store_wait(ticket)
         if self._queues.remove(ticket):
             self._metrics.jobs_queued.set(self.queued)
         if self._live.get(ticket.spec.job_id) is ticket:
@@ -505,15 +635,23 @@ class Dispatcher:
 
     async def _record_and_tell(self, ticket: Ticket, ending: Ending) -> None:
         """The final state recorded (fenced by its attempt), the skip counted and told to the session."""
-        if ticket.recorded:
+        numbers = [ticket.attempt.number]
+        if ticket.pending is not None:
+            # Placement writes whose reply was lost may have started the next attempt (on a node that was
+            # never told): that slot is freed, and the final state is recorded for whichever attempt is there.
+            pending, ticket.pending = ticket.pending, None
+            numbers.append(pending.number + 1)
+            self._spawn(self._release(pending.node_id, ticket.spec.job_id, pending.number + 1))
+        if ticket.recorded or len(numbers) > 1:
             try:
-                await self._store.transition(
-                    ticket.spec.job_id,
-                    ticket.attempt.number,
-                    (JobState.CREATED, *LIVE_STATES),
-                    ending.state,
-                    reason=ending.reason,
-                )
+                for number in numbers:
+                    await self._store.transition(
+                        ticket.spec.job_id,
+                        number,
+                        (JobState.CREATED, *LIVE_STATES),
+                        ending.state,
+                        reason=ending.reason,
+                    )
             except RedisError as exc:  # the client hears of it all the same; the record expires with its TTL
                 log.warning("job end not recorded", extra=_ids(ticket, error=repr(exc)))
         if ending.skip is not None:
@@ -660,12 +798,25 @@ class Dispatcher:
             while (ticket := self._queues.head(pair)) is not None:
                 if ticket.ended:
                     self._queues.remove(ticket)
-                elif now >= ticket.queued_until:
+                elif ticket.store_wait_until and now >= ticket.store_wait_until:
+                    why = f"the scheduler's store (Redis) did not answer within {self._settings.store_wait_ms} ms"
+                    await self._finish(ticket, _store_unavailable(why))
+                elif not ticket.store_wait_until and now >= ticket.queued_until:
                     await self._queue_timeout(ticket, pair)
                 else:
                     serving = (n.node_id for n in self._cache.current.nodes_for(pair))
                     freed = self._queues.take_freed(serving, ticket.excluded)
-                    if not await self._try_place(ticket, freed is not None, freed):
+                    try:
+                        placed = await self._try_place(
+                            ticket, freed is not None or not ticket.recorded, freed
+                        )
+                        if not placed and not ticket.recorded:
+                            await self._record_waiting(ticket)
+                    except RedisError as exc:
+                        if await self._wait_for_store(ticket, exc):
+                            raise  # Redis is down: the pump tries again at its next turn
+                        continue  # ended (out of memory, or no room to wait)
+                    if not placed:
                         break
                     # The placement awaited Redis: the queue may have changed meanwhile (a session that
                     # closed took its tickets out), so take out this ticket, wherever it is now.
@@ -699,6 +850,8 @@ _SKIP_BY_REASON = {
     "queue_full": SkipReason.NO_CAPACITY,
     "no_node": SkipReason.NO_NODE,
     "shutdown": SkipReason.SHUTDOWN,
+    "store_unavailable": SkipReason.STORE_UNAVAILABLE,
+    "storage_full": SkipReason.STORAGE_FULL,
 }
 
 
@@ -711,6 +864,10 @@ def skip_reason_for(state: JobState, reason: str) -> SkipReason:
 
 def _failed(why: str) -> Ending:
     return Ending(JobState.FAILED, "failed", why, SkipReason.FAILED)
+
+
+def _store_unavailable(why: str) -> Ending:
+    return Ending(JobState.SKIPPED, "store_unavailable", why, SkipReason.STORE_UNAVAILABLE)
 
 
 def _ids(ticket: Ticket, **extra: object) -> dict[str, object]:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import enum
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from lingua_grpc.clock import Clock
 from lingua_grpc.dispatch._selection import Request, rank_candidates
-from lingua_grpc.dispatch._ticket import Attempt, Ticket
+from lingua_grpc.dispatch._ticket import Attempt, Pending, Ticket
 from lingua_grpc.jobs import Assignment, JobOutput, JobState, JobStore
 from lingua_grpc.registry import SnapshotCache
 
@@ -57,14 +58,15 @@ class Placer:
         store: JobStore,
         cache: SnapshotCache,
         transport: JobTransport,
-        job_deadline_ms: int,
+        attempt_deadline_ms: Callable[[int], int],
         clock: Clock,
         rng: random.Random,
     ) -> None:
+        """`attempt_deadline_ms`: the time an attempt of an utterance of that many ms has on its node."""
         self._store = store
         self._cache = cache
         self._transport = transport
-        self._job_deadline_ms = job_deadline_ms
+        self._attempt_deadline_ms = attempt_deadline_ms
         self._clock = clock
         self._rng = rng
 
@@ -76,12 +78,22 @@ class Placer:
         node turns out full, the attempt number is spent on it; the next candidates are tried reservation
         first, and a job left without a node is recorded CREATED again (it waits in the queue). A node whose
         stream cannot take the attempt is added to `ticket.excluded`.
+
+        Redis errors propagate, with `ticket.pending` naming the writes in flight (their outcome unknown): the
+        next try starts by repeating them (reserve and start are idempotent for one node and attempt).
         """
         snapshot = self._cache.current  # the one snapshot read for this placement
         spec = ticket.spec
         number, recorded = ticket.attempt.number, ticket.recorded
         request = Request(spec.pair, spec.tts, ticket.preferred_node)
         candidates = rank_candidates(snapshot, request, ticket.excluded, self._rng)
+        resolving = ticket.pending
+        if resolving is not None:
+            # Whatever the snapshot says now (that node may look full with this very reservation), the writes
+            # whose reply was lost go again first, pipelined as on the happy path.
+            first, optimistic, number = resolving.node_id, True, resolving.number
+            if first not in candidates:
+                candidates.insert(0, first)
         if first is not None:
             if first in candidates:
                 candidates.remove(first)
@@ -91,6 +103,7 @@ class Placer:
         unplaced = False  # the record names a node that holds no slot for its attempt
         for node_id in candidates:
             attempt = number + 1
+            ticket.pending = Pending(node_id, number)  # cleared once the outcome is read
             if optimistic:
                 optimistic = False
                 outcome, started = await self._store.reserve_and_start(
@@ -99,6 +112,7 @@ class Placer:
                 recorded = True
                 if not outcome.held:
                     if started is None:
+                        ticket.pending = None
                         return Placement(Placed.ENDED, Attempt(number), recorded)
                     number, unplaced = started, True
                     continue
@@ -111,6 +125,7 @@ class Placer:
             if started is None:  # the job ended meanwhile, another instance started this attempt, or the
                 # session is another instance's now
                 await self._store.release(node_id, spec.job_id, attempt)
+                ticket.pending = None
                 return Placement(Placed.ENDED, Attempt(number), recorded)
             if started != attempt:
                 # Recorded anew (Redis lost the job): hold the slot under the attempt number it now has.
@@ -122,17 +137,19 @@ class Placer:
                 if not (await self._store.reserve(node_id, spec.job_id, started)).held:
                     number, unplaced = started, True
                     continue
-            deadline_ms = self._clock.now_ms() + self._job_deadline_ms
+            deadline_ms = self._clock.now_ms() + self._attempt_deadline_ms(spec.duration_ms)
             connection_id = await self._transport.deliver(node_id, Assignment(spec, started, deadline_ms))
             if connection_id is None:
                 await self._store.release(node_id, spec.job_id, started)
                 number, unplaced = started, True
                 ticket.excluded.add(node_id)
                 continue
+            ticket.pending = None
             placed = Attempt(started, node_id, connection_id, placed_at=self._clock.monotonic())
             return Placement(Placed.ON_NODE, placed, recorded)
         if unplaced:
             await self._store.transition(
                 spec.job_id, number, (JobState.ASSIGNED,), JobState.CREATED, node_id=""
             )
+        ticket.pending = None
         return Placement(Placed.NO_SLOT, Attempt(number), recorded)

@@ -25,6 +25,10 @@ class JobSink(Protocol):
 
     def job_skipped(self, index: int, reason: SkipReason, message: str) -> None: ...
 
+    def job_recorded(self, index: int) -> None:
+        """The job is recorded in Redis now (its audio is safe there): the client may be told so."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Overhead:
@@ -34,6 +38,7 @@ class Overhead:
     dispatch_us: int  # scheduler's own time from utterance end to the job written to the node's stream
     received_at: float  # monotonic time the node's result arrived (delivery time is measured from here)
     recorded: bool = False  # the result comes from the store (recorded by another instance, or earlier)
+    attempts: int = 0  # attempts of the job that reached a node (what the client is told); 0: not known
 
 
 class Phase(enum.Enum):
@@ -54,6 +59,22 @@ class Attempt:
     connection_id: str | None = None  # the node stream it went on
     placed_at: float = 0.0  # monotonic time it was handed to the node's stream
     written_at: float = 0.0  # monotonic time the node's stream wrote it
+    accepted: bool = False  # the node said it has it
+
+    @property
+    def reached_node(self) -> bool:
+        """Whether the attempt surely reached its node: written to the node's stream here, or accepted."""
+        return self.accepted or self.written_at > 0
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A placement's Redis writes for attempt `number` + 1 on `node_id` whose reply was lost (a dropped
+    connection, a restart): their outcome is unknown. They are idempotent, so the next try repeats exactly
+    them, on that node with that number, and reads the outcome from their replies (never assumed failed)."""
+
+    node_id: str
+    number: int
 
 
 @dataclass(eq=False)
@@ -68,6 +89,9 @@ class Ticket:
     phase: Phase = Phase.NEW
     attempt: Attempt = field(default_factory=Attempt)
     tries: int = 0  # attempts that reached a node: at most DispatchSettings.max_attempts
+    placements: int = 0  # attempts handed towards a node, reached or not (bounds those that never reach one)
+    pending: Pending | None = None  # Redis writes of the last placement try whose outcome is unknown
+    store_wait_until: float = 0.0  # monotonic deadline while it waits for Redis to record it; 0: not waiting
     excluded: set[str] = field(default_factory=set)  # nodes that failed it
     recorded: bool = False  # the job exists in Redis
     answers_sent: int = 0  # the session's answers sent when it was submitted (recorded with a new job)

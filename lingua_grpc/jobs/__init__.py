@@ -17,6 +17,7 @@ from lingua_grpc.jobs._model import (
     job_id,
     output_from_record,
     parse_job_id,
+    recorded_attempts,
     result_fields,
 )
 from lingua_grpc.jobs._store import JobRecord, JobStore, StoredJob
@@ -43,6 +44,7 @@ __all__ = [
     "job_id",
     "output_from_record",
     "parse_job_id",
+    "recorded_attempts",
     "result_fields",
     "slot_member",
 ]

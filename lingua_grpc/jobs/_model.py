@@ -31,6 +31,7 @@ class SkipReason(enum.Enum):
     SESSION_BACKLOG = "session_backlog"
     STORAGE_FULL = "storage_full"
     LOST = "lost"
+    STORE_UNAVAILABLE = "store_unavailable"
 
 
 class Stage(enum.Enum):
@@ -139,6 +140,11 @@ def result_fields(output: JobOutput) -> dict[str, str | int | bytes]:
         "tts_ms": output.tts_ms,
         "tts_sample_rate_hz": output.tts_sample_rate_hz,
     }
+
+
+def recorded_attempts(fields: dict[str, str]) -> int:
+    """The attempts that reached a node, as a job's record keeps them (0 when it does not say)."""
+    return int(fields.get("attempts", 0) or 0)
 
 
 def output_from_record(fields: dict[str, str], tts_audio: bytes) -> JobOutput:

@@ -109,6 +109,7 @@ class NodeHub:
             self._jobs.assignment_written(message.spec.job_id, message.attempt)
 
     async def job_event(self, link: NodeLink, event: JobEvent) -> None:
+        link.last_heartbeat = self._clock.monotonic()  # a node that speaks is alive, heartbeat or not
         refused = self._settings.result_limits.refusal(event)
         if refused is not None:
             log.warning(

@@ -44,13 +44,23 @@ class Drill:
         self.redis: RedisServer | None = None
         self.scheduler: SchedulerProc | None = None
 
-    async def start(self, *scheduler_args: str, redis_args: tuple[str, ...] = ()) -> SchedulerProc:
+    async def start(
+        self, *scheduler_args: str, redis_args: tuple[str, ...] = (), fast_failure: bool = True
+    ) -> SchedulerProc:
+        """redis-server and a scheduler, with the drill's fast failure detection unless `fast_failure` is
+        off (then the scheduler's own accept timeout and deadlines)."""
         self.redis = start_redis_server(self.tmp, None, *redis_args)
+        drill = DRILL_SETTINGS if fast_failure else ()
         self.scheduler = await start_scheduler(
-            self.tmp, "--redis-url", self.redis.url, *DRILL_SETTINGS, *scheduler_args
+            self.tmp, "--redis-url", self.redis.url, *drill, *scheduler_args
         )
         self.procs.append(self.scheduler)
         return self.scheduler
+
+    def start_redis_only(self) -> RedisServer:
+        """The drill's redis-server, for schedulers the test starts itself."""
+        self.redis = start_redis_server(self.tmp, None)
+        return self.redis
 
     async def another_scheduler(self, *args: str) -> SchedulerProc:
         """One more instance on the drill's Redis (the drill's `scheduler` stays the first)."""

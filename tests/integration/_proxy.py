@@ -19,6 +19,7 @@ class CuttableLink:
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.address = ""
+        self.refusing = False  # down: new connections are closed at once, as by a host that is gone
 
     async def start(self) -> str:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -27,6 +28,9 @@ class CuttableLink:
         return self.address
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.close()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._target)
         except OSError:
@@ -53,6 +57,14 @@ class CuttableLink:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
             writer.close()
         self._writers.clear()
+
+    def down(self) -> None:
+        """Cuts every connection and refuses new ones until `up`."""
+        self.refusing = True
+        self.cut()
+
+    def up(self) -> None:
+        self.refusing = False
 
     async def stop(self) -> None:
         self.cut()

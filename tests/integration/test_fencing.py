@@ -155,7 +155,8 @@ async def test_a_job_that_finds_its_node_full_waits_recorded_created_then_runs_o
 ) -> None:
     """The first try reserves and starts in one round trip; when the node turns out full (a slot taken
     behind the snapshot's back), that attempt number is spent, the job waits recorded CREATED with no node,
-    and runs under the next attempt once the slot frees."""
+    and runs under the next attempt once the slot frees. The client is told the attempts that reached a
+    node (one), not the fencing number."""
     assert scheduler.endpoints is not None
     store = JobStore(
         redis, JobKeys(key_prefix), keys, ScriptBook(redis), job_ttl_ms=60_000, audio_ttl_ms=60_000
@@ -186,9 +187,12 @@ async def test_a_job_that_finds_its_node_full_waits_recorded_created_then_runs_o
         await send(node, result_for(job, "after the wait"))
         await session.end()
         got = [m.result for m in [m async for m in session] if m.HasField("result")]
-        assert [(r.source_text, r.attempt) for r in got] == [("after the wait", 2)]
+        # The fencing number 1 was spent on the full node, but the job reached a node once: the client and
+        # the record say attempt 1 (issue 19: "attempt 2" for a job that ran once).
+        assert [(r.source_text, r.attempt) for r in got] == [("after the wait", 1)]
         record = await store.get(job_id)
         assert record is not None and (record.state, record.attempt) == (JobState.COMPLETED, 2)
+        assert record.fields.get("attempts") == "1"
         beat.cancel()
         node.cancel()
 

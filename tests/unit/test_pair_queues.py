@@ -20,6 +20,8 @@ class Sink:
 
     def job_skipped(self, index: int, reason: SkipReason, message: str) -> None: ...
 
+    def job_recorded(self, index: int) -> None: ...
+
 
 def ticket(index: int, pair: LanguagePair = EN_ES, submitted_at: float = 0.0) -> Ticket:
     t = Ticket(JobSpec("s", index, pair, 16000, False, b""), Sink(), queue_timeout_s=5)
