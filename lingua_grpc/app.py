@@ -58,9 +58,13 @@ from lingua_grpc.store import (
     EmbeddedRedis,
     InstanceKeys,
     JobKeys,
+    MemoryReading,
+    MemoryWatch,
     RegistryKeys,
     ScriptBook,
+    SessionRetention,
     connect_redis,
+    fit_warning,
 )
 from lingua_grpc.tasks import cancel_and_wait
 
@@ -95,6 +99,7 @@ class Scheduler:
             {
                 NotServing.REDIS_UNREACHABLE: SERVICE_NAMES,
                 NotServing.STORAGE_FULL: (session_service,),
+                NotServing.REDIS_NEAR_FULL: (session_service,),
                 NotServing.OVERLOADED: (session_service,),
             },
             self.metrics.not_serving,
@@ -164,6 +169,15 @@ class Scheduler:
         stack.push_async_callback(redis.aclose)
         stack.push_async_callback(self._stop_storage_probe)  # it writes to Redis: stopped before it closes
         await self._warn_on_eviction_policy(redis)
+        memory = MemoryWatch(
+            redis,
+            s.redis_memory_poll_ms / 1000,
+            s.redis_near_full_percent,
+            self._memory_read,
+            self._memory_near_full,
+        )
+        self._warn_on_memory_fit(await memory.start(), embedded is not None)
+        stack.push_async_callback(memory.stop)
         keys = RegistryKeys(s.key_prefix)
         scripts = ScriptBook(redis)
         await scripts.load(redis)
@@ -483,6 +497,34 @@ class Scheduler:
             self.readiness.set(NotServing.STORAGE_FULL, False, "Redis takes writes again")
         finally:
             self._storage_probe = None
+
+    def _memory_read(self, reading: MemoryReading) -> None:
+        self.metrics.redis_used_memory.set(reading.used_bytes)
+        self.metrics.redis_maxmemory.set(reading.max_bytes)
+
+    def _memory_near_full(self, near_full: bool, reading: MemoryReading) -> None:
+        if not self._stopping:
+            self.readiness.set(
+                NotServing.REDIS_NEAR_FULL,
+                near_full,
+                f"{reading.describe()}: near full, new utterances are skipped STORAGE_FULL once it is"
+                if near_full
+                else f"{reading.describe()}: no longer near full",
+            )
+
+    def _warn_on_memory_fit(self, reading: MemoryReading | None, embedded: bool) -> None:
+        s = self.settings
+        max_bytes = reading.max_bytes if reading is not None else 0
+        if not max_bytes and embedded:
+            max_bytes = s.embedded_redis_maxmemory_mb * 1024 * 1024
+        retention = SessionRetention.estimate(
+            max_utterance_ms=s.session_max_utterance_ms,
+            result_audio_ttl_ms=s.result_audio_ttl_ms,
+            job_ttl_ms=s.job_ttl_ms,
+        )
+        why = fit_warning(retention, s.max_sessions, max_bytes)
+        if why is not None:
+            log.warning(why, extra={"max_sessions": s.max_sessions, "maxmemory_bytes": max_bytes})
 
     @staticmethod
     async def _warn_on_eviction_policy(redis: Redis) -> None:

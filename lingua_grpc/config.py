@@ -143,6 +143,14 @@ class Settings:
         " 50 ms to 1 s apart (jittered)",
     )
     redis_max_connections: int = _setting(64, "Redis connections per scheduler; more callers wait for one")
+    redis_memory_poll_ms: int = _setting(
+        1000, "how often Redis' memory is read (lingua_redis_used_memory_bytes; one INFO, off the jobs' path)"
+    )
+    redis_near_full_percent: int = _setting(
+        90,
+        "share of Redis' maxmemory in use at which SessionService health goes NOT_SERVING (redis_near_full;"
+        " lifted 5 points below); 0: off",
+    )
     redis_server_path: str = _setting("redis-server", "redis-server binary for the embedded Redis")
     embedded_redis_maxmemory_mb: int = _setting(
         512, "memory limit of the embedded Redis (noeviction: when full, new utterances are skipped)"
@@ -214,7 +222,10 @@ class Settings:
     job_deadline_ms: int = _setting(30000, "time a node has for one job attempt before it is re-dispatched")
     job_max_attempts: int = _setting(3, "attempts per job before its utterance is skipped as FAILED")
     job_ttl_ms: int = _setting(3600000, "how long a job's record stays in Redis")
-    job_audio_ttl_ms: int = _setting(600000, "how long a job's audio stays in Redis for re-dispatch")
+    job_audio_ttl_ms: int = _setting(
+        600000,
+        "longest a job's audio stays in Redis for re-dispatch or a resume; it is deleted once the job is final",
+    )
     result_audio_ttl_ms: int = _setting(
         30000,
         "how long a result's synthesized speech stays in Redis for a client that resumes its session (Redis"
@@ -332,6 +343,8 @@ class Settings:
                 out.append(f"{name} must be 0 (off) or more")
         if not 0 <= self.overload_loop_busy_percent <= 100:
             out.append("overload_loop_busy_percent must be 0 (off) to 100")
+        if not 0 <= self.redis_near_full_percent <= 100:
+            out.append("redis_near_full_percent must be 0 (off) to 100")
         if self.instance_lease_ms < 2 * self.instance_heartbeat_ms:
             out.append(
                 "instance_lease_ms must be at least 2 x instance_heartbeat_ms (one late renewal is not death)"
@@ -352,6 +365,7 @@ class Settings:
             "embedded_redis_maxmemory_mb",
             "pair_queue_max_jobs",
             "redis_max_connections",
+            "redis_memory_poll_ms",
             "max_chunk_bytes",
             "accept_timeout_ms",
             "job_deadline_ms",

@@ -26,6 +26,9 @@ NOT_SERVING: int = health_pb2.HealthCheckResponse.NOT_SERVING
 class NotServing(enum.Enum):
     REDIS_UNREACHABLE = "redis_unreachable"  # every service: nothing can be recorded or read
     STORAGE_FULL = "storage_full"  # SessionService: Redis refuses writes for memory (utterances skipped)
+    REDIS_NEAR_FULL = (
+        "redis_near_full"  # SessionService: Redis' memory near its maxmemory (new clients elsewhere)
+    )
     OVERLOADED = "overloaded"  # SessionService: event-loop lag over its limit (new sessions refused)
 
 

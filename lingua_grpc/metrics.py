@@ -41,6 +41,17 @@ class SchedulerMetrics:
         self.redis_errors = Counter(
             "lingua_redis_errors_total", "Redis calls that failed, by operation", ["operation"], registry=r
         )
+        self.redis_used_memory = Gauge(
+            "lingua_redis_used_memory_bytes",
+            "Memory Redis uses (INFO used_memory; on Redis Cluster, of the shard nearest its maxmemory), read"
+            " every redis_memory_poll_ms",
+            registry=r,
+        )
+        self.redis_maxmemory = Gauge(
+            "lingua_redis_maxmemory_bytes",
+            "Redis' maxmemory (0: no limit); at it, new utterances are skipped STORAGE_FULL",
+            registry=r,
+        )
 
         self.sessions_open = Gauge(
             "lingua_sessions_open", "Client sessions open on this instance", registry=r
@@ -145,7 +156,7 @@ class SchedulerMetrics:
         self.not_serving = Gauge(
             "lingua_not_serving",
             "1 while this reason keeps a service NOT_SERVING in health (redis_unreachable, storage_full,"
-            " overloaded)",
+            " redis_near_full, overloaded)",
             ["reason"],
             registry=r,
         )

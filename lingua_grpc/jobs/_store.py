@@ -288,7 +288,7 @@ class JobStore:
         return out
 
     async def audio(self, session_id: str, index: int) -> bytes | None:
-        """The utterance's audio, while it is kept (`job_audio_ttl_ms`)."""
+        """The utterance's audio, while it is kept: until the job is final, at most `job_audio_ttl_ms`."""
         value = await self._redis.get(self._jobs.audio(session_id, index))
         return value if value is None or isinstance(value, bytes) else value.encode()
 

@@ -19,11 +19,15 @@ Instance keys (tag `{i:<instance_id>}`: each instance's traffic on its own slot)
     lingua:v1:{i:<id>}:sessions     set of the session ids the instance owns
 Job keys (tag `{s:<session_id>}`: a session's jobs share one slot):
     lingua:v1:{s:<session_id>}:job:<index>     job hash: state, attempt, node, owner, timestamps, result
-    lingua:v1:{s:<session_id>}:audio:<index>   the utterance's audio, kept for re-dispatch (TTL)
+    lingua:v1:{s:<session_id>}:audio:<index>   the utterance's audio, kept for re-dispatch while the job is not
+                                               final (TTL); deleted when it becomes final
     lingua:v1:{s:<session_id>}:live            set of the indexes of the session's non-final jobs
     lingua:v1:{s:<session_id>}:session         session hash: pair, format, options, owner and epoch, next index,
                                                audio recorded, answers sent, ended (for resuming anywhere)
-    lingua:v1:{s:<session_id>}:tts:<index>     a result's synthesized speech, kept for a resuming client (TTL)
+    lingua:v1:{s:<session_id>}:tts:<index>     a result's synthesized speech, kept for a resuming client (TTL);
+                                               deleted when the session ends for good
+    lingua:v1:{s:<session_id>}:tts_kept        sorted set of the indexes whose synthesized speech may be kept,
+                                               scored by when it expires (so the session's end finds them)
     lingua:v1:{probe}:write                     written (short TTL) to learn whether Redis takes writes again
 """
 
@@ -110,7 +114,11 @@ class JobKeys:
         return f"{self.prefix}{{s:{session_id}}}:job:{index}"
 
     def audio(self, session_id: str, index: int) -> str:
-        return f"{self.prefix}{{s:{session_id}}}:audio:{index}"
+        return f"{self.audio_prefix(session_id)}{index}"
+
+    def audio_prefix(self, session_id: str) -> str:
+        """The session's audio keys are this followed by an utterance index."""
+        return f"{self.prefix}{{s:{session_id}}}:audio:"
 
     def live(self, session_id: str) -> str:
         return f"{self.prefix}{{s:{session_id}}}:live"
@@ -119,7 +127,14 @@ class JobKeys:
         return f"{self.prefix}{{s:{session_id}}}:session"
 
     def tts(self, session_id: str, index: int) -> str:
-        return f"{self.prefix}{{s:{session_id}}}:tts:{index}"
+        return f"{self.tts_prefix(session_id)}{index}"
+
+    def tts_prefix(self, session_id: str) -> str:
+        """The session's TTS keys are this followed by an utterance index."""
+        return f"{self.prefix}{{s:{session_id}}}:tts:"
+
+    def tts_kept(self, session_id: str) -> str:
+        return f"{self.prefix}{{s:{session_id}}}:tts_kept"
 
     @property
     def probe(self) -> str:

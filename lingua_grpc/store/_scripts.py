@@ -412,7 +412,14 @@ class ScriptBook:
             args += [name, value]
         return ScriptCall(
             self._scripts["complete_job"],
-            [k.job(session_id, index), k.live(session_id), k.session(session_id), k.tts(session_id, index)],
+            [
+                k.job(session_id, index),
+                k.live(session_id),
+                k.session(session_id),
+                k.tts(session_id, index),
+                k.audio(session_id, index),
+                k.tts_kept(session_id),
+            ],
             args,
             lambda r: Completed(bool(int(r[0])), text(r[1])),
         )
@@ -460,10 +467,11 @@ class ScriptBook:
     def close_session(
         self, k: JobKeys, session_id: str, *, owner: str, epoch: int, sent: int, ended: bool, ttl_ms: int
     ) -> ScriptCall[bool]:
+        """Recorded? `ended`: over for good, and its speech (job audio, results' TTS) deleted now."""
         return ScriptCall(
             self._scripts["close_session"],
-            [k.session(session_id)],
-            [owner, epoch, sent, int(ended), ttl_ms],
+            [k.session(session_id), k.live(session_id), k.tts_kept(session_id)],
+            [owner, epoch, sent, int(ended), ttl_ms, k.audio_prefix(session_id), k.tts_prefix(session_id)],
             lambda r: bool(r),
         )
 
@@ -478,13 +486,14 @@ class ScriptBook:
         to: str,
         fields: dict[str, str | int | bytes],
     ) -> ScriptCall[bool]:
-        """Applied? Only for the job's current `attempt` and a current state among `allowed`."""
+        """Applied? Only for the job's current `attempt` and a current state among `allowed`. A final `to`
+        deletes the utterance's audio."""
         args: list[Any] = [attempt, " ".join(allowed), to]
         for name, value in fields.items():
             args += [name, value]
         return ScriptCall(
             self._scripts["transition_job"],
-            [k.job(session_id, index), k.live(session_id)],
+            [k.job(session_id, index), k.live(session_id), k.audio(session_id, index)],
             args,
             lambda r: bool(r),
         )

@@ -342,7 +342,9 @@ async def test_operators_read_a_session_and_its_jobs_from_the_store(
             assert all(j.state == registry_pb2.JOB_STATE_COMPLETED for j in reply.jobs)
             job = (await stub.GetJob(registry_pb2.GetJobRequest(job_id=f"{session_id}:1"))).job
             assert (job.attempt, job.node_id, job.created_by_instance_id) == (1, "gpu-1", "sched-a")
-            assert job.tts_audio_kept and job.audio_kept and job.updated_unix_ms >= job.created_unix_ms > 0
+            # A completed job's utterance audio went with its result; its TTS stays for the resume.
+            assert job.tts_audio_kept and not job.audio_kept
+            assert job.updated_unix_ms >= job.created_unix_ms > 0
             with pytest.raises(grpc.aio.AioRpcError) as missing:
                 await stub.GetJob(registry_pb2.GetJobRequest(job_id=f"{session_id}:9"))
             assert missing.value.code() == grpc.StatusCode.NOT_FOUND

@@ -1,7 +1,8 @@
 -- transition_job: moves a job to a new state if, and only if, the message is about its current attempt
 -- and the job is in one of the allowed states. The first result wins; a late message of an older attempt
--- (a zombie node) is refused.
--- KEYS[1] job hash       KEYS[2] the session's set of non-final job indexes (a final state leaves it)
+-- (a zombie node) is refused. A final state ends the job: it leaves the session's set of non-final jobs, and
+-- its utterance's audio goes (no attempt will run again).
+-- KEYS[1] job hash       KEYS[2] the session's set of non-final job indexes   KEYS[3] the utterance's audio
 -- ARGV[1] attempt the message is about   ARGV[2] allowed current states, space separated
 -- ARGV[3] new state                      ARGV[4...] field, value pairs to record with the change
 -- Returns 1 when applied; 0 when refused (other attempt, or not in an allowed state, or no such job).
@@ -19,5 +20,6 @@ for i = 4, #ARGV, 2 do
 end
 if ARGV[3] == 'COMPLETED' or ARGV[3] == 'FAILED' or ARGV[3] == 'SKIPPED' then
   redis.call('SREM', KEYS[2], redis.call('HGET', KEYS[1], 'utterance_index'))
+  redis.call('DEL', KEYS[3])
 end
 return 1
