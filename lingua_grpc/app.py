@@ -45,7 +45,7 @@ from lingua_grpc.pb import (
     session_pb2_grpc,
 )
 from lingua_grpc.registry import NodeRegistry, SnapshotCache, load_pools_file
-from lingua_grpc.security import AccessGate, AuthInterceptor, CredentialBook, is_loopback
+from lingua_grpc.security import AccessGate, AuthInterceptor, CredentialBook, MessageBounds, is_loopback
 from lingua_grpc.sessions import (
     Resumability,
     ResumeTokens,
@@ -109,7 +109,6 @@ class Scheduler:
             {
                 Signal.LOOP_LAG: settings.overload_loop_lag_ms / 1000,
                 Signal.LOOP_BUSY: settings.overload_loop_busy_percent / 100,
-                Signal.DELIVERY: settings.overload_delivery_ms / 1000,
             },
             settings.overload_window_ms / 1000,
             self._load_changed,
@@ -295,7 +294,7 @@ class Scheduler:
         relay.session_here = self.sessions.is_open
 
         server = grpc.aio.server(
-            interceptors=[AuthInterceptor(self.gate)],
+            interceptors=[AuthInterceptor(self.gate, self._message_bounds())],
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
@@ -305,7 +304,10 @@ class Scheduler:
             ],
         )
         node_pb2_grpc.add_NodeServiceServicer_to_server(
-            NodeServicer(hub, self.gate, s.heartbeat_interval_ms, s.node_lease_ms, s.instance_id), server
+            NodeServicer(
+                hub, self.gate, s.heartbeat_interval_ms, s.node_lease_ms, s.instance_id, s.registration_limits
+            ),
+            server,
         )
         instances = InstanceRegistry(redis, keys, scripts)
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
@@ -449,6 +451,19 @@ class Scheduler:
                 if reachable
                 else "redis unreachable: health NOT_SERVING, new sessions refused until it is back",
             )
+
+    def _message_bounds(self) -> MessageBounds:
+        s = self.settings
+        return MessageBounds.for_limits(
+            max_chunk_bytes=s.max_chunk_bytes,
+            max_result_bytes=2 * s.node_max_result_text_bytes + s.node_max_result_tts_bytes,
+            max_pairs=s.node_max_pairs,
+            max_languages=s.node_max_languages,
+            max_labels=s.node_max_labels,
+            max_gpus=s.node_max_gpus,
+            max_field_bytes=s.node_max_field_bytes,
+            max_node_concurrency=s.max_node_concurrency,
+        )
 
     def _loop_sample(self, signal: Signal, value: float) -> None:
         if signal is Signal.LOOP_LAG:

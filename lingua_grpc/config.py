@@ -190,13 +190,8 @@ class Settings:
     )
     overload_loop_lag_ms: int = _setting(
         50,
-        "mean event-loop lag over overload_window_ms above which new sessions are refused"
+        "event-loop lag over which, for half of overload_window_ms, new sessions are refused"
         " (RESOURCE_EXHAUSTED with retry-after-ms; SessionService health NOT_SERVING); 0: off",
-    )
-    overload_delivery_ms: int = _setting(
-        50,
-        "mean time from a node's result to its write to the client, over overload_window_ms, above which new"
-        " sessions are refused as for overload_loop_lag_ms; 0: off",
     )
     overload_queue_wait_ms: int = _setting(
         500,
@@ -205,11 +200,11 @@ class Settings:
     )
     overload_loop_busy_percent: int = _setting(
         85,
-        "mean share of time the event loop's thread runs or waits for a CPU, over overload_window_ms, above"
-        " which new sessions are refused as for overload_loop_lag_ms; 0: off",
+        "share of time the event loop's thread runs or waits for a CPU over which, for half of"
+        " overload_window_ms, new sessions are refused as for overload_loop_lag_ms; 0: off",
     )
     overload_window_ms: int = _setting(
-        1000, "window of the overload mean, the least time overload lasts once entered, and the retry hint"
+        1000, "window of the overload figures, the least time overload lasts once entered, and the retry hint"
     )
     pair_queue_max_jobs: int = _setting(
         1000, "jobs waiting for a slot per language pair; more are skipped at once (NO_CAPACITY)"
@@ -335,7 +330,6 @@ class Settings:
                 out.append(f"{name} must be at least 10")
         for name in (
             "overload_loop_lag_ms",
-            "overload_delivery_ms",
             "overload_queue_wait_ms",
             "refusal_read_ms",
         ):

@@ -135,6 +135,13 @@ class SchedulerMetrics:
         self.results_sent = Counter(
             "lingua_results_sent_total", "Utterance results sent to clients", registry=r
         )
+        self.result_delivery_seconds = Histogram(
+            "lingua_result_delivery_seconds",
+            "A node's result to its write to the client's stream; includes waiting behind the client's"
+            " earlier unread results, so not an admission signal",
+            buckets=latency_buckets,
+            registry=r,
+        )
         self.auth_refusals = Counter(
             "lingua_auth_refusals_total",
             "Calls refused for credentials, by the role the call needed and why"

@@ -14,6 +14,7 @@ from lingua_grpc.api._errors import domain_errors
 from lingua_grpc.errors import FailedPrecondition, Unauthenticated, status_for
 from lingua_grpc.nodes import CloseReason, LinkClosed, NodeHub, NodeLink
 from lingua_grpc.pb import node_pb2, node_pb2_grpc
+from lingua_grpc.registry import RegistrationLimits
 from lingua_grpc.security import AccessGate, current_principal, on_revoke
 from lingua_grpc.tasks import StopBetweenSteps
 
@@ -24,9 +25,16 @@ Context = grpc.aio.ServicerContext[node_pb2.ConnectRequest, node_pb2.ConnectResp
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     def __init__(
-        self, hub: NodeHub, gate: AccessGate, heartbeat_interval_ms: int, lease_ms: int, instance_id: str
+        self,
+        hub: NodeHub,
+        gate: AccessGate,
+        heartbeat_interval_ms: int,
+        lease_ms: int,
+        instance_id: str,
+        limits: RegistrationLimits | None = None,
     ) -> None:
         self._hub = hub
+        self._limits = limits or RegistrationLimits()
         self._gate = gate
         self._heartbeat_interval_ms = heartbeat_interval_ms
         self._lease_ms = lease_ms
@@ -38,6 +46,15 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         async with domain_errors(context):
             if not principal.may_register(first.register.node_id):
                 raise self._gate.refuse_node_id(principal, first.register.node_id)
+            caps = first.register.capabilities
+            self._limits.check_counts(  # before the conversion, which costs per entry
+                pairs=len(caps.translation_pairs),
+                asr_languages=len(caps.asr_languages),
+                tts_languages=len(caps.tts_languages),
+                labels=len(caps.labels),
+                gpus=len(caps.gpus),
+                running=len(first.register.running_jobs),
+            )
             attached = await self._hub.attach(
                 convert.registration_from_proto(first.register), holder=principal.name
             )

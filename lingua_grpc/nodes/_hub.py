@@ -76,8 +76,13 @@ class Attached:
 
 
 def lapsed(links: Iterable[NodeLink], now: float, lease_s: float) -> list[NodeLink]:
-    """Links whose last heartbeat is more than a lease ago. Pure."""
-    return [link for link in links if not link.closed and now - link.last_heartbeat > lease_s]
+    """Links not heard from for more than a lease, and not held up by this instance applying one of their
+    messages (a Redis outage must not read as the node's death). Pure."""
+    return [
+        link
+        for link in links
+        if not link.closed and not link.handling and now - link.last_heartbeat > lease_s
+    ]
 
 
 class NodeHub:
@@ -110,6 +115,14 @@ class NodeHub:
 
     async def job_event(self, link: NodeLink, event: JobEvent) -> None:
         link.last_heartbeat = self._clock.monotonic()  # a node that speaks is alive, heartbeat or not
+        link.handling += 1
+        try:
+            await self._job_event(link, event)
+        finally:
+            link.handling -= 1
+            link.last_heartbeat = self._clock.monotonic()
+
+    async def _job_event(self, link: NodeLink, event: JobEvent) -> None:
         refused = self._settings.result_limits.refusal(event)
         if refused is not None:
             log.warning(
@@ -204,7 +217,24 @@ class NodeHub:
         return Attached(link, result.version)
 
     async def heartbeat(self, link: NodeLink, load: NodeLoad) -> None:
+        """The node is alive: its stream's lease runs again at once, and its load and Redis lease are
+        recorded in the background (the stream's reader does not wait for Redis; one write in flight per
+        node, a heartbeat that comes meanwhile only renews the stream's lease)."""
         link.last_heartbeat = self._clock.monotonic()
+        if link.heartbeat_recording:
+            return
+        link.heartbeat_recording = True
+        task = asyncio.create_task(self._record_heartbeat(link, load), name=f"heartbeat-{link.node_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _record_heartbeat(self, link: NodeLink, load: NodeLoad) -> None:
+        try:
+            await self._write_heartbeat(link, load)
+        finally:
+            link.heartbeat_recording = False
+
+    async def _write_heartbeat(self, link: NodeLink, load: NodeLoad) -> None:
         try:
             outcome = await self._registry.heartbeat(
                 link.node_id, link.connection_id, load, self._settings.lease_ms

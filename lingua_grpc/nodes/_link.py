@@ -62,7 +62,11 @@ class NodeLink:
         self.node_id = node_id
         self.connection_id = connection_id
         self.capabilities = capabilities
-        self.last_heartbeat = now
+        self.last_heartbeat = now  # monotonic time the node was last heard from (any message)
+        # Messages of the node being applied now (waiting on Redis, maybe): while one is, the stream's reader
+        # is ours to blame for not reading its heartbeats, so its lease does not run out.
+        self.handling = 0
+        self.heartbeat_recording = False  # a heartbeat's Redis write is in flight
         self.drain_sent = False
         self.close_reason: CloseReason | None = None
         # Unbounded on purpose: what goes in is bounded by the node's job slots plus a few control messages.

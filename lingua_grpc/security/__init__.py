@@ -1,5 +1,6 @@
 """Who may call what: credentials, roles, the server interceptor that checks them, and TLS."""
 
+from lingua_grpc.security._bounds import Bound, MessageBounds, MessageTooLarge
 from lingua_grpc.security._credentials import (
     ANONYMOUS,
     Credential,
@@ -22,8 +23,11 @@ __all__ = [
     "ROLE_BY_SERVICE",
     "AccessGate",
     "AuthInterceptor",
+    "Bound",
     "Credential",
     "CredentialBook",
+    "MessageBounds",
+    "MessageTooLarge",
     "Principal",
     "Role",
     "ServerTls",

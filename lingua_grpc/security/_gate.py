@@ -22,6 +22,7 @@ import grpc
 
 from lingua_grpc.errors import LinguaError, PermissionDenied, Unauthenticated, status_for
 from lingua_grpc.metrics import SchedulerMetrics
+from lingua_grpc.security._bounds import MessageBounds, MessageTooLarge, unparsed
 from lingua_grpc.security._credentials import ANONYMOUS, CredentialBook, Principal, Role
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,9 @@ class AccessGate:
             principal = self.admit(context.invocation_metadata(), role, method)
         except LinguaError as exc:
             if streaming and self.refusal_read_s > 0:
-                with contextlib.suppress(Exception):  # whatever it sent, or nothing: the refusal follows
+                # Whatever it sent, or nothing: the refusal follows. Received, never parsed: a refused
+                # caller costs the process its bytes' arrival only (issue 19).
+                with unparsed(), contextlib.suppress(Exception):
                     await asyncio.wait_for(context.read(), self.refusal_read_s)
             await context.abort(status_for(exc), str(exc))
         call = _OpenCall(principal, asyncio.current_task())
@@ -138,6 +141,9 @@ class AccessGate:
         call_token = _CALL.set(call)
         try:
             yield
+        except MessageTooLarge as exc:  # from the servicer's own read of a message
+            log.warning("message refused unparsed", extra={"method": method, "error": str(exc)})
+            await context.abort(status_for(exc), str(exc))
         except asyncio.CancelledError:
             if not call.revoked:
                 raise
@@ -186,8 +192,11 @@ else:
 
 
 class AuthInterceptor(_Interceptor):
-    def __init__(self, gate: AccessGate) -> None:
+    """Runs each call of a service with a role inside `gate.calling`, its requests behind `bounds`."""
+
+    def __init__(self, gate: AccessGate, bounds: MessageBounds | None = None) -> None:
         self._gate = gate
+        self._bounds = bounds
 
     async def intercept_service(
         self,
@@ -199,11 +208,13 @@ class AuthInterceptor(_Interceptor):
         role = ROLE_BY_SERVICE.get(method.partition("/")[0])
         if handler is None or role is None:
             return handler  # health, reflection, and unknown methods (UNIMPLEMENTED) stay open
-        return _guarded(handler, self._gate, role, method)
+        return _guarded(handler, self._gate, role, method, self._bounds)
 
 
-def _guarded(handler: Any, gate: AccessGate, role: Role, method: str) -> Handler:
-    """The same handler, its behaviour run inside `gate.calling`."""
+def _guarded(
+    handler: Any, gate: AccessGate, role: Role, method: str, bounds: MessageBounds | None
+) -> Handler:
+    """The same handler, its behaviour run inside `gate.calling` and its requests behind `bounds`."""
     kind = (
         "stream_stream"
         if handler.request_streaming and handler.response_streaming
@@ -231,7 +242,11 @@ def _guarded(handler: Any, gate: AccessGate, role: Role, method: str) -> Handler
     make: Any = getattr(grpc, f"{kind}_rpc_method_handler")
     guarded: Handler = make(
         behaviour,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=(
+            bounds.deserializer(method, handler.request_deserializer)
+            if bounds is not None
+            else handler.request_deserializer
+        ),
         response_serializer=handler.response_serializer,
     )
     return guarded

@@ -24,7 +24,7 @@ from lingua_grpc.errors import (
     Unavailable,
 )
 from lingua_grpc.jobs import JobSpec, JobState, JobStore, SkipReason, output_from_record
-from lingua_grpc.looplag import Saturation, Signal
+from lingua_grpc.looplag import Saturation
 from lingua_grpc.metrics import SchedulerMetrics
 from lingua_grpc.registry import LanguagePair, SnapshotCache
 from lingua_grpc.sessions._actor import SessionActor, SessionLimits, Start
@@ -104,10 +104,10 @@ class SessionManager:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def delivered(self, delivery_s: float) -> None:
-        """A result reached its client's stream `delivery_s` after its node sent it (admission's signal).
-        One sample counts at most a window: a client that reads late must not outweigh all the others."""
-        if self._load is not None:
-            self._load.observe(Signal.DELIVERY, min(delivery_s, self._load.window_s))
+        """A result reached its client's stream `delivery_s` after its node sent it: a metric only. It
+        includes the time the result waited behind its client's earlier, unread results, so one client
+        reading at its own pace moves it, and it must not decide admission (issue 19)."""
+        self._metrics.result_delivery_seconds.observe(delivery_s)
 
     @property
     def _retry_after_ms(self) -> int | None:

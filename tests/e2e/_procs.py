@@ -30,7 +30,7 @@ FAST = (
     # Admission by load is off: the tests share this machine's CPUs with the scheduler, and a refusal for
     # load would fail a test about something else. Its own tests turn it on (tests/integration/test_bounds).
     *("--overload-loop-lag-ms", "0", "--overload-loop-busy-percent", "0"),
-    *("--overload-delivery-ms", "0", "--overload-queue-wait-ms", "0"),
+    *("--overload-queue-wait-ms", "0"),
 )
 
 

@@ -9,13 +9,14 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.internal.encoder import _VarintBytes
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
 
 from lingua_grpc._grpc import read_message
 from lingua_grpc.app import Scheduler
 from lingua_grpc.client import LinguaClient, Session
-from lingua_grpc.pb import common_pb2, node_pb2, node_pb2_grpc, session_pb2, session_pb2_grpc
+from lingua_grpc.pb import common_pb2, node_pb2, session_pb2, session_pb2_grpc
 from node_agent.engines import Audio, SyntheticEngine
 from tests.audio import tone
 from tests.conftest import RedisServer, wait_until
@@ -64,26 +65,76 @@ def huge_registration(pairs: int) -> node_pb2.ConnectRequest:
     )
 
 
-async def test_a_huge_registration_is_refused_at_once_while_a_session_completes(
+def _field(number: int, body: bytes) -> bytes:
+    return _VarintBytes(number << 3 | 2) + _VarintBytes(len(body)) + body
+
+
+def wire_registration(pairs: int = 0, labels: int = 0) -> bytes:
+    """A serialized registration of `pairs` pairs and `labels` labels, encoded by hand in a thread: protobuf
+    builds and serializes a big message in one C call that holds the GIL, and this test's event loop is the
+    scheduler's too."""
+    caps = _field(1, b"en") + _field(3, b"es") + b"\x28\x04"  # asr en, tts es, max_concurrency 4
+    caps += b"".join(
+        _field(2, _field(1, b"en") + _field(2, f"x{i % 100:02d}".encode())) for i in range(pairs)
+    )
+    caps += b"".join(_field(7, _field(1, f"k{i}".encode()) + _field(2, b"v")) for i in range(labels))
+    return _field(1, _field(1, b"rogue") + _field(2, caps))
+
+
+async def refusal(address: str, message: node_pb2.ConnectRequest | bytes) -> grpc.aio.AioRpcError:
+    """The status a registration gets (written as bytes)."""
+    data = message if isinstance(message, bytes) else message.SerializeToString()
+    async with grpc.aio.insecure_channel(
+        address, options=[("grpc.max_send_message_length", 16 * 1024 * 1024)]
+    ) as channel:
+        connect = channel.stream_stream(
+            "/lingua.v1.NodeService/Connect", response_deserializer=node_pb2.ConnectResponse.FromString
+        )
+        call = connect()
+        await call.write(data)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await asyncio.wait_for(read_message(call), 10)
+        return refused.value
+
+
+def longest_lag_s(scheduler: Scheduler) -> float:
+    """The least bucket bound that holds every event-loop lag sample so far."""
+    registry = scheduler.metrics.registry
+    total = registry.get_sample_value("lingua_event_loop_lag_seconds_count") or 0
+    for bound in ("0.05", "0.1", "0.25", "1.0"):
+        if (registry.get_sample_value("lingua_event_loop_lag_seconds_bucket", {"le": bound}) or 0) >= total:
+            return float(bound)
+    return float("inf")
+
+
+@pytest.mark.settings(loop_lag_interval_ms=10)
+async def test_a_huge_registration_is_refused_unparsed_while_a_session_completes(
     scheduler: Scheduler, client: LinguaClient, fleet: Fleet
 ) -> None:
+    # Issue 19: one 100,000-pair registration held the loop ~110 ms (400 on this machine) to be converted
+    # and refused; a map of 600,000 labels (8 MB) took seconds to parse alone. Both are refused before
+    # protobuf parses them; a registration within the field bound is refused on its counts, unconverted.
     await fleet.add("gpu-1")
     session = await client.start_session("en", "es")
     sender = asyncio.create_task(stream(session, THREE_UTTERANCES))
     assert scheduler.endpoints is not None
-    async with grpc.aio.insecure_channel(
-        scheduler.endpoints.grpc, options=[("grpc.max_send_message_length", 16 * 1024 * 1024)]
-    ) as channel:
-        call = node_pb2_grpc.NodeServiceStub(channel).Connect()  # type: ignore[call-arg]
-        await call.write(huge_registration(100_000))
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await asyncio.wait_for(read_message(call), 10)
-        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "translation_pairs has 100000 entries; at most 1024" in (refused.value.details() or "")
+    address = scheduler.endpoints.grpc
+    for shape, over in (
+        ({"pairs": 100_000}, "fields"),
+        ({"labels": 200_000}, "fields"),
+        ({"labels": 600_000}, "bytes"),  # over the byte bound: not even walked
+    ):
+        refused = await refusal(address, await asyncio.to_thread(wire_registration, **shape))
+        assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.details()
+        assert f"{over}: more than any valid one" in (refused.details() or ""), refused.details()
+    refused = await refusal(address, huge_registration(2000))
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "translation_pairs has 2000 entries; at most 1024" in (refused.details() or "")
     await sender
     assert answers(await collect(session)) == [(0, "result"), (1, "result"), (2, "result")]
     assert scheduler.cache is not None
     assert set(scheduler.cache.current.nodes) == {"gpu-1"}
+    assert longest_lag_s(scheduler) <= 1.0, "no call held the loop for long"
 
 
 async def flood(session: Session, utterances: int) -> None:
@@ -98,7 +149,10 @@ async def test_a_flooding_session_is_held_to_its_backlog_while_a_neighbour_gets_
     scheduler: Scheduler, client: LinguaClient, fleet: Fleet
 ) -> None:
     await fleet.add("gpu-1", SyntheticEngine(asr_latency_s=0.02), max_concurrency=8)
-    flooder = await client.start_session("en", "es", options=session_pb2.SessionOptions(tts_enabled=False))
+    # A client that does not wait for room (the library waits unless told not to): skipped beyond its window.
+    flooder = await client.start_session(
+        "en", "es", options=session_pb2.SessionOptions(tts_enabled=False, wait_for_room=False)
+    )
     neighbour = await client.start_session("en", "es")
     flooding = asyncio.create_task(flood(flooder, 300))
     await stream(neighbour, THREE_UTTERANCES)
@@ -205,6 +259,45 @@ async def test_a_client_that_never_reads_is_ended_and_its_session_freed(
         await collect(session, 30)
     assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "did not read its results" in (ended.value.details() or "")
+
+
+class CountedLongSpeech(LongSpeech):
+    """LongSpeech that says when it has spoken `results` results."""
+
+    def __init__(self, results: int, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.left = results
+        self.done = asyncio.Event()
+
+    async def synthesize(self, text: str, language: str) -> Audio:
+        audio = await super().synthesize(text, language)
+        self.left -= 1
+        if self.left == 0:
+            self.done.set()
+        return audio
+
+
+@pytest.mark.settings(node_lease_heartbeats=100, session_queue_timeout_ms=20000, session_gap_timeout_ms=20000)
+async def test_a_client_reading_at_its_own_pace_refuses_no_one(
+    scheduler: Scheduler, client: LinguaClient, fleet: Fleet
+) -> None:
+    # Issue 19: one `make run` client made the instance refuse everyone ("result delivery 58 ms (limit
+    # 50)"): a result's delivery time runs until its client's stream takes it, so a client that reads late
+    # moves it. Here 8 MB of results wait for a client that reads only once all are spoken.
+    engine = CountedLongSpeech(8, tts_latency_s=0.1)
+    await fleet.add("gpu-1", engine, max_concurrency=1)
+    slow = await client.start_session("en", "es")
+    for _ in range(8):
+        await slow.send_audio(tone(200), is_final=True)
+    await slow.end()
+    await asyncio.wait_for(engine.done.wait(), 30)
+    assert answers(await collect(slow, 30)) == [(i, "result") for i in range(8)]
+    registry = scheduler.metrics.registry
+    within = registry.get_sample_value("lingua_result_delivery_seconds_bucket", {"le": "0.1"}) or 0
+    assert within < 8, "results waited behind unread ones: delivery is still measured, as a metric"
+    newcomer = await client.start_session("en", "es")  # before: RESOURCE_EXHAUSTED "saturated"
+    await stream(newcomer, tone(500))
+    assert answers(await collect(newcomer)) == [(0, "result")]
 
 
 class HugeTranslation(SyntheticEngine):

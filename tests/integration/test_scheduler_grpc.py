@@ -35,7 +35,6 @@ def fast_settings(redis_url: str, key_prefix: str, **changes: object) -> Setting
         # Admission by load is off (see tests/e2e/_procs.py FAST); the tests of it turn it on.
         "overload_loop_lag_ms": 0,
         "overload_loop_busy_percent": 0,
-        "overload_delivery_ms": 0,
         "overload_queue_wait_ms": 0,
     }
     base.update(changes)

@@ -85,7 +85,44 @@ def test_a_lone_spike_does_not_overload_but_a_sustained_lag_does() -> None:
     feed(gauge, clock, Signal.LOOP_LAG, [0.08] * 10)
     assert gauge.overloaded and gauge.over() == [Signal.LOOP_LAG]
     assert gauge.mean(Signal.LOOP_LAG) == pytest.approx(0.08)
-    assert len(changes) == 1 and "event-loop lag 56 ms (limit 50)" in changes[0][1]
+    assert len(changes) == 1 and "event-loop lag 40 ms (limit 50) over for 50%" in changes[0][1]
+
+
+def tick(gauge: Saturation, clock: ManualClock, lag: float, busy: float, interval: float = 0.1) -> None:
+    """One sample of each, as watch_loop takes them: the timer woke `lag` late after `interval`."""
+    clock.advance(interval + lag)
+    gauge.observe(Signal.LOOP_LAG, lag)
+    gauge.observe(Signal.LOOP_BUSY, busy)
+
+
+def test_one_costly_call_does_not_overload_however_late_its_sample() -> None:
+    # Issue 19: one 100,000-pair registration held the loop ~110 ms and the next session was refused
+    # "saturated (event-loop lag 110 ms ...)". Sampled every 100 ms, the stall is one late sample (busy
+    # all its interval) covering 210 ms of the window; the loop ran punctually the rest of the time.
+    clock = ManualClock()
+    gauge = Saturation(clock, LIMITS, window_s=1.0)
+    tick(gauge, clock, 0.11, 1.0)  # the first call after the start: the only sample in the window
+    assert gauge.mean(Signal.LOOP_LAG) == pytest.approx(0.11)  # the mean the old admission refused on
+    assert not gauge.overloaded, gauge.describe()
+    for _ in range(10):
+        tick(gauge, clock, 0.001, 0.2)
+    tick(gauge, clock, 0.11, 1.0)
+    tick(gauge, clock, 0.12, 1.0)  # even two of them in a row
+    for _ in range(10):
+        assert not gauge.overloaded, gauge.describe()
+        tick(gauge, clock, 0.001, 0.3)
+
+
+def test_a_loop_stalled_most_of_the_time_is_saturated_though_it_takes_few_samples() -> None:
+    clock = ManualClock()
+    gauge = Saturation(clock, LIMITS, window_s=1.0)
+    feed(gauge, clock, Signal.LOOP_LAG, [0.001] * 10)
+    for _ in range(3):  # 300 ms stalls, 100 ms apart: two late samples and one punctual a window
+        clock.advance(0.4)
+        gauge.observe(Signal.LOOP_LAG, 0.3)
+        clock.advance(0.1)
+        gauge.observe(Signal.LOOP_LAG, 0.001)
+    assert gauge.overloaded and gauge.over() == [Signal.LOOP_LAG]
 
 
 def test_a_loop_busy_all_the_time_is_saturated_even_with_punctual_timers() -> None:
@@ -100,7 +137,8 @@ def test_a_loop_busy_all_the_time_is_saturated_even_with_punctual_timers() -> No
 def test_overload_lasts_a_window_at_least_then_lifts_when_the_mean_falls() -> None:
     clock, changes = ManualClock(), []
     gauge = Saturation(clock, LIMITS, window_s=1.0, on_change=lambda o, why: changes.append(o))
-    feed(gauge, clock, Signal.LOOP_LAG, [2.0])  # one blocked second: over at once
+    clock.advance(1.9)
+    feed(gauge, clock, Signal.LOOP_LAG, [2.0])  # two blocked seconds: the whole window, over at once
     assert gauge.overloaded
     feed(gauge, clock, Signal.LOOP_LAG, [0.001] * 5)  # the mean is low again, but not for a window yet
     assert gauge.overloaded
