@@ -85,7 +85,10 @@ async def probe(address: str, seconds: float, token: str) -> tuple[int, int]:
                 async for _ in session:
                     pass
             except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                if exc.code() == grpc.StatusCode.UNAVAILABLE and not admitted:
+                    tried -= 1  # the node has not registered yet: not a try
+                    deadline = time.monotonic() + seconds
+                elif exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
                     raise
             await asyncio.sleep(0.1)  # a new session every ~100 ms: a steady arrival rate, not a wait
     return admitted, tried
@@ -110,7 +113,6 @@ async def main() -> None:
         node = start_node(tmp, scheduler.grpc, "gpu-1", *node_args)
         token = CLIENT_TOKEN if args.auth else ""
         try:
-            await asyncio.sleep(2)  # the node registers
             quiet = await probe(scheduler.grpc, args.seconds, token)
             attacker = await asyncio.create_subprocess_exec(
                 sys.executable, __file__, "--hostile", scheduler.grpc
