@@ -212,10 +212,44 @@ class Settings:
     max_chunk_bytes: int = _setting(262144, "largest audio chunk accepted (bytes)")
     max_message_bytes: int = _setting(8388608, "largest gRPC message accepted or sent (bytes)")
     accept_timeout_ms: int = _setting(
-        2000, "time a node has to accept an assigned job before it goes elsewhere"
+        2000,
+        "how long after its assignment an attempt of a dead instance, still ASSIGNED, is taken as never having"
+        " reached its node (a survivor places it again). A live node is never timed out for being slow to"
+        " accept: its attempts run again only when it is lost (stream, lease) or past the job deadline",
     )
-    job_deadline_ms: int = _setting(30000, "time a node has for one job attempt before it is re-dispatched")
-    job_max_attempts: int = _setting(3, "attempts per job before its utterance is skipped as FAILED")
+    job_deadline_ms: int = _setting(
+        30000,
+        "time a node has for one job attempt, plus job_deadline_audio_factor x the utterance's length, counted"
+        " from its assignment and again from its acceptance; past it the attempt runs elsewhere",
+    )
+    job_deadline_audio_factor: int = _setting(
+        2, "seconds of job deadline added per second of the utterance's audio (see job_deadline_ms)"
+    )
+    job_max_attempts: int = _setting(
+        3,
+        "attempts that reached a node per job before its utterance is skipped as FAILED (an attempt that never"
+        " reached one, its node already gone or its hand-off impossible, does not count)",
+    )
+    retry_budget_tokens: int = _setting(
+        100,
+        "retry budget of this instance (gRPC retry throttling): a token bucket of this size that each attempt"
+        " failed by a live node (rejected, failed, past its deadline) drains by one and each result refills by"
+        " retry_budget_refill_percent / 100; below half full, such jobs are not run again (FAILED), so a node"
+        " that fails everything costs a bounded share of capacity. Attempts of lost nodes do not drain it",
+    )
+    retry_budget_refill_percent: int = _setting(
+        10, "tokens a result gives back to the retry budget, in hundredths (see retry_budget_tokens)"
+    )
+    store_wait_ms: int = _setting(
+        30000,
+        "how long an utterance whose job Redis cannot record yet (an outage, a restart) waits, its audio held,"
+        " for Redis to answer; past it the utterance is skipped STORE_UNAVAILABLE",
+    )
+    store_wait_max_bytes: int = _setting(
+        67108864,
+        "audio this instance holds for utterances waiting for Redis (see store_wait_ms); more are skipped"
+        " STORE_UNAVAILABLE at once",
+    )
     job_ttl_ms: int = _setting(3600000, "how long a job's record stays in Redis")
     job_audio_ttl_ms: int = _setting(
         600000,
@@ -332,6 +366,8 @@ class Settings:
             "overload_loop_lag_ms",
             "overload_queue_wait_ms",
             "refusal_read_ms",
+            "job_deadline_audio_factor",
+            "retry_budget_refill_percent",
         ):
             if getattr(self, name) < 0:
                 out.append(f"{name} must be 0 (off) or more")
@@ -364,6 +400,9 @@ class Settings:
             "accept_timeout_ms",
             "job_deadline_ms",
             "job_max_attempts",
+            "retry_budget_tokens",
+            "store_wait_ms",
+            "store_wait_max_bytes",
             "result_audio_ttl_ms",
             "session_resume_ttl_ms",
             "session_resume_max_answers",

@@ -61,13 +61,26 @@ class SchedulerMetrics:
             "lingua_jobs_dispatched_total", "Job attempts sent to nodes (re-dispatches included)", registry=r
         )
         self.jobs_queued = Gauge("lingua_jobs_queued", "Jobs waiting for a free node slot", registry=r)
+        self.jobs_waiting_for_store = Gauge(
+            "lingua_store_wait_bytes",
+            "Audio held for utterances whose jobs wait for Redis to record them (an outage, a restart)",
+            registry=r,
+        )
+        self.retries_throttled = Counter(
+            "lingua_job_retries_throttled_total",
+            "Jobs not run again after a live node failed or rejected them: the retry budget was spent",
+            registry=r,
+        )
+        self.retry_budget = Gauge(
+            "lingua_retry_budget_tokens", "Tokens left in this instance's retry budget", registry=r
+        )
         self.redispatches = Counter(
             "lingua_job_redispatches_total",
             "Job attempts started again after a reject, failure, timeout or node loss",
             registry=r,
         )
         self.timeouts = Counter(
-            "lingua_job_timeouts_total", "Job attempts not accepted or not finished in time", registry=r
+            "lingua_job_timeouts_total", "Job attempts past their deadline on a live node", registry=r
         )
         self.results_fenced = Counter(
             "lingua_results_fenced_total",

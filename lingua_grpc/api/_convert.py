@@ -58,6 +58,7 @@ _SKIP = {
     SkipReason.SESSION_BACKLOG: session_pb2.SKIP_REASON_SESSION_BACKLOG,
     SkipReason.STORAGE_FULL: session_pb2.SKIP_REASON_STORAGE_FULL,
     SkipReason.LOST: session_pb2.SKIP_REASON_LOST,
+    SkipReason.STORE_UNAVAILABLE: session_pb2.SKIP_REASON_STORE_UNAVAILABLE,
 }
 _OPTION_FIELDS = (*BOUNDS, "tts_enabled")
 
@@ -285,7 +286,7 @@ def output_to_proto(out: Output) -> session_pb2.StreamResponse:
             translated_text=o.translated_text,
             tts_audio=o.tts_audio,
             node_id=out.node_id,
-            attempt=o.attempt,
+            attempt=out.overhead.attempts or o.attempt,
             audio_duration_ms=out.audio_duration_ms,
             timings=common_pb2.StageTimings(
                 queue_ms=out.overhead.queue_ms,

@@ -63,7 +63,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         reader = asyncio.create_task(self._read(context, actor), name=f"session-reader-{actor.session_id}")
         resumable = True  # until the session ends for good: a stream that breaks leaves it resumable
         try:
-            await context.write(convert.started_to_proto(actor))
+            await context.write(convert.started_to_proto(actor, self._manager.limits.max_outstanding))
             clock = self._manager.clock
             while not isinstance(out := await actor.outbox.get(), Closed):
                 response = convert.output_to_proto(out)

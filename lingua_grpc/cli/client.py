@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import os
 import sys
+import time
 from pathlib import Path
+from typing import TextIO
 
 import grpc
 from google.protobuf import json_format
@@ -14,7 +16,7 @@ from google.protobuf.message import Message
 
 from lingua_grpc import __version__
 from lingua_grpc.cli._wav import WavError, demo_pcm, read_pcm16_mono, spoken_demo, write_pcm16_mono
-from lingua_grpc.client import ChannelSecurity, LinguaClient, Reconnect, addresses_of, open_channel
+from lingua_grpc.client import ChannelSecurity, LinguaClient, Reconnect, Session, addresses_of, open_channel
 from lingua_grpc.pb import registry_pb2, registry_pb2_grpc, session_pb2
 
 
@@ -48,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--src", required=True, help="language spoken in the file (BCP-47, e.g. en)")
     stream.add_argument("--tgt", required=True, help="language to translate into (e.g. es)")
     stream.add_argument(
-        "--realtime", action="store_true", help="send at the audio's own pace, like a microphone"
+        "--realtime",
+        action="store_true",
+        help="send at the audio's own pace, like a microphone (default: as fast as the session takes it:"
+        " the scheduler holds the file back while the session has as many utterances outstanding as it"
+        " allows, and queued utterances may wait up to 120 s for a node, so none is skipped for speed)",
     )
     stream.add_argument("--chunk-ms", type=int, default=100, help="audio per message (default 100)")
     stream.add_argument(
@@ -142,7 +148,11 @@ async def _stream(args: argparse.Namespace) -> int:
     except (OSError, WavError) as exc:
         print(f"lingua-client: {exc}", file=sys.stderr)
         return 2
-    options = session_pb2.SessionOptions(tts_enabled=False) if args.no_tts else None
+    options = session_pb2.SessionOptions(tts_enabled=False) if args.no_tts else session_pb2.SessionOptions()
+    if not args.realtime:
+        # Sent faster than it is spoken, a recording keeps the session's window full: its utterances queue
+        # for the fleet by design, so they may wait as long as the contract allows rather than 5 s.
+        options.queue_timeout_ms = QUEUE_TIMEOUT_MAX_MS
     tts_dir = Path(args.tts_out) if args.tts_out else None
     if tts_dir is not None:
         tts_dir.mkdir(parents=True, exist_ok=True)
@@ -171,9 +181,12 @@ async def _stream(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
 
+        progress = Progress(session, len(pcm) // 2, sys.stderr)
+
         async def send() -> None:
             for i in range(0, len(pcm), step):
-                await session.send_audio(pcm[i : i + step])
+                await session.send_audio(pcm[i : i + step])  # waits while the session's window is full
+                progress.show()
                 if args.realtime:
                     await asyncio.sleep(args.chunk_ms / 1000)  # pace of a live microphone
             await session.end()
@@ -181,17 +194,93 @@ async def _stream(args: argparse.Namespace) -> int:
         sender = asyncio.create_task(send())
         try:
             async for message in session:
+                progress.count(message)
+                if message.WhichOneof("kind") in ("result", "skipped", "warning") or args.json:
+                    progress.clear()
                 if args.json:
                     print(_json(message), flush=True)
                 else:
                     _print_human(message, tts_dir)
+                progress.show()
             await sender
         except grpc.aio.AioRpcError as exc:
+            progress.clear()
             print(f"lingua-client: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
         finally:
             sender.cancel()
+        progress.done()
     return 0
+
+
+QUEUE_TIMEOUT_MAX_MS = 120_000  # SessionOptions.queue_timeout_ms's upper bound (session.proto)
+
+
+class Progress:
+    """A one-line progress bar on stderr when it is a terminal (redrawn in place at most 10 times a second,
+    cleared before other output), and a summary line at the end either way. Never on stdout, so `--json`
+    output stays one message per line."""
+
+    WIDTH = 24
+
+    def __init__(self, session: Session, total_samples: int, out: TextIO) -> None:
+        self._session = session
+        self._total = max(1, total_samples)
+        self._out = out
+        self._live = out.isatty()
+        self._shown_at = 0.0
+        self._drawn = False
+        self._started = time.monotonic()
+        self.results = 0
+        self.skipped: dict[str, int] = {}
+
+    def count(self, message: session_pb2.StreamResponse) -> None:
+        kind = message.WhichOneof("kind")
+        if kind == "result":
+            self.results += 1
+        elif kind == "skipped":
+            reason = session_pb2.SkipReason.Name(message.skipped.reason).removeprefix("SKIP_REASON_")
+            self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    def line(self) -> str:
+        s = self._session
+        sent = min(1.0, s.sent_samples / self._total)
+        filled = int(sent * self.WIDTH)
+        answered = self.results + sum(self.skipped.values())
+        skipped = sum(self.skipped.values())
+        return (
+            f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {100 * sent:3.0f}% sent,"
+            f" {answered}/{max(answered, s.utterances_cut)} utterances answered,"
+            f" {s.outstanding}/{s.window or '?'} outstanding, {skipped} skipped,"
+            f" {time.monotonic() - self._started:.0f} s"
+        )
+
+    def show(self) -> None:
+        now = time.monotonic()
+        if not self._live or now - self._shown_at < 0.1:
+            return
+        self._shown_at = now
+        self._out.write("\r\x1b[K" + self.line())
+        self._out.flush()
+        self._drawn = True
+
+    def clear(self) -> None:
+        if self._drawn:
+            self._out.write("\r\x1b[K")
+            self._out.flush()
+            self._drawn = False
+            self._shown_at = 0.0  # redrawn at once after what was printed
+
+    def done(self) -> None:
+        self.clear()
+        skipped = sum(self.skipped.values())
+        why = "".join(f", {n} {reason}" for reason, n in sorted(self.skipped.items()))
+        print(
+            f"{self.results + skipped} utterances: {self.results} results, {skipped} skipped{why},"
+            f" in {time.monotonic() - self._started:.1f} s",
+            file=self._out,
+            flush=True,
+        )
 
 
 def _print_human(message: session_pb2.StreamResponse, tts_dir: Path | None) -> None:

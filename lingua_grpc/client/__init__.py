@@ -12,6 +12,11 @@
 certificate) turns TLS on, `tls_cert`/`tls_key` add a client certificate (mTLS). Errors arrive as
 grpc.aio.AioRpcError with the scheduler's status code and message.
 
+Flow control: sessions set `SessionOptions.wait_for_room` unless the caller's options say otherwise, so the
+scheduler holds back a session's audio, and `send_audio` waits, while the session has as many utterances
+outstanding as it allows (`Session.window`); none is then skipped SESSION_BACKLOG, however fast audio is sent.
+Iterate over the session while sending (a task each): the answers are what make room.
+
 Several addresses (a list, or one string with commas): a session starts on the first that accepts it, and
 when its stream breaks (the connection, or the scheduler's death) it resumes on the next one, with backoff,
 for up to `reconnect.within_s`: every utterance is answered once, in order, and no audio is lost (see
@@ -93,7 +98,14 @@ class LinguaClient:
         client_name: str = "lingua_grpc.client",
     ) -> Session:
         """Starts a session on the first address that accepts it (an address that is unreachable, or
-        refuses for load, is passed over); raises the last refusal."""
+        refuses for load, is passed over); raises the last refusal. `options.wait_for_room` is set unless
+        `options` sets it (false: utterances beyond the window are skipped SESSION_BACKLOG, as for live audio
+        that must not fall behind)."""
+        if options is None or not options.HasField("wait_for_room"):
+            chosen = session_pb2.SessionOptions(wait_for_room=True)
+            if options is not None:
+                chosen.MergeFrom(options)
+            options = chosen
         last: grpc.aio.AioRpcError | None = None
         for index in range(len(self._stubs)):
             try:

@@ -2,7 +2,22 @@
 same or the next address, with backoff) and resumes, as session.proto's `Stream` describes: it keeps the
 latest resume token, the index of the first answer it has not received, and every audio chunk sent after
 the last `AudioRecorded`; on a resume it sends those chunks again, so nothing spoken is lost and every answer
-arrives once, in order."""
+arrives once, in order.
+
+Flow control: a session started by `LinguaClient.start_session` sets `SessionOptions.wait_for_room` unless
+told otherwise, so the scheduler, not this client, keeps the session's window of outstanding utterances
+(`SessionStarted.max_outstanding_utterances`). Only the scheduler can: it alone sees where utterances are cut,
+and the audio already written may hold utterances nobody has heard of yet. While the window is full it reads
+none of the session's audio, so `send_audio` waits (gRPC flow control) instead of outrunning it, and no
+utterance is skipped SESSION_BACKLOG however fast a recording is sent. gRPC's buffers alone would still let
+megabytes of audio through before a write waits, so while the session is being iterated `send_audio` also
+waits while the audio sent past the last `AudioRecorded` reaches the longest utterance plus a second
+(`max_utterance_ms` + 1 s): that bounds the audio kept for a resume and sent again with it. The bound never
+holds the client back mid-utterance long enough for the scheduler to take the wait for a pause: audio that
+long holds a cut (an utterance ends at `max_utterance_ms`), so the wait ends with its `AudioRecorded`, or
+the scheduler is holding the session at its window, right after a cut, with no speech open. Iterate over the
+session while sending: answers are what make room, and a client that does not read them is ended once its
+unread results pass the scheduler's bound. `outstanding` and `window` say where the session stands."""
 
 from __future__ import annotations
 
@@ -73,8 +88,12 @@ class Session:
         self._reconnect = reconnect
         self.resume_token = started.resume_token
         self.next_index = 0  # first utterance whose answer has not arrived
+        self.utterances_cut = 0  # utterances before the last AudioRecorded (its next_utterance_index)
+        self.recorded_samples = started.audio_offset  # the last AudioRecorded's audio_offset
         self._kept: collections.deque[_Kept] = collections.deque()
         self._sent_samples = 0
+        self._iterating = False  # someone reads the stream: AudioRecorded will come, so sending may wait
+        self._recorded = asyncio.Event()  # set when recorded_samples moves (or reading stops)
         self._ended = False
         self._playing = False  # the last playback state sent (sent again on a resume while true)
         self._lock = asyncio.Lock()  # writes, and a resume's start + resend, one at a time
@@ -85,17 +104,47 @@ class Session:
         return self.started.session_id
 
     @property
+    def window(self) -> int:
+        """How many of the session's utterances may wait or run at once (0: a scheduler that does not say)."""
+        return self.started.max_outstanding_utterances
+
+    @property
+    def outstanding(self) -> int:
+        """The session's utterances cut (as far as the scheduler recorded its audio) whose answer has not
+        arrived yet. At most `window` while the session waits for room."""
+        return max(0, self.utterances_cut - self.next_index)
+
+    @property
+    def sent_samples(self) -> int:
+        """Audio handed to `send_audio` so far, in samples (a write that waits for room counts once done)."""
+        return self._sent_samples
+
+    @property
     def kept_bytes(self) -> int:
         """Audio kept for a resume: sent, and not yet recorded by the scheduler."""
         return sum(len(k.pcm) for k in self._kept)
 
     async def send_audio(self, pcm: bytes, is_final: bool = False) -> None:
+        """Sends a chunk (whole 16-bit samples). Waits while the scheduler holds the session's audio back
+        (its window of outstanding utterances is full, see the module's doc)."""
+        await self._room_for_audio()
         async with self._lock:
             kept = _Kept(self._sent_samples, pcm, is_final)
             self._sent_samples += len(pcm) // 2
             if self._reconnect.within_s > 0:
                 self._kept.append(kept)
             await self._write(session_pb2.StreamRequest(audio=_chunk(kept)))
+
+    async def _room_for_audio(self) -> None:
+        """Waits while the audio sent past the last AudioRecorded is at its bound (the module's doc); not
+        while nobody reads the stream (nothing would end the wait), nor before the session says its options."""
+        o, rate = self.started.options, self.started.audio_format.sample_rate_hz
+        if not o.max_utterance_ms or not rate:
+            return
+        limit = rate * (o.max_utterance_ms + 1000) // 1000
+        while self._iterating and self._sent_samples - self.recorded_samples >= limit:
+            self._recorded.clear()
+            await self._recorded.wait()
 
     async def playback(self, playing: bool) -> None:
         async with self._lock:
@@ -124,18 +173,23 @@ class Session:
         self._call.cancel()
 
     async def __aiter__(self) -> AsyncIterator[session_pb2.StreamResponse]:
-        while True:
-            call = self._call
-            try:
-                message = await read_message(call)
-            except grpc.aio.AioRpcError as exc:
-                if not await self._resume_after(call, exc):
-                    raise
-                continue
-            if message is None:
-                return
-            self._note(message)
-            yield message
+        self._iterating = True
+        try:
+            while True:
+                call = self._call
+                try:
+                    message = await read_message(call)
+                except grpc.aio.AioRpcError as exc:
+                    if not await self._resume_after(call, exc):
+                        raise
+                    continue
+                if message is None:
+                    return
+                self._note(message)
+                yield message
+        finally:
+            self._iterating = False
+            self._recorded.set()  # a sender waiting for AudioRecorded would wait for good
 
     def _note(self, message: session_pb2.StreamResponse) -> None:
         kind = message.WhichOneof("kind")
@@ -147,6 +201,9 @@ class Session:
             recorded = message.audio_recorded
             if recorded.resume_token:
                 self.resume_token = recorded.resume_token
+            self.recorded_samples = max(self.recorded_samples, recorded.audio_offset)
+            self.utterances_cut = max(self.utterances_cut, recorded.next_utterance_index)
+            self._recorded.set()
             # Everything before the recorded position is in an utterance the fleet has (or was silence): an
             # empty final marker there had nothing left to end.
             while self._kept and self._kept[0].offset + len(self._kept[0].pcm) // 2 <= recorded.audio_offset:
@@ -212,6 +269,7 @@ class Session:
             )
         self.started = first.started
         self.resume_token = first.started.resume_token or self.resume_token
+        self.recorded_samples = max(self.recorded_samples, first.started.audio_offset)
         if self._playing:  # a new stream starts with playback off
             await call.write(session_pb2.StreamRequest(playback=session_pb2.PlaybackState(playing=True)))
         for kept in list(self._kept):

@@ -213,11 +213,15 @@ class JobStore:
         )
 
     async def complete_and_release(
-        self, output: JobOutput, node_id: str, allowed: tuple[JobState, ...] = LIVE_STATES
+        self,
+        output: JobOutput,
+        node_id: str,
+        allowed: tuple[JobState, ...] = LIVE_STATES,
+        attempts: int = 0,
     ) -> tuple[Completed, bool]:
         """The result recorded, COMPLETED (fenced), and the attempt's slot released, pipelined in one round
         trip. Returns the outcome (recorded? the session's owner, who delivers it) and whether a slot was
-        freed.
+        freed. `attempts`: the job's attempts that reached a node, recorded with it when known (> 0).
 
         The two keys live in different hash slots (the job's session, the registry), so they are two
         scripts, not one; on a single Redis they still share the round trip.
@@ -233,7 +237,7 @@ class JobStore:
                 allowed=tuple(s.value for s in allowed),
                 tts_audio=output.tts_audio,
                 tts_ttl_ms=self.result_audio_ttl_ms,
-                fields=result_fields(output),
+                fields={**result_fields(output), **({"attempts": attempts} if attempts > 0 else {})},
             ),
             self._scripts.release_slot(
                 self._nodes, node_id, member=slot_member(output.job_id, output.attempt)

@@ -23,7 +23,7 @@ from lingua_grpc.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from lingua_grpc.jobs import JobSpec, JobState, JobStore, SkipReason, output_from_record
+from lingua_grpc.jobs import JobSpec, JobState, JobStore, SkipReason, output_from_record, recorded_attempts
 from lingua_grpc.looplag import Saturation
 from lingua_grpc.metrics import SchedulerMetrics
 from lingua_grpc.registry import LanguagePair, SnapshotCache
@@ -343,7 +343,8 @@ class SessionManager:
             elif record.state is JobState.COMPLETED:
                 self._metrics.answers_resent.labels("result").inc()
                 output = output_from_record(record.fields, job.tts_audio)
-                actor.job_done(job.index, output, record.node_id, Overhead(0, 0, now, recorded=True))
+                overhead = Overhead(0, 0, now, recorded=True, attempts=recorded_attempts(record.fields))
+                actor.job_done(job.index, output, record.node_id, overhead)
             elif record.state in (JobState.SKIPPED, JobState.FAILED):
                 self._metrics.answers_resent.labels("skipped").inc()
                 reason = record.fields.get("reason", "")

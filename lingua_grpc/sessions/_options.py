@@ -27,6 +27,9 @@ class SessionOptions:
     tts_enabled: bool
     silence_threshold_dbfs: int
     queue_timeout_ms: int
+    # The client waits for room (session.proto, flow control): while the session's outstanding window is
+    # full, its audio is not read rather than its next utterance skipped SESSION_BACKLOG.
+    wait_for_room: bool = False
 
     def resolve(self, requested: dict[str, int | bool]) -> SessionOptions:
         """These options (the defaults) overridden by what the client set, each checked against BOUNDS."""

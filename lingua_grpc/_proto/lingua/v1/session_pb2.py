@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from lingua_grpc._proto.lingua.v1 import common_pb2 as lingua_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17lingua/v1/session.proto\x12\tlingua.v1\x1a\x16lingua/v1/common.proto\"\xf1\x01\n\rStreamRequest\x12(\n\x05start\x18\x01 \x01(\x0b\x32\x17.lingua.v1.SessionStartH\x00\x12&\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x15.lingua.v1.AudioChunkH\x00\x12,\n\x08playback\x18\x03 \x01(\x0b\x32\x18.lingua.v1.PlaybackStateH\x00\x12\'\n\x08\x66inalize\x18\x04 \x01(\x0b\x32\x13.lingua.v1.FinalizeH\x00\x12/\n\rend_of_stream\x18\x05 \x01(\x0b\x32\x16.lingua.v1.EndOfStreamH\x00\x42\x06\n\x04kind\"\xf7\x01\n\x0cSessionStart\x12.\n\rlanguage_pair\x18\x01 \x01(\x0b\x32\x17.lingua.v1.LanguagePair\x12,\n\x0c\x61udio_format\x18\x02 \x01(\x0b\x32\x16.lingua.v1.AudioFormat\x12*\n\x07options\x18\x03 \x01(\x0b\x32\x19.lingua.v1.SessionOptions\x12\x14\n\x0cresume_token\x18\x04 \x01(\t\x12\x13\n\x0b\x63lient_name\x18\x05 \x01(\t\x12\x1c\n\x14next_utterance_index\x18\x06 \x01(\r\x12\x14\n\x0c\x61udio_offset\x18\x07 \x01(\x04\"\xe0\x02\n\x0eSessionOptions\x12\x15\n\x08pause_ms\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0bhangover_ms\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x1d\n\x10max_utterance_ms\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x1b\n\x0egap_timeout_ms\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x18\n\x0btts_enabled\x18\x05 \x01(\x08H\x04\x88\x01\x01\x12#\n\x16silence_threshold_dbfs\x18\x06 \x01(\x05H\x05\x88\x01\x01\x12\x1d\n\x10queue_timeout_ms\x18\x07 \x01(\rH\x06\x88\x01\x01\x42\x0b\n\t_pause_msB\x0e\n\x0c_hangover_msB\x13\n\x11_max_utterance_msB\x11\n\x0f_gap_timeout_msB\x0e\n\x0c_tts_enabledB\x19\n\x17_silence_threshold_dbfsB\x13\n\x11_queue_timeout_ms\"E\n\nAudioChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08is_final\x18\x02 \x01(\x08\x12\x17\n\x0fsequence_number\x18\x03 \x01(\x04\" \n\rPlaybackState\x12\x0f\n\x07playing\x18\x01 \x01(\x08\"\n\n\x08\x46inalize\"\r\n\x0b\x45ndOfStream\"\xb8\x02\n\x0eStreamResponse\x12,\n\x07started\x18\x01 \x01(\x0b\x32\x19.lingua.v1.SessionStartedH\x00\x12\x30\n\x08progress\x18\x02 \x01(\x0b\x32\x1c.lingua.v1.UtteranceProgressH\x00\x12,\n\x06result\x18\x03 \x01(\x0b\x32\x1a.lingua.v1.UtteranceResultH\x00\x12.\n\x07skipped\x18\x04 \x01(\x0b\x32\x1b.lingua.v1.UtteranceSkippedH\x00\x12,\n\x07warning\x18\x05 \x01(\x0b\x32\x19.lingua.v1.SessionWarningH\x00\x12\x32\n\x0e\x61udio_recorded\x18\x06 \x01(\x0b\x32\x18.lingua.v1.AudioRecordedH\x00\x42\x06\n\x04kind\"\x89\x02\n\x0eSessionStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12*\n\x07options\x18\x02 \x01(\x0b\x32\x19.lingua.v1.SessionOptions\x12\x14\n\x0cresume_token\x18\x03 \x01(\t\x12.\n\rlanguage_pair\x18\x04 \x01(\x0b\x32\x17.lingua.v1.LanguagePair\x12,\n\x0c\x61udio_format\x18\x05 \x01(\x0b\x32\x16.lingua.v1.AudioFormat\x12\x0f\n\x07resumed\x18\x06 \x01(\x08\x12\x1c\n\x14next_utterance_index\x18\x07 \x01(\r\x12\x14\n\x0c\x61udio_offset\x18\x08 \x01(\x04\";\n\rAudioRecorded\x12\x14\n\x0c\x61udio_offset\x18\x01 \x01(\x04\x12\x14\n\x0cresume_token\x18\x02 \x01(\t\"[\n\x11UtteranceProgress\x12\x17\n\x0futterance_index\x18\x01 \x01(\r\x12\x1f\n\x05stage\x18\x02 \x01(\x0e\x32\x10.lingua.v1.Stage\x12\x0c\n\x04text\x18\x03 \x01(\t\"\x84\x02\n\x0fUtteranceResult\x12\x17\n\x0futterance_index\x18\x01 \x01(\r\x12\x13\n\x0bsource_text\x18\x02 \x01(\t\x12\x17\n\x0ftranslated_text\x18\x03 \x01(\t\x12\x11\n\ttts_audio\x18\x04 \x01(\x0c\x12\x30\n\x10tts_audio_format\x18\x05 \x01(\x0b\x32\x16.lingua.v1.AudioFormat\x12\x0f\n\x07node_id\x18\x06 \x01(\t\x12(\n\x07timings\x18\x07 \x01(\x0b\x32\x17.lingua.v1.StageTimings\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\r\x12\x19\n\x11\x61udio_duration_ms\x18\t \x01(\r\"c\n\x10UtteranceSkipped\x12\x17\n\x0futterance_index\x18\x01 \x01(\r\x12%\n\x06reason\x18\x02 \x01(\x0e\x32\x15.lingua.v1.SkipReason\x12\x0f\n\x07message\x18\x03 \x01(\t\"/\n\x0eSessionWarning\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t*\x83\x02\n\nSkipReason\x12\x1b\n\x17SKIP_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17SKIP_REASON_NO_CAPACITY\x10\x01\x12\x1b\n\x17SKIP_REASON_GAP_TIMEOUT\x10\x02\x12\x16\n\x12SKIP_REASON_FAILED\x10\x03\x12\x17\n\x13SKIP_REASON_NO_NODE\x10\x04\x12\x18\n\x14SKIP_REASON_SHUTDOWN\x10\x05\x12\x1f\n\x1bSKIP_REASON_SESSION_BACKLOG\x10\x06\x12\x1c\n\x18SKIP_REASON_STORAGE_FULL\x10\x07\x12\x14\n\x10SKIP_REASON_LOST\x10\x08\x32S\n\x0eSessionService\x12\x41\n\x06Stream\x12\x18.lingua.v1.StreamRequest\x1a\x19.lingua.v1.StreamResponse(\x01\x30\x01\x42\x14Z\x12lingua/v1;linguav1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17lingua/v1/session.proto\x12\tlingua.v1\x1a\x16lingua/v1/common.proto\"\xf1\x01\n\rStreamRequest\x12(\n\x05start\x18\x01 \x01(\x0b\x32\x17.lingua.v1.SessionStartH\x00\x12&\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x15.lingua.v1.AudioChunkH\x00\x12,\n\x08playback\x18\x03 \x01(\x0b\x32\x18.lingua.v1.PlaybackStateH\x00\x12\'\n\x08\x66inalize\x18\x04 \x01(\x0b\x32\x13.lingua.v1.FinalizeH\x00\x12/\n\rend_of_stream\x18\x05 \x01(\x0b\x32\x16.lingua.v1.EndOfStreamH\x00\x42\x06\n\x04kind\"\xf7\x01\n\x0cSessionStart\x12.\n\rlanguage_pair\x18\x01 \x01(\x0b\x32\x17.lingua.v1.LanguagePair\x12,\n\x0c\x61udio_format\x18\x02 \x01(\x0b\x32\x16.lingua.v1.AudioFormat\x12*\n\x07options\x18\x03 \x01(\x0b\x32\x19.lingua.v1.SessionOptions\x12\x14\n\x0cresume_token\x18\x04 \x01(\t\x12\x13\n\x0b\x63lient_name\x18\x05 \x01(\t\x12\x1c\n\x14next_utterance_index\x18\x06 \x01(\r\x12\x14\n\x0c\x61udio_offset\x18\x07 \x01(\x04\"\x8e\x03\n\x0eSessionOptions\x12\x15\n\x08pause_ms\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0bhangover_ms\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x1d\n\x10max_utterance_ms\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x1b\n\x0egap_timeout_ms\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x18\n\x0btts_enabled\x18\x05 \x01(\x08H\x04\x88\x01\x01\x12#\n\x16silence_threshold_dbfs\x18\x06 \x01(\x05H\x05\x88\x01\x01\x12\x1d\n\x10queue_timeout_ms\x18\x07 \x01(\rH\x06\x88\x01\x01\x12\x1a\n\rwait_for_room\x18\x08 \x01(\x08H\x07\x88\x01\x01\x42\x0b\n\t_pause_msB\x0e\n\x0c_hangover_msB\x13\n\x11_max_utterance_msB\x11\n\x0f_gap_timeout_msB\x0e\n\x0c_tts_enabledB\x19\n\x17_silence_threshold_dbfsB\x13\n\x11_queue_timeout_msB\x10\n\x0e_wait_for_room\"E\n\nAudioChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08is_final\x18\x02 \x01(\x08\x12\x17\n\x0fsequence_number\x18\x03 \x01(\x04\" \n\rPlaybackState\x12\x0f\n\x07playing\x18\x01 \x01(\x08\"\n\n\x08\x46inalize\"\r\n\x0b\x45ndOfStream\"\xb8\x02\n\x0eStreamResponse\x12,\n\x07started\x18\x01 \x01(\x0b\x32\x19.lingua.v1.SessionStartedH\x00\x12\x30\n\x08progress\x18\x02 \x01(\x0b\x32\x1c.lingua.v1.UtteranceProgressH\x00\x12,\n\x06result\x18\x03 \x01(\x0b\x32\x1a.lingua.v1.UtteranceResultH\x00\x12.\n\x07skipped\x18\x04 \x01(\x0b\x32\x1b.lingua.v1.UtteranceSkippedH\x00\x12,\n\x07warning\x18\x05 \x01(\x0b\x32\x19.lingua.v1.SessionWarningH\x00\x12\x32\n\x0e\x61udio_recorded\x18\x06 \x01(\x0b\x32\x18.lingua.v1.AudioRecordedH\x00\x42\x06\n\x04kind\"\xad\x02\n\x0eSessionStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12*\n\x07options\x18\x02 \x01(\x0b\x32\x19.lingua.v1.SessionOptions\x12\x14\n\x0cresume_token\x18\x03 \x01(\t\x12.\n\rlanguage_pair\x18\x04 \x01(\x0b\x32\x17.lingua.v1.LanguagePair\x12,\n\x0c\x61udio_format\x18\x05 \x01(\x0b\x32\x16.lingua.v1.AudioFormat\x12\x0f\n\x07resumed\x18\x06 \x01(\x08\x12\x1c\n\x14next_utterance_index\x18\x07 \x01(\r\x12\x14\n\x0c\x61udio_offset\x18\x08 \x01(\x04\x12\"\n\x1amax_outstanding_utterances\x18\t \x01(\r\"Y\n\rAudioRecorded\x12\x14\n\x0c\x61udio_offset\x18\x01 \x01(\x04\x12\x14\n\x0cresume_token\x18\x02 \x01(\t\x12\x1c\n\x14next_utterance_index\x18\x03 \x01(\r\"[\n\x11UtteranceProgress\x12\x17\n\x0futterance_index\x18\x01 \x01(\r\x12\x1f\n\x05stage\x18\x02 \x01(\x0e\x32\x10.lingua.v1.Stage\x12\x0c\n\x04text\x18\x03 \x01(\t\"\x84\x02\n\x0fUtteranceResult\x12\x17\n\x0futterance_index\x18\x01 \x01(\r\x12\x13\n\x0bsource_text\x18\x02 \x01(\t\x12\x17\n\x0ftranslated_text\x18\x03 \x01(\t\x12\x11\n\ttts_audio\x18\x04 \x01(\x0c\x12\x30\n\x10tts_audio_format\x18\x05 \x01(\x0b\x32\x16.lingua.v1.AudioFormat\x12\x0f\n\x07node_id\x18\x06 \x01(\t\x12(\n\x07timings\x18\x07 \x01(\x0b\x32\x17.lingua.v1.StageTimings\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\r\x12\x19\n\x11\x61udio_duration_ms\x18\t \x01(\r\"c\n\x10UtteranceSkipped\x12\x17\n\x0futterance_index\x18\x01 \x01(\r\x12%\n\x06reason\x18\x02 \x01(\x0e\x32\x15.lingua.v1.SkipReason\x12\x0f\n\x07message\x18\x03 \x01(\t\"/\n\x0eSessionWarning\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t*\xa6\x02\n\nSkipReason\x12\x1b\n\x17SKIP_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17SKIP_REASON_NO_CAPACITY\x10\x01\x12\x1b\n\x17SKIP_REASON_GAP_TIMEOUT\x10\x02\x12\x16\n\x12SKIP_REASON_FAILED\x10\x03\x12\x17\n\x13SKIP_REASON_NO_NODE\x10\x04\x12\x18\n\x14SKIP_REASON_SHUTDOWN\x10\x05\x12\x1f\n\x1bSKIP_REASON_SESSION_BACKLOG\x10\x06\x12\x1c\n\x18SKIP_REASON_STORAGE_FULL\x10\x07\x12\x14\n\x10SKIP_REASON_LOST\x10\x08\x12!\n\x1dSKIP_REASON_STORE_UNAVAILABLE\x10\t2S\n\x0eSessionService\x12\x41\n\x06Stream\x12\x18.lingua.v1.StreamRequest\x1a\x19.lingua.v1.StreamResponse(\x01\x30\x01\x42\x14Z\x12lingua/v1;linguav1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,36 +33,36 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lingua_grpc._proto.lingua.v
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z\022lingua/v1;linguav1'
-  _globals['_SKIPREASON']._serialized_start=2194
-  _globals['_SKIPREASON']._serialized_end=2453
+  _globals['_SKIPREASON']._serialized_start=2306
+  _globals['_SKIPREASON']._serialized_end=2600
   _globals['_STREAMREQUEST']._serialized_start=63
   _globals['_STREAMREQUEST']._serialized_end=304
   _globals['_SESSIONSTART']._serialized_start=307
   _globals['_SESSIONSTART']._serialized_end=554
   _globals['_SESSIONOPTIONS']._serialized_start=557
-  _globals['_SESSIONOPTIONS']._serialized_end=909
-  _globals['_AUDIOCHUNK']._serialized_start=911
-  _globals['_AUDIOCHUNK']._serialized_end=980
-  _globals['_PLAYBACKSTATE']._serialized_start=982
-  _globals['_PLAYBACKSTATE']._serialized_end=1014
-  _globals['_FINALIZE']._serialized_start=1016
-  _globals['_FINALIZE']._serialized_end=1026
-  _globals['_ENDOFSTREAM']._serialized_start=1028
-  _globals['_ENDOFSTREAM']._serialized_end=1041
-  _globals['_STREAMRESPONSE']._serialized_start=1044
-  _globals['_STREAMRESPONSE']._serialized_end=1356
-  _globals['_SESSIONSTARTED']._serialized_start=1359
-  _globals['_SESSIONSTARTED']._serialized_end=1624
-  _globals['_AUDIORECORDED']._serialized_start=1626
-  _globals['_AUDIORECORDED']._serialized_end=1685
-  _globals['_UTTERANCEPROGRESS']._serialized_start=1687
-  _globals['_UTTERANCEPROGRESS']._serialized_end=1778
-  _globals['_UTTERANCERESULT']._serialized_start=1781
-  _globals['_UTTERANCERESULT']._serialized_end=2041
-  _globals['_UTTERANCESKIPPED']._serialized_start=2043
-  _globals['_UTTERANCESKIPPED']._serialized_end=2142
-  _globals['_SESSIONWARNING']._serialized_start=2144
-  _globals['_SESSIONWARNING']._serialized_end=2191
-  _globals['_SESSIONSERVICE']._serialized_start=2455
-  _globals['_SESSIONSERVICE']._serialized_end=2538
+  _globals['_SESSIONOPTIONS']._serialized_end=955
+  _globals['_AUDIOCHUNK']._serialized_start=957
+  _globals['_AUDIOCHUNK']._serialized_end=1026
+  _globals['_PLAYBACKSTATE']._serialized_start=1028
+  _globals['_PLAYBACKSTATE']._serialized_end=1060
+  _globals['_FINALIZE']._serialized_start=1062
+  _globals['_FINALIZE']._serialized_end=1072
+  _globals['_ENDOFSTREAM']._serialized_start=1074
+  _globals['_ENDOFSTREAM']._serialized_end=1087
+  _globals['_STREAMRESPONSE']._serialized_start=1090
+  _globals['_STREAMRESPONSE']._serialized_end=1402
+  _globals['_SESSIONSTARTED']._serialized_start=1405
+  _globals['_SESSIONSTARTED']._serialized_end=1706
+  _globals['_AUDIORECORDED']._serialized_start=1708
+  _globals['_AUDIORECORDED']._serialized_end=1797
+  _globals['_UTTERANCEPROGRESS']._serialized_start=1799
+  _globals['_UTTERANCEPROGRESS']._serialized_end=1890
+  _globals['_UTTERANCERESULT']._serialized_start=1893
+  _globals['_UTTERANCERESULT']._serialized_end=2153
+  _globals['_UTTERANCESKIPPED']._serialized_start=2155
+  _globals['_UTTERANCESKIPPED']._serialized_end=2254
+  _globals['_SESSIONWARNING']._serialized_start=2256
+  _globals['_SESSIONWARNING']._serialized_end=2303
+  _globals['_SESSIONSERVICE']._serialized_start=2602
+  _globals['_SESSIONSERVICE']._serialized_end=2685
 # @@protoc_insertion_point(module_scope)

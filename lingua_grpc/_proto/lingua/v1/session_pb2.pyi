@@ -38,8 +38,9 @@ class _SkipReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SkipReason
     """The scheduler was shutting down and could not finish the utterance in its grace period."""
     SKIP_REASON_SESSION_BACKLOG: _SkipReason.ValueType  # 6
     """The session already had as many utterances waiting or running as the scheduler allows one session
-    (`session_max_outstanding`); this one was not started. The client is producing utterances faster than
-    they are translated: send audio at real-time pace, or wait for results before sending more.
+    (`SessionStarted.max_outstanding_utterances`); this one was not started. The client is producing
+    utterances faster than they are translated: set `SessionOptions.wait_for_room` (the server then holds
+    the client's audio back instead), or send audio at real-time pace.
     """
     SKIP_REASON_STORAGE_FULL: _SkipReason.ValueType  # 7
     """The scheduler's store (Redis) refused to record the utterance because it is out of memory. Operators
@@ -48,6 +49,11 @@ class _SkipReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SkipReason
     SKIP_REASON_LOST: _SkipReason.ValueType  # 8
     """The utterance's record is gone from the scheduler's store (it expired, or the store lost its data) and
     no scheduler holds its result: found when a session resumes.
+    """
+    SKIP_REASON_STORE_UNAVAILABLE: _SkipReason.ValueType  # 9
+    """The scheduler's store (Redis) did not answer while the utterance waited for its job to be recorded
+    (`store_wait_ms`, or more audio already waiting than `store_wait_max_bytes`). The utterance's audio was
+    not acknowledged (no `AudioRecorded` covered it), so a client that resumes the session sends it again.
     """
 
 class SkipReason(_SkipReason, metaclass=_SkipReasonEnumTypeWrapper):
@@ -67,8 +73,9 @@ SKIP_REASON_SHUTDOWN: SkipReason.ValueType  # 5
 """The scheduler was shutting down and could not finish the utterance in its grace period."""
 SKIP_REASON_SESSION_BACKLOG: SkipReason.ValueType  # 6
 """The session already had as many utterances waiting or running as the scheduler allows one session
-(`session_max_outstanding`); this one was not started. The client is producing utterances faster than
-they are translated: send audio at real-time pace, or wait for results before sending more.
+(`SessionStarted.max_outstanding_utterances`); this one was not started. The client is producing
+utterances faster than they are translated: set `SessionOptions.wait_for_room` (the server then holds
+the client's audio back instead), or send audio at real-time pace.
 """
 SKIP_REASON_STORAGE_FULL: SkipReason.ValueType  # 7
 """The scheduler's store (Redis) refused to record the utterance because it is out of memory. Operators
@@ -77,6 +84,11 @@ see this in health and logs; the client may retry later.
 SKIP_REASON_LOST: SkipReason.ValueType  # 8
 """The utterance's record is gone from the scheduler's store (it expired, or the store lost its data) and
 no scheduler holds its result: found when a session resumes.
+"""
+SKIP_REASON_STORE_UNAVAILABLE: SkipReason.ValueType  # 9
+"""The scheduler's store (Redis) did not answer while the utterance waited for its job to be recorded
+(`store_wait_ms`, or more audio already waiting than `store_wait_max_bytes`). The utterance's audio was
+not acknowledged (no `AudioRecorded` covered it), so a client that resumes the session sends it again.
 """
 Global___SkipReason: _TypeAlias = SkipReason  # noqa: Y015
 
@@ -203,6 +215,7 @@ class SessionOptions(_message.Message):
     TTS_ENABLED_FIELD_NUMBER: _builtins.int
     SILENCE_THRESHOLD_DBFS_FIELD_NUMBER: _builtins.int
     QUEUE_TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    WAIT_FOR_ROOM_FIELD_NUMBER: _builtins.int
     pause_ms: _builtins.int
     """Silence that ends an utterance, in ms: either no chunk arrives for this long (clients that send only
     voiced audio) or the audio stays below `silence_threshold_dbfs` for this long. Range 100 to 10000.
@@ -223,6 +236,14 @@ class SessionOptions(_message.Message):
     """How long an utterance may wait for a free node slot before it is skipped with NO_CAPACITY, in ms.
     Range 100 to 120000.
     """
+    wait_for_room: _builtins.bool
+    """What happens when the session already has `SessionStarted.max_outstanding_utterances` utterances
+    waiting or running (see `SessionService.Stream`, flow control). True: the client waits for room; the
+    server stops reading its audio until an utterance's job ends, so no utterance is skipped
+    SESSION_BACKLOG (for recordings streamed faster than real time). False: the next utterance is skipped
+    SESSION_BACKLOG and the session goes on (for live audio that must not fall behind). Default false;
+    the Python client library sets it true unless told otherwise.
+    """
     def __init__(
         self,
         *,
@@ -233,10 +254,11 @@ class SessionOptions(_message.Message):
         tts_enabled: _builtins.bool | None = ...,
         silence_threshold_dbfs: _builtins.int | None = ...,
         queue_timeout_ms: _builtins.int | None = ...,
+        wait_for_room: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_gap_timeout_ms", b"_gap_timeout_ms", "_hangover_ms", b"_hangover_ms", "_max_utterance_ms", b"_max_utterance_ms", "_pause_ms", b"_pause_ms", "_queue_timeout_ms", b"_queue_timeout_ms", "_silence_threshold_dbfs", b"_silence_threshold_dbfs", "_tts_enabled", b"_tts_enabled", "gap_timeout_ms", b"gap_timeout_ms", "hangover_ms", b"hangover_ms", "max_utterance_ms", b"max_utterance_ms", "pause_ms", b"pause_ms", "queue_timeout_ms", b"queue_timeout_ms", "silence_threshold_dbfs", b"silence_threshold_dbfs", "tts_enabled", b"tts_enabled"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_gap_timeout_ms", b"_gap_timeout_ms", "_hangover_ms", b"_hangover_ms", "_max_utterance_ms", b"_max_utterance_ms", "_pause_ms", b"_pause_ms", "_queue_timeout_ms", b"_queue_timeout_ms", "_silence_threshold_dbfs", b"_silence_threshold_dbfs", "_tts_enabled", b"_tts_enabled", "_wait_for_room", b"_wait_for_room", "gap_timeout_ms", b"gap_timeout_ms", "hangover_ms", b"hangover_ms", "max_utterance_ms", b"max_utterance_ms", "pause_ms", b"pause_ms", "queue_timeout_ms", b"queue_timeout_ms", "silence_threshold_dbfs", b"silence_threshold_dbfs", "tts_enabled", b"tts_enabled", "wait_for_room", b"wait_for_room"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_gap_timeout_ms", b"_gap_timeout_ms", "_hangover_ms", b"_hangover_ms", "_max_utterance_ms", b"_max_utterance_ms", "_pause_ms", b"_pause_ms", "_queue_timeout_ms", b"_queue_timeout_ms", "_silence_threshold_dbfs", b"_silence_threshold_dbfs", "_tts_enabled", b"_tts_enabled", "gap_timeout_ms", b"gap_timeout_ms", "hangover_ms", b"hangover_ms", "max_utterance_ms", b"max_utterance_ms", "pause_ms", b"pause_ms", "queue_timeout_ms", b"queue_timeout_ms", "silence_threshold_dbfs", b"silence_threshold_dbfs", "tts_enabled", b"tts_enabled"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_gap_timeout_ms", b"_gap_timeout_ms", "_hangover_ms", b"_hangover_ms", "_max_utterance_ms", b"_max_utterance_ms", "_pause_ms", b"_pause_ms", "_queue_timeout_ms", b"_queue_timeout_ms", "_silence_threshold_dbfs", b"_silence_threshold_dbfs", "_tts_enabled", b"_tts_enabled", "_wait_for_room", b"_wait_for_room", "gap_timeout_ms", b"gap_timeout_ms", "hangover_ms", b"hangover_ms", "max_utterance_ms", b"max_utterance_ms", "pause_ms", b"pause_ms", "queue_timeout_ms", b"queue_timeout_ms", "silence_threshold_dbfs", b"silence_threshold_dbfs", "tts_enabled", b"tts_enabled", "wait_for_room", b"wait_for_room"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__gap_timeout_ms: _TypeAlias = _typing.Literal["gap_timeout_ms"]  # noqa: Y015
     _WhichOneofArgType__gap_timeout_ms: _TypeAlias = _typing.Literal["_gap_timeout_ms", b"_gap_timeout_ms"]  # noqa: Y015
@@ -252,6 +274,8 @@ class SessionOptions(_message.Message):
     _WhichOneofArgType__silence_threshold_dbfs: _TypeAlias = _typing.Literal["_silence_threshold_dbfs", b"_silence_threshold_dbfs"]  # noqa: Y015
     _WhichOneofReturnType__tts_enabled: _TypeAlias = _typing.Literal["tts_enabled"]  # noqa: Y015
     _WhichOneofArgType__tts_enabled: _TypeAlias = _typing.Literal["_tts_enabled", b"_tts_enabled"]  # noqa: Y015
+    _WhichOneofReturnType__wait_for_room: _TypeAlias = _typing.Literal["wait_for_room"]  # noqa: Y015
+    _WhichOneofArgType__wait_for_room: _TypeAlias = _typing.Literal["_wait_for_room", b"_wait_for_room"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__gap_timeout_ms) -> _WhichOneofReturnType__gap_timeout_ms | None: ...
     @_typing.overload
@@ -266,6 +290,8 @@ class SessionOptions(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__silence_threshold_dbfs) -> _WhichOneofReturnType__silence_threshold_dbfs | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__tts_enabled) -> _WhichOneofReturnType__tts_enabled | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__wait_for_room) -> _WhichOneofReturnType__wait_for_room | None: ...
 
 Global___SessionOptions: _TypeAlias = SessionOptions  # noqa: Y015
 
@@ -427,6 +453,7 @@ class SessionStarted(_message.Message):
     RESUMED_FIELD_NUMBER: _builtins.int
     NEXT_UTTERANCE_INDEX_FIELD_NUMBER: _builtins.int
     AUDIO_OFFSET_FIELD_NUMBER: _builtins.int
+    MAX_OUTSTANDING_UTTERANCES_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Server-assigned session id; appears in logs and job ids."""
     resume_token: _builtins.str
@@ -440,6 +467,12 @@ class SessionStarted(_message.Message):
     audio_offset: _builtins.int
     """Position (samples since the session's first) up to which the session's audio is recorded. Audio the
     client sends again from before it is dropped; audio from it on is segmented anew. 0 for a new session.
+    """
+    max_outstanding_utterances: _builtins.int
+    """How many of the session's utterances may wait for a node or run at once (the scheduler's
+    `session_max_outstanding`): the flow-control window of `SessionService.Stream`. With
+    `options.wait_for_room` the server stops reading audio while this many are outstanding; without it,
+    an utterance cut beyond it is skipped SESSION_BACKLOG. 0 from a server older than this field.
     """
     @_builtins.property
     def options(self) -> Global___SessionOptions:
@@ -464,10 +497,11 @@ class SessionStarted(_message.Message):
         resumed: _builtins.bool = ...,
         next_utterance_index: _builtins.int = ...,
         audio_offset: _builtins.int = ...,
+        max_outstanding_utterances: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["audio_format", b"audio_format", "language_pair", b"language_pair", "options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_format", b"audio_format", "audio_offset", b"audio_offset", "language_pair", b"language_pair", "next_utterance_index", b"next_utterance_index", "options", b"options", "resume_token", b"resume_token", "resumed", b"resumed", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_format", b"audio_format", "audio_offset", b"audio_offset", "language_pair", b"language_pair", "max_outstanding_utterances", b"max_outstanding_utterances", "next_utterance_index", b"next_utterance_index", "options", b"options", "resume_token", b"resume_token", "resumed", b"resumed", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -484,19 +518,26 @@ class AudioRecorded(_message.Message):
 
     AUDIO_OFFSET_FIELD_NUMBER: _builtins.int
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    NEXT_UTTERANCE_INDEX_FIELD_NUMBER: _builtins.int
     audio_offset: _builtins.int
     """Position in samples since the session's first sample: the client may drop its kept audio before it."""
     resume_token: _builtins.str
     """A fresh resume token, replacing the one held, when the server renews it; empty otherwise."""
+    next_utterance_index: _builtins.int
+    """How many of the session's utterances lie before `audio_offset`: the index the first utterance after it
+    takes. With the answers received (see `SessionService.Stream`, flow control) it tells the client how
+    many of its utterances are outstanding. 0 from a server older than this field.
+    """
     def __init__(
         self,
         *,
         audio_offset: _builtins.int = ...,
         resume_token: _builtins.str = ...,
+        next_utterance_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_offset", b"audio_offset", "resume_token", b"resume_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_offset", b"audio_offset", "next_utterance_index", b"next_utterance_index", "resume_token", b"resume_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -558,7 +599,10 @@ class UtteranceResult(_message.Message):
     node_id: _builtins.str
     """Node that produced the result."""
     attempt: _builtins.int
-    """Which attempt produced the result, from 1. More than 1 means the job was re-dispatched."""
+    """Which attempt produced the result, from 1, counting only attempts that reached a node (one spent on a
+    full node, or handed towards a node already gone, is not counted). More than 1 means the job ran again
+    after a node failed, rejected or lost it.
+    """
     audio_duration_ms: _builtins.int
     """Duration of the utterance's audio, in ms."""
     @_builtins.property

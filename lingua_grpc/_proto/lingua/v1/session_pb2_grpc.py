@@ -73,6 +73,27 @@ class SessionServiceServicer:
         session is over for good (no resume) once the client sent `end_of_stream` and got every answer, or
         after an error of its own; a stream that just ends (half-closed or broken) leaves it resumable.
 
+        Flow control (recordings, or any client that sends faster than real time):
+        A session may have `SessionStarted.max_outstanding_utterances` utterances waiting for a node or
+        running at once. The client cannot see where the server cuts utterances (it segments by pauses), nor
+        how many the audio it already sent will make, so the server keeps the window, not the client:
+        - With `SessionOptions.wait_for_room` set (the client waits), the server reads none of the client's
+        audio (nor any later message) while the window is full, and goes on as soon as an utterance's job
+        ends. gRPC flow control then holds the client's writes back: its write of audio simply waits. No
+        utterance of such a session is ever skipped SESSION_BACKLOG, however fast it sends, and pauses are
+        not mistaken for gaps between chunks (the server stops only right after it cut an utterance).
+        Read the responses while writing: the server still sends answers while it holds the audio back.
+        - Without it (the default), an utterance cut while the window is full is skipped SESSION_BACKLOG at
+        once, as an answer in its place; the session goes on.
+        The client learns where the server cut: `AudioRecorded.next_utterance_index` says how many of the
+        session's utterances lie before `AudioRecorded.audio_offset`. That index minus the answers received
+        (the next index whose `result` or `skipped` has not arrived) is how many of the client's utterances
+        are outstanding, as far as the recorded audio goes; it never exceeds the window for a client that
+        waits. Use it for progress; the window itself needs no counting on the client. A client may also
+        bound the audio it has sent past the last `AudioRecorded` (what a resume sends again) to more than
+        `options.max_utterance_ms`, which holds a cut; it should not otherwise stop sending mid-utterance for
+        `options.pause_ms`, which reads as a pause.
+
         Errors: INVALID_ARGUMENT for a bad start message, format or option (the message says what to fix);
         FAILED_PRECONDITION when the first message is not `start` or a message comes in the wrong order;
         UNAVAILABLE when no registered node serves the language pair or the scheduler is shutting down;
