@@ -366,6 +366,7 @@ class Scheduler:
             self.metrics,
             self.clock,
             s.accept_timeout_ms,
+            lease_ms=s.instance_lease_ms,
         )
         await recovery.start()
         stack.push_async_callback(recovery.stop)

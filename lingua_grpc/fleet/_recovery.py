@@ -16,6 +16,14 @@ What a dead instance leaves, and what becomes of it:
 - node streams it held: the nodes register again elsewhere, with the attempts they run (their slot sets
   become exactly those); a node that does not comes off the registry when its lease lapses;
 - its record: removed from the fleet's list.
+
+Dead means unrenewed while Redis answered: a survivor claims an instance only once it has itself seen that
+instance's record unrenewed for `lease_ms` of its own successful sweeps (counted from one sweep to the next,
+and only across sweeps that read Redis), besides the lease key having lapsed. A Redis outage or restart is
+no instance's death: a lease that lapsed while Redis was away (its TTL ran out, or passed while Redis was
+down and its AOF kept it) is renewed by its instance's next heartbeat before any survivor has counted a
+lease of contact. Before, every instance claimed every other after one restart longer than the lease, and
+all of them stopped (issue 27).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -53,6 +61,48 @@ class Recovered:
     jobs_requeued: int = 0  # attempts handed to no node, put back to wait for the session's resume
 
 
+@dataclass(slots=True)
+class _Seen:
+    """A peer as this survivor saw it: its last renewal (the record's last_heartbeat_ms) and for how long
+    of this survivor's own contact with Redis it has stayed that."""
+
+    renewal_ms: int
+    unrenewed_s: float = 0.0
+
+
+@dataclass(slots=True)
+class PeerWatch:
+    """Pure: which peers have gone unrenewed for `lease_s` of this survivor's Redis contact. `saw(peers,
+    at)` after each successful read of the fleet, `lost_contact()` after a failed one; time between a
+    failure and the next success never counts, nor more than `max_step_s` between two reads (a survivor
+    that was itself paused or starved)."""
+
+    lease_s: float
+    max_step_s: float
+    _seen: dict[str, _Seen] = field(default_factory=dict)
+    _last_read: float | None = None
+
+    def lost_contact(self) -> None:
+        self._last_read = None
+
+    def saw(self, renewals: dict[str, int], at: float) -> list[str]:
+        """The peers (instance id -> last renewal) read at `at` that are unrenewed for a lease now."""
+        step = min(at - self._last_read, self.max_step_s) if self._last_read is not None else 0.0
+        self._last_read = at
+        for gone in self._seen.keys() - renewals.keys():
+            del self._seen[gone]
+        out = []
+        for peer, renewal in renewals.items():
+            seen = self._seen.get(peer)
+            if seen is None or seen.renewal_ms != renewal:
+                self._seen[peer] = _Seen(renewal)
+                continue
+            seen.unrenewed_s += max(0.0, step)
+            if seen.unrenewed_s >= self.lease_s:
+                out.append(peer)
+        return out
+
+
 class Recovery:
     def __init__(
         self,
@@ -71,9 +121,13 @@ class Recovery:
         metrics: SchedulerMetrics,
         clock: Clock,
         accept_timeout_ms: int = 2000,
+        lease_ms: int = 0,
     ) -> None:
         """`batch`: inbox entries read at once from a dead instance's inbox. `accept_timeout_ms`: an attempt
-        ASSIGNED longer than this at the takeover never reached its node."""
+        ASSIGNED longer than this at the takeover never reached its node. `lease_ms`: how long of this
+        survivor's own Redis contact a peer must stay unrenewed to be claimed (0: as soon as its lease key
+        lapsed, the old rule)."""
+        self._peers = PeerWatch(lease_ms / 1000, max(2 * interval_s, 0.001))
         self._accept_timeout_ms = accept_timeout_ms
         # (due in ms since the epoch, job id, attempt, dead owner) of attempts to look at again
         self._rechecks: list[tuple[int, str, int, str]] = []
@@ -113,10 +167,18 @@ class Recovery:
     async def sweep(self) -> list[Recovered]:
         """Takes over each dead instance this survivor is first to claim, and looks again at the attempts
         of earlier takeovers that were too young to judge."""
-        await self._recheck_due()
+        try:
+            await self._recheck_due()
+            records = await self._instances.list()
+        except (RedisError, OSError):
+            self._peers.lost_contact()
+            raise
+        peers = {r.instance_id: r.last_heartbeat_ms for r in records if r.instance_id != self._id}
+        unrenewed = set(self._peers.saw(peers, self._clock.monotonic()))
         out = []
-        for record in await self._instances.list():
-            if not record.alive and record.instance_id != self._id:
+        for record in records:
+            due = record.instance_id in unrenewed or self._peers.lease_s <= 0
+            if not record.alive and record.instance_id != self._id and due:
                 recovered = await self.recover(record.instance_id)
                 if recovered is not None:
                     out.append(recovered)
