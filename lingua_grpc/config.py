@@ -175,7 +175,9 @@ class Settings:
     )
     session_max_outstanding: int = _setting(
         32,
-        "utterances of one session waiting or running at once; more are skipped at once (SESSION_BACKLOG)",
+        "utterances of one session waiting or running at once (SessionStarted.max_outstanding_utterances);"
+        " beyond, a session that waits for room is not read until one ends, another's are skipped"
+        " (SESSION_BACKLOG)",
     )
     session_idle_timeout_ms: int = _setting(
         120000,

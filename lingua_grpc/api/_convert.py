@@ -60,7 +60,7 @@ _SKIP = {
     SkipReason.LOST: session_pb2.SKIP_REASON_LOST,
     SkipReason.STORE_UNAVAILABLE: session_pb2.SKIP_REASON_STORE_UNAVAILABLE,
 }
-_OPTION_FIELDS = (*BOUNDS, "tts_enabled")
+_OPTION_FIELDS = (*BOUNDS, "tts_enabled", "wait_for_room")
 
 _STATE = {NodeState.UP: common_pb2.NODE_STATE_UP, NodeState.DRAINING: common_pb2.NODE_STATE_DRAINING}
 
@@ -253,10 +253,11 @@ def options_to_proto(o: SessionOptions) -> session_pb2.SessionOptions:
         tts_enabled=o.tts_enabled,
         silence_threshold_dbfs=o.silence_threshold_dbfs,
         queue_timeout_ms=o.queue_timeout_ms,
+        wait_for_room=o.wait_for_room,
     )
 
 
-def started_to_proto(actor: SessionActor) -> session_pb2.StreamResponse:
+def started_to_proto(actor: SessionActor, max_outstanding: int) -> session_pb2.StreamResponse:
     return session_pb2.StreamResponse(
         started=session_pb2.SessionStarted(
             session_id=actor.session_id,
@@ -267,6 +268,7 @@ def started_to_proto(actor: SessionActor) -> session_pb2.StreamResponse:
             resumed=actor.resumed,
             next_utterance_index=actor.start.next_to_send,
             audio_offset=actor.start.audio_offset,
+            max_outstanding_utterances=max_outstanding,
         )
     )
 
@@ -307,7 +309,11 @@ def output_to_proto(out: Output) -> session_pb2.StreamResponse:
             )
         )
     if isinstance(out, RecordedOut):
-        return session_pb2.StreamResponse(audio_recorded=session_pb2.AudioRecorded(audio_offset=out.offset))
+        return session_pb2.StreamResponse(
+            audio_recorded=session_pb2.AudioRecorded(
+                audio_offset=out.offset, next_utterance_index=out.next_index
+            )
+        )
     raise TypeError(f"no protobuf form for {out!r}")
 
 

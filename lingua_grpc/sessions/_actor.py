@@ -85,7 +85,23 @@ class _Skipped:
     message: str
 
 
-_Event = _Audio | _Playback | _Finalize | _SegmentTimer | _GapTimer | _Progress | _Done | _Skipped | _Fail
+@dataclass(frozen=True, slots=True)
+class _Recorded:
+    index: int
+
+
+_Event = (
+    _Audio
+    | _Playback
+    | _Finalize
+    | _SegmentTimer
+    | _GapTimer
+    | _Progress
+    | _Done
+    | _Skipped
+    | _Recorded
+    | _Fail
+)
 
 
 # Outbox: what the client is sent, in order.
@@ -115,9 +131,11 @@ class SkippedOut:
 
 @dataclass(frozen=True, slots=True)
 class RecordedOut:
-    """The session's audio is recorded up to `offset` (samples since its first): the client may drop it."""
+    """The session's audio is recorded up to `offset` (samples since its first): the client may drop it.
+    `next_index`: how many of the session's utterances lie before it."""
 
     offset: int
+    next_index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +230,9 @@ class SessionActor:
         )
         self._drop_bytes = 2 * start.drop_samples  # audio sent again that the store has: dropped on arrival
         self._acked = start.audio_offset  # recorded audio the client was told of
+        # Utterances whose job is not recorded in Redis and whose answer was not sent yet, by index: where
+        # each starts in the session's audio. The client is told no audio past the first of them is recorded.
+        self._unrecorded: dict[int, int] = {}
         self._sequencer: ResultSequencer[_Done] = ResultSequencer(
             options.gap_timeout_ms / 1000, start.next_to_send
         )
@@ -272,6 +293,9 @@ class SessionActor:
     def job_skipped(self, index: int, reason: SkipReason, message: str) -> None:
         self._post(_Skipped(index, reason, message), control=True)
 
+    def job_recorded(self, index: int) -> None:
+        self._post(_Recorded(index), control=True)
+
     # Called when the session resumes, before `run`.
     def inherit(self, index: int, duration_ms: int) -> None:
         """The session had utterance `index` before this stream: its answer comes from the store, or from its
@@ -285,9 +309,17 @@ class SessionActor:
         self._inbox.wake()  # the actor waits on the inbox for both
 
     async def _next_event(self) -> _Event:
-        while not (self._control or self._inbox):
+        while not (self._control or (self._inbox and self._has_room())):
             await self._inbox.wait()
         return self._control.take() if self._control else self._inbox.take()
+
+    def _has_room(self) -> bool:
+        """Whether the client's next message may be taken. A session that waits for room (options) takes
+        none while its window of outstanding utterances is full, so no utterance of it is ever skipped
+        SESSION_BACKLOG: a message cuts at most one utterance, and only jobs of cuts raise the count, each
+        cut leaving no speech in the segmenter for a pause timer to cut while the client is held (its
+        writes then wait on gRPC flow control, the inbox being full)."""
+        return not self.options.wait_for_room or self._outstanding < self._limits.max_outstanding
 
     def stop(self) -> None:
         """Ends `run`: at once while it waits for events, else after the event in hand (a job being placed
@@ -346,16 +378,26 @@ class SessionActor:
         elif isinstance(event, _Skipped):
             self._outstanding -= 1
             self._send(self._sequencer.skip(event.index, event.reason, event.message, now))
+        elif isinstance(event, _Recorded):
+            self._unrecorded.pop(event.index, None)
         for utterance in utterances:
             await self._start_job(utterance)
-        if seg.recorded_offset > self._acked:  # every utterance before it is recorded (or answered)
-            self._acked = seg.recorded_offset
-            self._emit(RecordedOut(self._acked))
+        # AudioRecorded is a promise: the audio before it is in Redis (every utterance it covers has its job
+        # recorded, or its answer sent ahead of it on this stream) or was silence. A client drops that audio,
+        # so an utterance Redis has not recorded yet (an outage) must not be covered: after a resume elsewhere
+        # its audio would be gone and the next utterance would take its index.
+        recorded = seg.recorded_offset
+        if self._unrecorded:
+            recorded = min(recorded, min(self._unrecorded.values()))
+        if recorded > self._acked:
+            self._acked = recorded
+            self._emit(RecordedOut(self._acked, min(self._unrecorded, default=seg.next_index)))
 
     async def _start_job(self, u: Utterance) -> None:
         self._metrics.utterances.inc()
         self._sequencer.expect(u.index)
         self._meta[u.index] = _Meta(u.ended_at, u.duration_ms)
+        self._unrecorded[u.index] = u.end_offset - len(u.audio) // 2
         if self._outstanding >= self._limits.max_outstanding:
             self._metrics.skips.labels(SkipReason.SESSION_BACKLOG.value).inc()
             why = (
@@ -387,6 +429,8 @@ class SessionActor:
             )
             self._outstanding += 1
             await self._dispatcher.submit(ticket)
+            if ticket.recorded:
+                self._unrecorded.pop(u.index, None)
         except RedisError as exc:
             self._outstanding -= 1
             log.error("job not created", extra={"job_id": spec.job_id, "error": repr(exc)})
@@ -400,6 +444,7 @@ class SessionActor:
         now = self._clock.monotonic()
         for answer in answers:
             meta = self._meta.pop(answer.index, None)
+            self._unrecorded.pop(answer.index, None)  # answered ahead of any AudioRecorded that covers it
             if answer.result is not None:
                 done = answer.result
                 self._metrics.results_sent.inc()
