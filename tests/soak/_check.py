@@ -184,16 +184,20 @@ def check_processes(fleet: Fleet, max_rss_mb: dict[str, float], faults: list[Out
         out.append(Violation("memory", f"redis peak RSS {peak:.0f} MB > {max_rss_mb['redis']}"))
     isolating = ("scheduler_stop", "redis_link_cut", "redis_link_stall")
     cut_off = [(o.fault.target, o.started_at, o.healed_at) for o in faults if o.fault.kind in isolating]
-    for e in fleet.events:
+    for e in list(fleet.events):
         if e.what != "exited":
             continue
         name = e.detail.split("#", 1)[0]
-        if not any(t == name and start <= e.at <= healed + 5 for t, start, healed in cut_off):
-            member = next(m for m in fleet.members if m.name == name)
-            incarnation = int(e.detail.split("#", 1)[1].split()[0])
-            log = fleet.workdir / f"{name}.{incarnation}.log"
-            lines = [ln for ln in _lines(log) if " ERROR " in ln or "Traceback" in ln][-4:]
-            out.append(Violation(f"{member.kind} exited on its own", e.detail[:160], lines))
+        if any(t == name and start <= e.at <= healed + 5 for t, start, healed in cut_off):
+            continue
+        if any(e.at - 6 <= start <= e.at and late >= 1.0 for start, late in fleet.stalls):
+            fleet.note("exit in a stall", e.detail)  # the machine starved everyone: not held against it
+            continue
+        member = next(m for m in fleet.members if m.name == name)
+        incarnation = int(e.detail.split("#", 1)[1].split()[0])
+        log = fleet.workdir / f"{name}.{incarnation}.log"
+        lines = [ln for ln in _lines(log) if " ERROR " in ln or "Traceback" in ln][-4:]
+        out.append(Violation(f"{member.kind} exited on its own", e.detail[:160], lines))
     return out
 
 

@@ -35,13 +35,13 @@ KINDS: dict[str, tuple[str, float]] = {
 
 _LENGTHS: dict[str, tuple[float, float]] = {
     "scheduler_kill": (0.3, 3.0),
-    "scheduler_stop": (0.5, 4.0),
+    "scheduler_stop": (0.5, 5.0),
     "node_kill": (0.3, 3.0),
     "node_stop": (0.5, 3.0),
     "redis_restart_kept": (0.3, 2.0),
     "redis_restart_lost": (0.3, 2.0),
-    "redis_link_cut": (0.5, 3.0),
-    "redis_link_stall": (0.5, 3.0),
+    "redis_link_cut": (0.5, 4.0),
+    "redis_link_stall": (0.5, 4.0),
     "redis_link_delay": (2.0, 5.0),
     "node_link_cut": (0.5, 3.0),
     "node_link_stall": (0.5, 3.0),

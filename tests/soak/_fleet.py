@@ -75,7 +75,7 @@ class SoakConfig:
 # Detection times short enough that a one-minute run sees recoveries, long enough that a busy 2-core machine
 # does not declare a live process dead.
 SCHEDULER_SETTINGS = (
-    *("--instance-heartbeat-ms", "250", "--instance-lease-ms", "2000"),
+    *("--instance-heartbeat-ms", "250", "--instance-lease-ms", "3000"),
     *("--node-lease-heartbeats", "5"),
     *("--accept-timeout-ms", "2000", "--job-deadline-ms", "8000"),
     *("--session-gap-timeout-ms", "20000", "--session-queue-timeout-ms", "10000"),
@@ -179,6 +179,9 @@ class Fleet:
         self.node_links: list[ChaosProxy] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.rss_peak: dict[str, float] = {}
+        self.stalls: list[
+            tuple[float, float]
+        ] = []  # (monotonic start, seconds) the soak's own loop stood still
         self.key_file = workdir / "resume.key"
 
     @property
@@ -205,7 +208,11 @@ class Fleet:
         for m in self.nodes:
             await self.start_member(m)
         await self.wait_nodes_registered(30)
-        self._tasks = [asyncio.create_task(self._supervise()), asyncio.create_task(self._sample_rss())]
+        self._tasks = [
+            asyncio.create_task(self._supervise()),
+            asyncio.create_task(self._sample_rss()),
+            asyncio.create_task(self._watch_stalls()),
+        ]
 
     async def wait_nodes_registered(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -313,6 +320,16 @@ class Fleet:
                     self.rss_peak.get("soak (clients, proxies)", 0), mb
                 )
             await asyncio.sleep(1.0)
+
+    async def _watch_stalls(self, tick_s: float = 0.1) -> None:
+        """Notes when this process's loop stood still for half a second or more: the machine was starved (a
+        shared CPU), and processes under test were starved with it."""
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(tick_s)
+            if (late := time.monotonic() - before - tick_s) >= 0.5:
+                self.stalls.append((before, late))
+                self.note("machine stall", f"the soak's loop stood still {late:.1f} s")
 
     async def close(self) -> None:
         for task in self._tasks:

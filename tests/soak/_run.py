@@ -99,6 +99,9 @@ async def run(opts: Options) -> tuple[dict[str, Any], list[Violation]]:
         for v in violations:
             v.evidence = v.evidence or evidence(opts.workdir, v)
         _write_timeline(opts.workdir / "timeline.txt", fleet, t0)
+        (opts.workdir / "violations.txt").write_text(
+            "".join(f"{v.what}: {v.detail}\n" + "".join(f"    {e}\n" for e in v.evidence) for v in violations)
+        )
         report = _report(opts, fleet, clients, injector, faults, load_s, settled_s, violations)
     finally:
         with contextlib.suppress(Exception):
@@ -144,6 +147,11 @@ def _report(
         },
         "utterances": sum(len(x.utterances) for x in logs if x.session_id),
         "results": sum(1 for a in answers if a.kind == "result"),
+        "unanswered_in_ended_sessions": sum(
+            len({u.index for u in x.utterances} - {a.index for a in x.answers})
+            for x in logs
+            if x.session_id and x.ended != "ok"
+        ),
         "results_attempt_gt_1": sum(1 for a in answers if a.kind == "result" and a.attempt > 1),
         "skips": dict(Counter(a.kind for a in answers if a.kind != "result")),
         "skip_messages": dict(Counter(f"{a.kind}: {a.message[:80]}" for a in answers if a.kind != "result")),
@@ -196,7 +204,8 @@ def print_report(report: dict[str, Any], violations: list[Violation], workdir: P
     )
     print(
         f"utterances {r['utterances']}: results {r['results']} (attempt > 1: {r['results_attempt_gt_1']}), "
-        f"skips {sum(r['skips'].values())} {r['skips']}"
+        f"skips {sum(r['skips'].values())} {r['skips']}; unanswered in sessions that ended otherwise than OK "
+        f"{r['unanswered_in_ended_sessions']}"
     )
     for message, n in sorted(r["skip_messages"].items()):
         print(f"  {n:4d} x {message}")
@@ -206,6 +215,7 @@ def print_report(report: dict[str, Any], violations: list[Violation], workdir: P
         f"recovery after a fault: p50 {rec['p50']} s, p99 {rec['p99']} s; worst by kind {rec['by_kind_max']}"
     )
     print(f"store idle and final {r['store_settled_s']} s after the load; processes {r['process_events']}")
+    print(f"machine stalls (the soak's loop still >= 0.5 s): {r['machine_stalls']}")
     print(f"peak RSS MB: {r['rss_peak_mb']}")
     if violations:
         print(f"\n{len(violations)} VIOLATIONS:")
