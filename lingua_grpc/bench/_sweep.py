@@ -87,8 +87,10 @@ def step_args(args: argparse.Namespace, step: Step) -> argparse.Namespace:
 def run_step(args: argparse.Namespace, step: Step) -> Step:
     report = asyncio.run(run(step_args(args, step)))
     step.load, step.fates = report.load, report.fates
+    offered = "" if math.isnan(step.offered_per_s) else f"{step.offered_per_s:,.0f}/s "
+    when = "" if step.shape == "steady" else " at once"
     print(
-        f"{step.label}: offered {step.offered_per_s:,.0f}/s ({step.sessions} sessions x {step.utterances}),"
+        f"{step.label}: offered {offered}({step.sessions} sessions x {step.utterances}{when}),"
         f" goodput {step.load['utterances_per_s']:,.1f}/s; fates: {step.fates.summary()}",
         flush=True,
     )
