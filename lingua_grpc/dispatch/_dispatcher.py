@@ -361,11 +361,11 @@ class Dispatcher:
         elif isinstance(event, JobOutput):
             await self._complete(ticket, node_id, event, received_at)
         elif isinstance(event, JobRejected):
-            log.info("job rejected", extra=_ids(ticket, reason=event.reason, message=event.message))
+            log.info("job rejected", extra=_ids(ticket, reason=event.reason, detail=event.message))
             await self._attempt_failed(ticket, f"rejected by {node_id}: {event.reason}", by_live_node=True)
         elif isinstance(event, JobFailed):
             log.warning(
-                "job failed on node", extra=_ids(ticket, message=event.message, retryable=event.retryable)
+                "job failed on node", extra=_ids(ticket, detail=event.message, retryable=event.retryable)
             )
             why = f"failed on {node_id}: {event.message}"
             if event.retryable:
