@@ -99,6 +99,13 @@ async def run(opts: Options) -> tuple[dict[str, Any], list[Violation]]:
         for v in violations:
             v.evidence = v.evidence or evidence(opts.workdir, v)
         _write_timeline(opts.workdir / "timeline.txt", fleet, t0)
+        (opts.workdir / "sessions.txt").write_text(
+            "".join(
+                f"{x.key} {x.session_id or '-'} sent {len(x.utterances)} answered {len(x.answers)}"
+                f" resumes {x.resumes} ended {x.ended or '-'} {x.refused}\n"
+                for x in clients.logs
+            )
+        )
         (opts.workdir / "violations.txt").write_text(
             "".join(f"{v.what}: {v.detail}\n" + "".join(f"    {e}\n" for e in v.evidence) for v in violations)
         )
@@ -163,8 +170,12 @@ def _report(
         },
         "store_settled_s": round(settled_s, 1),
         "process_events": dict(
-            Counter(e.what for e in fleet.events if e.what in ("exited", "restart failed"))
+            Counter(e.what for e in fleet.events if e.what in ("exited", "restart failed", "exit in a stall"))
         ),
+        "machine_stalls": {
+            "count": len(fleet.stalls),
+            "longest_s": round(max((late for _, late in fleet.stalls), default=0.0), 1),
+        },
         "exits": [e.detail for e in fleet.events if e.what == "exited"][:20],
         "rss_peak_mb": {
             **{m.name: round(max(m.max_rss_mb.values(), default=0.0)) for m in fleet.members},
