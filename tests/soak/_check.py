@@ -102,16 +102,19 @@ def check_sessions(
                     f"{log.key} {log.session_id}: {unanswered} of {len(log.utterances)} never answered",
                 )
             )
+        elif log.ended.startswith("ok ("):
+            out.append(
+                Violation(
+                    "stream ended OK before every answer",
+                    f"{log.key} {log.session_id}: unanswered {unanswered}",
+                )
+            )
         elif log.ended not in ("ok", "") and not documented:
             out.append(
                 Violation(
                     "session ended with an error",
                     f"{log.key} {log.session_id}: {log.ended}; unanswered {unanswered}",
                 )
-            )
-        elif log.ended.startswith("ok ("):
-            out.append(
-                Violation("stream ended early", f"{log.key} {log.session_id}: unanswered {unanswered}")
             )
     return out
 
