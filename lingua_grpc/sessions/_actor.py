@@ -261,6 +261,17 @@ class SessionActor:
         self.closed = False  # set when the stream ended; the dispatcher drops what it submits after that
         self._steps = StopBetweenSteps()
 
+    @property
+    def next_index(self) -> int:
+        """The index the session's next utterance takes."""
+        return self._segmenter.next_index
+
+    @property
+    def cut_offset(self) -> int:
+        """How far the session's audio is cut into utterances (samples since its first), as each new job's
+        record says it (`audio_offset`)."""
+        return self._segmenter.recorded_offset
+
     # Called by the gRPC read loop.
     async def audio(self, pcm: bytes, is_final: bool) -> None:
         await self._audio_slots.acquire()  # released when the actor takes the chunk: backpressure

@@ -26,10 +26,10 @@ from lingua_grpc.errors import (
 from lingua_grpc.jobs import JobSpec, JobState, JobStore, SkipReason, output_from_record, recorded_attempts
 from lingua_grpc.looplag import Saturation
 from lingua_grpc.metrics import SchedulerMetrics
-from lingua_grpc.registry import LanguagePair, SnapshotCache
+from lingua_grpc.registry import LanguagePair, RegistrySnapshot, SnapshotCache
 from lingua_grpc.sessions._actor import SessionActor, SessionLimits, Start
 from lingua_grpc.sessions._options import SAMPLE_RATES_HZ, SessionOptions
-from lingua_grpc.sessions._records import SessionStore
+from lingua_grpc.sessions._records import SessionPosition, SessionStore
 from lingua_grpc.sessions._token import ResumeTokens
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,11 @@ class SessionManager:
         self._queue_wait_limit_s = queue_wait_limit_ms / 1000
         self._sessions: dict[str, SessionActor] = {}
         self._owners: dict[str, str] = {}  # session id -> the credential that opened it
+        # The registry's epoch changes when Redis lost its data: the open sessions' records went with it, and
+        # are recorded again (else none could resume after this instance dies, and their jobs would wait
+        # CREATED for a resume that cannot come).
+        self._registry_epoch = cache.current.epoch
+        cache.add_listener(self._on_snapshot)
         self._by_owner: collections.Counter[str] = collections.Counter()
         self.accepting = True
         self._tasks: set[asyncio.Task[None]] = set()
@@ -419,6 +424,35 @@ class SessionManager:
             ),
             at_once=True,
         )
+
+    def _on_snapshot(self, snapshot: RegistrySnapshot) -> None:
+        if not snapshot.epoch or snapshot.epoch == self._registry_epoch:
+            return
+        lost = bool(self._registry_epoch)  # (the first epoch this instance sees is no loss)
+        self._registry_epoch = snapshot.epoch
+        if lost and self._resume is not None and self._sessions:
+            self._spawn(self._record_again())
+
+    async def _record_again(self) -> None:
+        """Redis lost its data: each open session is recorded again where it stands, and indexed."""
+        assert self._resume is not None
+        again = 0
+        for session_id, actor in list(self._sessions.items()):
+            if actor.closed:
+                continue
+            position = SessionPosition(actor.start.epoch, actor.next_index, actor.cut_offset, actor.sent)
+            owner = self._owners.get(session_id, "")
+            try:
+                if await self._resume.records.open(
+                    session_id, actor.pair, actor.sample_rate_hz, actor.options, owner, "", position
+                ):
+                    await self._store.session_opened(session_id)
+                    again += 1
+            except RedisError as exc:
+                log.warning(
+                    "session not recorded again", extra={"session_id": session_id, "error": repr(exc)}
+                )
+        log.warning("Redis lost its data: open sessions recorded again", extra={"sessions": again})
 
     async def _index(self, session_id: str) -> None:
         # Off the utterance path: the index only matters if this instance dies with the session's jobs.

@@ -62,6 +62,16 @@ class Claimed:
     previous_owner: str
 
 
+@dataclass(frozen=True, slots=True)
+class SessionPosition:
+    """Where a session stands: its ownership epoch, next utterance index, audio recorded, answers sent."""
+
+    epoch: int = 1
+    next_index: int = 0
+    audio_offset: int = 0
+    sent: int = 0
+
+
 class SessionStore:
     def __init__(
         self, redis: Redis, keys: JobKeys, scripts: ScriptBook, instance_id: str, ttl_ms: int
@@ -81,8 +91,12 @@ class SessionStore:
         options: SessionOptions,
         credential: str,
         client_name: str,
-    ) -> None:
-        await self._scripts.run(
+        position: SessionPosition | None = None,
+    ) -> bool:
+        """Records a session owned here; `position`: where a live session stands, for one recorded again
+        after Redis lost its data. False when it is recorded already (nothing changed)."""
+        at = position or SessionPosition()
+        return await self._scripts.run(
             self._scripts.open_session(
                 self._keys,
                 session_id,
@@ -94,6 +108,10 @@ class SessionStore:
                 client_name=client_name[:256],
                 owner=self.instance_id,
                 ttl_ms=self._ttl_ms,
+                epoch=at.epoch,
+                next_index=at.next_index,
+                audio_offset=at.audio_offset,
+                sent=at.sent,
             )
         )
 

@@ -439,6 +439,10 @@ class ScriptBook:
         client_name: str,
         owner: str,
         ttl_ms: int,
+        epoch: int = 1,
+        next_index: int = 0,
+        audio_offset: int = 0,
+        sent: int = 0,
     ) -> ScriptCall[bool]:
         return ScriptCall(
             self._scripts["open_session"],
@@ -453,6 +457,10 @@ class ScriptBook:
                 client_name,
                 owner,
                 ttl_ms,
+                epoch,
+                next_index,
+                audio_offset,
+                sent,
             ],
             lambda r: bool(r),
         )

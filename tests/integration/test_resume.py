@@ -376,3 +376,52 @@ async def test_a_resume_naming_an_index_far_from_the_session_s_is_refused_and_ch
         assert state is not None and (state.owner, state.epoch, state.next_index) == ("sched-a", 1, 0)
     finally:
         await fleet.stop()
+
+
+async def test_a_live_session_is_recorded_again_when_redis_loses_its_data_and_resumes_after_its_instance_stops(
+    pair: tuple[Scheduler, Scheduler], redis: Redis, key_prefix: str
+) -> None:
+    """Redis loses every key while a session streams on A: A records the session again where it stands
+    (its nodes registering anew give the registry a new epoch), so when A then stops the client resumes on
+    B and every utterance is answered once, in order. (Before, the session's record was gone for good: the
+    resume was refused NOT_FOUND and the jobs A had recorded again waited CREATED for a resume that could not
+    come.)"""
+    a, b = pair
+    fleet = Fleet(address(b))
+    await fleet.add("gpu-1")
+    await node_seen(a, b)
+    try:
+        async with LinguaClient([address(a), address(b)], reconnect=RESUME_FAST) as client:
+            session = await client.start_session("en", "es")
+            session_key = f"{key_prefix}{{s:{session.session_id}}}:session"
+            messages: Messages = []
+            reader = asyncio.create_task(_read_all(session, messages))
+            await session.send_audio(tone(300) + silence(100), is_final=True)
+            await wait_until(lambda: _answered(messages, 1), what="a first answer")
+            async for name in redis.scan_iter(f"{key_prefix}*"):  # Redis lost its data
+                if not name.endswith(b"resume_key"):
+                    await redis.delete(name)
+
+            async def recorded_again() -> bool:
+                return int(await redis.hget(session_key, "next_index") or -1) == 1
+
+            await wait_until(recorded_again, timeout_s=15, what="the session recorded again, at index 1")
+            await session.send_audio(tone(400) + silence(100), is_final=True)
+            await wait_until(lambda: _answered(messages, 2), what="a second answer")
+            await a.stop(grace_s=0)
+            await session.send_audio(tone(500) + silence(100), is_final=True)
+            await session.end()
+            await asyncio.wait_for(reader, 30)
+        assert session.resumes == 1
+        assert_every_index_once_as_results(messages, 3)
+    finally:
+        await fleet.stop()
+
+
+async def _read_all(session: Any, messages: Messages) -> None:
+    async for m in session:
+        messages.append(m)
+
+
+async def _answered(messages: Messages, n: int) -> bool:
+    return len(answers(messages)) >= n
