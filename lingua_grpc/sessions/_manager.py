@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from redis.exceptions import OutOfMemoryError, RedisError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from lingua_grpc.clock import Clock
 from lingua_grpc.dispatch import Attempt, Dispatcher, Overhead, Ticket, skip_reason_for
@@ -434,24 +435,32 @@ class SessionManager:
             self._spawn(self._record_again())
 
     async def _record_again(self) -> None:
-        """Redis lost its data: each open session is recorded again where it stands, and indexed."""
+        """Redis lost its data: each open session is recorded again where it stands, and indexed. While
+        Redis does not answer, the pass is tried again (with backoff, for a session's resume TTL at most)."""
         assert self._resume is not None
         again = 0
-        for session_id, actor in list(self._sessions.items()):
-            if actor.closed:
-                continue
-            position = SessionPosition(actor.start.epoch, actor.next_index, actor.cut_offset, actor.sent)
-            owner = self._owners.get(session_id, "")
-            try:
-                if await self._resume.records.open(
-                    session_id, actor.pair, actor.sample_rate_hz, actor.options, owner, "", position
-                ):
-                    await self._store.session_opened(session_id)
-                    again += 1
-            except RedisError as exc:
-                log.warning(
-                    "session not recorded again", extra={"session_id": session_id, "error": repr(exc)}
-                )
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(RedisError),
+                wait=wait_exponential_jitter(initial=0.1, max=2.0),
+                stop=stop_after_delay(self._resume.tokens.ttl_ms / 1000),
+                reraise=True,
+            ):
+                with attempt:
+                    for session_id, actor in list(self._sessions.items()):
+                        if actor.closed:
+                            continue
+                        position = SessionPosition(
+                            actor.start.epoch, actor.next_index, actor.cut_offset, actor.sent
+                        )
+                        owner = self._owners.get(session_id, "")
+                        if await self._resume.records.open(
+                            session_id, actor.pair, actor.sample_rate_hz, actor.options, owner, "", position
+                        ):
+                            await self._store.session_opened(session_id)
+                            again += 1
+        except RedisError as exc:
+            log.warning("open sessions not recorded again", extra={"error": repr(exc)})
         log.warning("Redis lost its data: open sessions recorded again", extra={"sessions": again})
 
     async def _index(self, session_id: str) -> None:
