@@ -150,9 +150,11 @@ class Inbox:
 
     async def _run(self) -> None:
         consumer = self._keys.instance_id
-        # After a failure midway through a batch, the entries read but not acknowledged are read again
-        # first (id 0: this consumer's pending entries); applying one twice is fenced like any repeat.
-        pending_first = False
+        # This consumer's pending entries (id 0) are read first: those of a previous process under the same
+        # instance id (killed between reading and acknowledging, and restarted before its lease lapsed, so no
+        # survivor claims it: issue 27), and after a failure midway through a batch those read but not
+        # acknowledged. Applying one twice is fenced like any repeat.
+        pending_first = True
         while True:
             raise_if_cancelling()
             try:
