@@ -88,8 +88,8 @@ async def probe(address: str, seconds: float, token: str) -> tuple[int, int]:
                 if exc.code() == grpc.StatusCode.UNAVAILABLE and not admitted:
                     tried -= 1  # the node has not registered yet: not a try
                     deadline = time.monotonic() + seconds
-                elif exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    raise
+                elif exc.code() not in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
+                    raise  # UNAVAILABLE later: the node was lost (its lease lapsed), also a refusal
             await asyncio.sleep(0.1)  # a new session every ~100 ms: a steady arrival rate, not a wait
     return admitted, tried
 
