@@ -265,6 +265,7 @@ class Scheduler:
                 heartbeat_interval_ms=s.heartbeat_interval_ms,
                 lease_ms=s.node_lease_ms,
                 lease_check_interval_ms=s.lease_check_interval_ms,
+                reconnect_grace_ms=s.node_reconnect_grace_ms,
                 registration_limits=s.registration_limits,
                 result_limits=ResultLimits(s.node_max_result_text_bytes, s.node_max_result_tts_bytes),
             ),

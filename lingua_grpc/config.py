@@ -110,6 +110,11 @@ class Settings:
     heartbeat_interval_ms: int = _setting(5000, "how often nodes send heartbeats")
     node_lease_heartbeats: int = _setting(3, "missed heartbeats after which a node is dropped")
     lease_check_interval_ms: int = _setting(1000, "how often expired node leases are looked for in Redis")
+    node_reconnect_grace_ms: int = _setting(
+        1000,
+        "how long the attempts of a node whose stream broke wait for it to register again on this instance"
+        " (it lists what it runs, which then runs on) before they run elsewhere; 0: at once",
+    )
     snapshot_poll_ms: int = _setting(100, "how often the registry version is read to spot changes")
     snapshot_refresh_ms: int = _setting(
         1000, "longest a registry snapshot goes without a full re-read (to pick up node loads)"
@@ -370,6 +375,7 @@ class Settings:
             "refusal_read_ms",
             "job_deadline_audio_factor",
             "retry_budget_refill_percent",
+            "node_reconnect_grace_ms",
         ):
             if getattr(self, name) < 0:
                 out.append(f"{name} must be 0 (off) or more")

@@ -48,6 +48,7 @@ class HubSettings:
     lease_check_interval_ms: int
     registration_limits: RegistrationLimits
     result_limits: ResultLimits
+    reconnect_grace_ms: int = 0  # a broken stream's attempts wait this long for the node to come back
 
 
 class JobListener(Protocol):
@@ -106,6 +107,8 @@ class NodeHub:
         self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
         self._watchdog: asyncio.Task[None] | None = None
+        # Broken streams whose attempts wait for their node to register again (connection id -> timer).
+        self._graces: dict[str, tuple[str, asyncio.TimerHandle]] = {}
         cache.add_listener(self._on_snapshot)
 
     def written(self, message: Outgoing) -> None:
@@ -157,6 +160,9 @@ class NodeHub:
         """Stops the lease watchdog and waits for pending deregistrations. Call after the server stopped."""
         watchdog, self._watchdog = self._watchdog, None
         await cancel_and_wait(watchdog)
+        for connection_id, (node_id, timer) in list(self._graces.items()):  # stopping: no more waiting
+            timer.cancel()
+            self._grace_over(node_id, connection_id)
         self.close_all()
         # Node handlers may run their `finally` (detach) after the server stopped: wait until every link
         # has left and every deregistration finished, within a bound.
@@ -287,12 +293,25 @@ class NodeHub:
         self._links.remove(link)
         self._metrics.nodes_connected.set(len(self._links))
         reason = link.close_reason
-        self._jobs.node_lost(link.node_id, link.connection_id)
+        grace_s = self._settings.reconnect_grace_ms / 1000
+        if reason in (CloseReason.STREAM_BROKEN, CloseReason.LEFT) and grace_s > 0:
+            # A network blip (a cut connection may read as the stream's end): the node comes back at once,
+            # listing the attempts it runs, which move to its new stream and run on (`adopt`); only those of
+            # a node that does not come back run elsewhere.
+            connection = link.connection_id
+            timer = asyncio.get_running_loop().call_later(grace_s, self._grace_over, link.node_id, connection)
+            self._graces[connection] = (link.node_id, timer)
+        else:
+            self._jobs.node_lost(link.node_id, link.connection_id)
         if reason in (CloseReason.SUPERSEDED, CloseReason.REREGISTER):
             return
         task = asyncio.create_task(self._deregister(link, reason), name=f"deregister-{link.node_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _grace_over(self, node_id: str, connection_id: str) -> None:
+        self._graces.pop(connection_id, None)
+        self._jobs.node_lost(node_id, connection_id)
 
     async def _deregister(self, link: NodeLink, reason: CloseReason | None) -> None:
         label = reason.value if reason else "unknown"

@@ -4,18 +4,22 @@ while no stream is up reaches the next one. Against a scripted NodeService on a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
 
+from lingua_grpc.app import Scheduler
+from lingua_grpc.client import LinguaClient
 from lingua_grpc.pb import common_pb2, node_pb2, node_pb2_grpc
 from node_agent.agent import AgentConfig, NodeAgent
 from node_agent.engines import Audio, SyntheticEngine
-from tests.audio import tone
+from tests.audio import silence, tone
 from tests.conftest import wait_until
-from tests.integration._fleet import capabilities
+from tests.integration._fleet import answers, capabilities, collect
+from tests.integration._proxy import CuttableLink
 
 pytestmark = pytest.mark.integration
 
@@ -103,3 +107,42 @@ async def test_a_job_outlives_its_stream_and_its_result_arrives_on_the_next() ->
         await server.stop(0)
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_a_node_whose_stream_breaks_and_comes_back_at_once_keeps_its_running_job(
+    scheduler: Scheduler, client: LinguaClient
+) -> None:
+    """The network between a node and its scheduler drops while a job runs; the agent registers again at
+    once, listing the job: within the scheduler's reconnect grace the job runs on there and its result is
+    the client's, attempt 1. (Before, the broken stream re-ran the job at once: on the only node, excluded
+    from it, the utterance was skipped; with others, it ran twice.)"""
+    assert scheduler.endpoints is not None
+    link = CuttableLink(scheduler.endpoints.grpc)
+    await link.start()
+    engine = HeldEngine()
+    config = AgentConfig(link.address, "gpu-1", capabilities(2), reconnect_initial_s=0.05, drain_timeout_s=5)
+    agent = NodeAgent(config, engine)
+    running = asyncio.create_task(agent.run())
+    try:
+        await asyncio.wait_for(agent.registered.wait(), 5)
+        session = await client.start_session("en", "es")
+        await session.send_audio(tone(300) + silence(100), is_final=True)
+        await asyncio.wait_for(engine.started.wait(), 5)
+        link.cut()
+
+        async def registered_again() -> bool:
+            registrations = scheduler.metrics.registry.get_sample_value("lingua_node_registrations_total")
+            return registrations == 2 and agent.registered.is_set()
+
+        await wait_until(registered_again, what="the node registered again")
+        assert agent.running_jobs == 1
+        engine.release.set()
+        await session.end()
+        messages = await collect(session)
+        assert answers(messages) == [(0, "result")]
+        assert [m.result.attempt for m in messages if m.HasField("result")] == [1]
+    finally:
+        agent.drain("test over")
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(running, 5)
+        await link.stop()
