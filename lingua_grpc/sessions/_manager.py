@@ -357,7 +357,10 @@ class SessionManager:
                 actor.job_skipped(job.index, skip_reason_for(record.state, reason), f"recorded: {reason}")
             else:
                 audio = (await self._store.audio(session_id, job.index)) or b""
-                self._rewatch(actor, job.index, record.state, record.attempt, record.node_id, audio, fleet)
+                duration_ms = int(record.fields.get("duration_ms", 0) or 0)
+                self._rewatch(
+                    actor, job.index, record.state, record.attempt, record.node_id, audio, duration_ms, fleet
+                )
 
     def _rewatch(
         self,
@@ -367,10 +370,17 @@ class SessionManager:
         attempt: int,
         node_id: str,
         audio: bytes,
+        duration_ms: int,
         fleet: SessionFleet,
     ) -> None:
         spec = JobSpec(
-            actor.session_id, index, actor.pair, actor.sample_rate_hz, actor.options.tts_enabled, audio
+            actor.session_id,
+            index,
+            actor.pair,
+            actor.sample_rate_hz,
+            actor.options.tts_enabled,
+            audio,
+            duration_ms=duration_ms,  # its attempt's deadline is scaled by it
         )
         ticket = Ticket(spec, actor, queue_timeout_s=actor.options.queue_timeout_ms / 1000, recorded=True)
         ticket.submitted_at = ticket.ended_at = self.clock.monotonic()

@@ -74,7 +74,12 @@ async def test_audio_is_not_acknowledged_before_its_job_is_recorded_so_a_resume_
     behind_link = ("--redis-url", f"redis://{redis_link.address}/0")
     a = await drill.another_scheduler("--instance-id", "sched-a", *behind_link, *FLEET)
     b = drill.scheduler = await drill.another_scheduler("--instance-id", "sched-b", *FLEET)
-    await drill.node("gpu-1", "--synthetic-latency-ms", "1500", schedulers=[b])
+    await drill.node("gpu-1", "--synthetic-latency-ms", "800", schedulers=[b])
+
+    async def a_sees_the_node() -> bool:
+        return await a.metric("lingua_registry_version") >= 1
+
+    await wait_until(a_sees_the_node, what="the node in A's snapshot")  # else A refuses the session
     got: list[session_pb2.StreamResponse] = []
     async with LinguaClient([a.grpc, b.grpc], reconnect=RESUME) as client:
         options = session_pb2.SessionOptions(tts_enabled=False)
