@@ -25,9 +25,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import numpy as np
@@ -39,6 +40,7 @@ from lingua_grpc._grpc import read_message
 from lingua_grpc.bench._fates import Fates, Ledger, account, fate_rows
 from lingua_grpc.cli._wav import DEMO_SENTENCES, spoken_demo
 from lingua_grpc.client import LinguaClient, Session
+from lingua_grpc.client._session import RESUMABLE
 from lingua_grpc.jobs import JobStore
 from lingua_grpc.pb import registry_pb2, registry_pb2_grpc, session_pb2
 from lingua_grpc.registry import LanguagePair, NodeCapabilities, NodeRegistry, Registration
@@ -162,23 +164,33 @@ async def run_session(
     start and a stream that ends with an error are recorded there too, never raised: the run's accounting
     decides what they cost."""
     await asyncio.sleep(delay_s)  # --ramp-s: sessions arrive spread over the ramp, as users do
-    asked = time.perf_counter()
-    try:
-        session = await client.start_session(
-            "en",
-            "es",
-            spoken_utterances()[1] if args.real_engines else RATE,
-            session_pb2.SessionOptions(tts_enabled=args.real_engines or args.tts),
-        )
-    except grpc.aio.AioRpcError as exc:
-        if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:  # not admission: a fault, unaccounted
-            ledger.error = f"{exc.code().name} at start: {exc.details()}"
-            bar.update(args.utterances)
-            return 0
-        ledger.refused = True
-        sink["refused_ms"].append((time.perf_counter() - asked) * 1000)  # how long a refusal took
-        bar.update(args.utterances)
-        return 0
+    give_up_at = time.perf_counter() + args.retry_refused_s
+    while True:
+        asked = time.perf_counter()
+        try:
+            session = await client.start_session(
+                "en",
+                "es",
+                spoken_utterances()[1] if args.real_engines else RATE,
+                session_pb2.SessionOptions(tts_enabled=args.real_engines or args.tts),
+            )
+            break
+        except grpc.aio.AioRpcError as exc:
+            refused = exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            if refused:
+                sink["refused_ms"].append((time.perf_counter() - asked) * 1000)  # how long a refusal took
+            else:  # not admission: a fault, unaccounted unless a retry (below) gets the session started
+                sink["start_errors"].append(1)
+                ledger.error = f"{exc.code().name} at start: {exc.details()}"
+            # --retry-refused-s: as a client app would, try again after the scheduler's hint, jittered (a
+            # transient error too: UNAVAILABLE, INTERNAL, CANCELLED, UNKNOWN).
+            wait_s = retry_after_s(exc) * random.uniform(0.5, 1.5)
+            if (not refused and exc.code() not in RESUMABLE) or time.perf_counter() + wait_s > give_up_at:
+                ledger.refused = refused
+                bar.update(args.utterances)
+                return 0
+            await asyncio.sleep(wait_s)
+    ledger.error = ""  # started after all
     ledger.name = session.session_id or ledger.name
     sink["admitted"].append(1)
     rate = RATE
@@ -257,6 +269,19 @@ async def run_session(
         sender.cancel()
         await asyncio.gather(sender, return_exceptions=True)
     return len(messages)
+
+
+def retry_after_s(exc: grpc.aio.AioRpcError, default_s: float = 1.0) -> float:
+    """The refusal's `retry-after-ms` trailer, in seconds (default_s when it has none)."""
+    # grpc.aio.Metadata iterates as (key, value) pairs; its stubs type the items as opaque.
+    trailers = cast("Iterable[tuple[str, str | bytes]]", exc.trailing_metadata() or ())
+    for key, value in trailers:
+        if key == "retry-after-ms":
+            try:
+                return max(0.0, int(value) / 1000)
+            except ValueError:
+                break
+    return default_s
 
 
 def write_fates(path: str, label: str, ledgers: list[Ledger]) -> None:
@@ -362,6 +387,7 @@ async def load_phase(
             "admitted",
             "client_ms",
             "later_attempts",
+            "start_errors",
             "asr_rtf",
             "mt_rtf",
             "tts_rtf",
@@ -419,8 +445,12 @@ async def load_phase(
     report.load = {
         "sessions": args.sessions,
         "sessions_admitted": len(sink["admitted"]),
-        # Refused at start (RESOURCE_EXHAUSTED: the instance is saturated or full), and how fast.
-        "sessions_refused": len(sink["refused_ms"]),
+        # Refused at start (RESOURCE_EXHAUSTED: the instance is saturated or full), and how fast; with
+        # --retry-refused-s, refusals counts every refused try, sessions_refused those never admitted.
+        "sessions_refused": fates.sessions_refused,
+        "refusals": len(sink["refused_ms"]),
+        # Starts that failed for another reason than a refusal (each fails the run unless retried).
+        "start_errors": len(sink["start_errors"]),
         "refusal_p99_ms": percentile(sink["refused_ms"], 99) if sink["refused_ms"] else float("nan"),
         "utterances_sent": fates.sent,
         "utterances_completed": jobs,
@@ -779,6 +809,13 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="sessions ask for synthesized speech (default on, as users get it; --no-tts: text only)",
+    )
+    p.add_argument(
+        "--retry-refused-s",
+        type=float,
+        default=0.0,
+        help="a session refused at start (RESOURCE_EXHAUSTED) tries again after the refusal's"
+        " retry-after-ms (jittered) for up to this many seconds, as a client app would (default 0: never)",
     )
     p.add_argument(
         "--user-defaults",

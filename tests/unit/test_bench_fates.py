@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import grpc
 import pytest
 
 from lingua_grpc.bench._fates import Ledger, account, fate_rows
+from lingua_grpc.bench._main import retry_after_s
 
 pytestmark = pytest.mark.unit
 
@@ -85,3 +87,14 @@ def test_every_utterance_gets_one_row_with_its_fate() -> None:
         {"session": "s2", "index": 0, "fate": "refused"},
         {"session": "s2", "index": 1, "fate": "refused"},
     ]
+
+
+def test_a_refused_session_retries_after_the_schedulers_hint() -> None:
+    def refusal(*trailers: tuple[str, str]) -> grpc.aio.AioRpcError:
+        return grpc.aio.AioRpcError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(), grpc.aio.Metadata(*trailers), "full", ""
+        )
+
+    assert retry_after_s(refusal(("retry-after-ms", "400"))) == 0.4
+    assert retry_after_s(refusal()) == 1.0
+    assert retry_after_s(refusal(("retry-after-ms", "soon")), default_s=2.0) == 2.0
