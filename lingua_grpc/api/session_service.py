@@ -16,6 +16,7 @@ from lingua_grpc.errors import (
     FailedPrecondition,
     IdleTimeout,
     InvalidArgument,
+    LinguaError,
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
@@ -118,6 +119,8 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
                     " audio, or end the stream when done)"
                 )
             )
+        except LinguaError as exc:  # a message refused as it was read (over its bound, unparsed)
+            actor.fail(exc, at_once=True)
 
     async def _read_messages(self, context: Context, actor: SessionActor, idle: asyncio.Timeout) -> None:
         loop = asyncio.get_running_loop()

@@ -316,3 +316,17 @@ async def test_latency_histograms_count_every_result(
     for name in ("lingua_end_to_end_seconds", "lingua_dispatch_seconds", "lingua_queue_wait_seconds"):
         assert registry.get_sample_value(f"{name}_count") == 3, name
     assert (registry.get_sample_value("lingua_end_to_end_seconds_sum") or 0) > 0
+
+
+async def test_a_later_message_over_the_session_bound_ends_the_session_resource_exhausted(
+    client: LinguaClient, fleet: Fleet, scheduler: Scheduler
+) -> None:
+    """A chunk over the SessionService bound (max_chunk_bytes and a margin), after `start`, is refused before
+    it is parsed, and the stream ends at once RESOURCE_EXHAUSTED; the session does not hang waiting for a
+    reader that is gone."""
+    await fleet.add("gpu-1")
+    session = await client.start_session("en", "es")
+    await session.send_audio(bytes(scheduler.settings.max_chunk_bytes + 200_000))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await asyncio.wait_for(collect(session), 10)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
