@@ -839,8 +839,15 @@ class Dispatcher:
 
     def _task_done(self, task: asyncio.Task[object]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("dispatch task failed", exc_info=task.exception())
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        if isinstance(exc, RedisError | OSError):
+            # Redis went away under a background step (a node loss's new placement, a final state): what
+            # it left is settled by fencing and recovery; a traceback would only say Redis was away.
+            self._metrics.redis_errors.labels("dispatch").inc()
+            log.warning("dispatch step not done: Redis did not answer", extra={"error": repr(exc)})
+        else:
+            log.error("dispatch task failed", exc_info=exc)
 
 
 _SESSION_ENDED = Ending(JobState.SKIPPED, "session_ended", "session ended", None)
