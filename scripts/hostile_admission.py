@@ -55,10 +55,12 @@ async def hostile(address: str) -> None:
         address, options=[("grpc.max_send_message_length", 16 * 1024 * 1024)]
     ) as channel:
         connect = channel.stream_stream(
-            "/lingua.v1.NodeService/Connect", response_deserializer=node_pb2.ConnectResponse.FromString
+            "/lingua.v1.NodeService/Connect",
+            request_serializer=bytes,  # the messages are written as they are
+            response_deserializer=node_pb2.ConnectResponse.FromString,
         )
         while True:
-            call = connect()
+            call = connect()  # type: ignore[call-arg]
             try:
                 await call.write(messages[sent % 2])
                 await call.read()

@@ -9,7 +9,6 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf.internal.encoder import _VarintBytes
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
 
@@ -65,8 +64,17 @@ def huge_registration(pairs: int) -> node_pb2.ConnectRequest:
     )
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 def _field(number: int, body: bytes) -> bytes:
-    return _VarintBytes(number << 3 | 2) + _VarintBytes(len(body)) + body
+    return _varint(number << 3 | 2) + _varint(len(body)) + body
 
 
 def wire_registration(pairs: int = 0, labels: int = 0) -> bytes:
@@ -88,9 +96,11 @@ async def refusal(address: str, message: node_pb2.ConnectRequest | bytes) -> grp
         address, options=[("grpc.max_send_message_length", 16 * 1024 * 1024)]
     ) as channel:
         connect = channel.stream_stream(
-            "/lingua.v1.NodeService/Connect", response_deserializer=node_pb2.ConnectResponse.FromString
+            "/lingua.v1.NodeService/Connect",
+            request_serializer=bytes,  # the messages are written as they are
+            response_deserializer=node_pb2.ConnectResponse.FromString,
         )
-        call = connect()
+        call = connect()  # type: ignore[call-arg]
         await call.write(data)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await asyncio.wait_for(read_message(call), 10)

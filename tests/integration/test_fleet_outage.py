@@ -40,7 +40,7 @@ async def test_a_redis_restart_longer_than_the_lease_leaves_every_instance_runni
         server = start_redis_server(tmp_path, server.port, *AOF)
 
         def recovered() -> float:
-            return sum(s.metrics.recovered.labels("instances")._value.get() for s in fleet)
+            return float(sum(s.metrics.recovered.labels("instances")._value.get() for s in fleet))
 
         async def all_renewed() -> bool:
             return all(s.metrics.redis_up._value.get() == 1 for s in fleet)

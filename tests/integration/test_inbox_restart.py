@@ -4,6 +4,7 @@ acknowledged (issue 27: an instance killed and restarted within 1.6 s left an en
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -31,7 +32,7 @@ async def test_a_new_process_applies_the_entries_its_predecessor_left_pending(
     await first.stop()
     await redis.xadd(keys.inbox, encode(lost))  # type: ignore[arg-type]
     # The previous process read it, then was killed before applying and acknowledging it.
-    read = await redis.xreadgroup(GROUP, keys.instance_id, {keys.inbox: ">"}, count=10)
+    read: Any = await redis.xreadgroup(GROUP, keys.instance_id, {keys.inbox: ">"}, count=10)
     assert len(read[0][1]) == 1
     again = Inbox(redis, keys, applied.put, settings, SchedulerMetrics(), SystemClock())
     await again.start()
