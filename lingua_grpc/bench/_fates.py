@@ -26,6 +26,7 @@ class Ledger:
     results: collections.Counter[int] = field(default_factory=collections.Counter)
     skips: dict[int, list[str]] = field(default_factory=dict)  # index -> reasons (more than one: a duplicate)
     error: str = ""  # the stream's end when it was not OK (e.g. "UNAVAILABLE: ...")
+    start_errors: list[str] = field(default_factory=list)  # statuses of failed starts (not refusals)
     latency_ms: dict[int, float] = field(default_factory=dict)  # index -> audio sent to answer, client side
     attempts: dict[int, int] = field(default_factory=dict)  # index -> attempt that produced the result
 
@@ -43,6 +44,7 @@ class Fates:
     sessions: int = 0
     sessions_refused: int = 0
     sessions_failed: int = 0  # streams that ended with an error status
+    start_errors: dict[str, int] = field(default_factory=dict)  # failed starts (retried or not), by status
     sent: int = 0
     completed: int = 0
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
@@ -73,6 +75,9 @@ class Fates:
         )
         if self.answered_unsent:
             line += f"; {self.answered_unsent} answers for utterances never sent"
+        if self.start_errors:
+            errors = ", ".join(f"{code} {n}" for code, n in sorted(self.start_errors.items()))
+            line += f"; starts failed, not refused: {errors}"
         if self.not_sent:
             line += f"; {self.not_sent} utterances never sent (their streams failed)"
         return line
@@ -93,8 +98,10 @@ def account(ledgers: Iterable[Ledger]) -> Fates:
     """Sums the ledgers of a run, and lists every utterance that was not answered exactly once."""
     fates = Fates()
     skipped: collections.Counter[str] = collections.Counter()
+    start_errors: collections.Counter[str] = collections.Counter()
     for ledger in ledgers:
         fates.sessions += 1
+        start_errors.update(ledger.start_errors)
         if ledger.refused:
             fates.sessions_refused += 1
             fates.refused_utterances += ledger.planned
@@ -133,6 +140,7 @@ def account(ledgers: Iterable[Ledger]) -> Fates:
             fates.answered_unsent += 1
             fates.unaccounted.append(f"{ledger.name}#{index}: answered, never sent")
     fates.skipped = dict(skipped)
+    fates.start_errors = dict(start_errors)
     return fates
 
 

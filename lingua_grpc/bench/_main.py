@@ -165,6 +165,11 @@ async def run_session(
     decides what they cost."""
     await asyncio.sleep(delay_s)  # --ramp-s: sessions arrive spread over the ramp, as users do
     give_up_at = time.perf_counter() + args.retry_refused_s
+    # A start that fails with a transient status (UNAVAILABLE, INTERNAL, CANCELLED, UNKNOWN) is tried once
+    # more at once, as a client app would: under thousands of refusals a second grpcio's asyncio client sees
+    # about one refusal in a thousand as INTERNAL or CANCELLED (grpc/grpc#36066, which the scheduler's
+    # refusal_read_ms narrows). Each is counted (start_errors); one that fails twice stays a fault.
+    transient_retries = 1
     while True:
         asked = time.perf_counter()
         try:
@@ -181,7 +186,12 @@ async def run_session(
                 sink["refused_ms"].append((time.perf_counter() - asked) * 1000)  # how long a refusal took
             else:  # not admission: a fault, unaccounted unless a retry (below) gets the session started
                 sink["start_errors"].append(1)
+                ledger.start_errors.append(exc.code().name)
                 ledger.error = f"{exc.code().name} at start: {exc.details()}"
+                if exc.code() in RESUMABLE and transient_retries > 0:
+                    transient_retries -= 1
+                    await asyncio.sleep(random.uniform(0.05, 0.15))
+                    continue
             # --retry-refused-s: as a client app would, try again after the scheduler's hint, jittered (a
             # transient error too: UNAVAILABLE, INTERNAL, CANCELLED, UNKNOWN).
             wait_s = retry_after_s(exc) * random.uniform(0.5, 1.5)

@@ -128,7 +128,9 @@ def print_sweep(capacity: float, steps: list[Step]) -> None:
                 "on" if s.tts else "off",
                 f"{s.multiplier:g}",
                 "-" if math.isnan(s.offered_per_s) else f"{s.offered_per_s:,.0f}",
-                f"{s.sessions} ({int(load['sessions_refused'])})",
+                f"{s.sessions} ({int(load['sessions_refused'])}"
+                + (f"; {int(load['start_errors'])} starts failed" if load.get("start_errors") else "")
+                + ")",
                 f"{s.fates.sent:,}",
                 f"{s.fates.completed:,}",
                 f"{load['utterances_per_s']:,.1f}",

@@ -98,3 +98,13 @@ def test_a_refused_session_retries_after_the_schedulers_hint() -> None:
     assert retry_after_s(refusal(("retry-after-ms", "400"))) == 0.4
     assert retry_after_s(refusal()) == 1.0
     assert retry_after_s(refusal(("retry-after-ms", "soon")), default_s=2.0) == 2.0
+
+
+def test_failed_starts_are_shown_and_cost_nothing_once_a_retry_started_the_session() -> None:
+    retried = Ledger("s1", planned=1, sent=1, start_errors=["INTERNAL"])
+    retried.result(0)
+    failed = Ledger("s2", planned=2, start_errors=["CANCELLED", "CANCELLED"], error="CANCELLED at start: x")
+    fates = account([retried, failed])
+    assert fates.start_errors == {"INTERNAL": 1, "CANCELLED": 2}
+    assert "starts failed, not refused: CANCELLED 2, INTERNAL 1" in fates.summary()
+    assert fates.unaccounted == ["s2: 2 of 2 utterances not sent (stream ended CANCELLED at start: x)"]
