@@ -20,6 +20,9 @@ class CuttableLink:
         self._tasks: set[asyncio.Task[None]] = set()
         self.address = ""
         self.refusing = False  # down: new connections are closed at once, as by a host that is gone
+        # Replies lost: what the client sends reaches the target, whose answer is dropped and the
+        # connection reset (a network that fails between a request and its reply).
+        self.swallowing = False
 
     async def start(self) -> str:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -37,14 +40,17 @@ class CuttableLink:
             writer.close()
             return
         self._writers |= {writer, up_writer}
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst))
+        for src, dst, replies in ((reader, up_writer, False), (up_reader, writer, True)):
+            task = asyncio.create_task(self._pipe(src, dst, replies))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, replies: bool) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError):
             while data := await src.read(65536):
+                if replies and self.swallowing:
+                    _reset(dst)
+                    return
                 dst.write(data)
                 await dst.drain()
         dst.close()
@@ -52,10 +58,7 @@ class CuttableLink:
     def cut(self) -> None:
         """Drops every connection through the link now (new ones still pass)."""
         for writer in list(self._writers):
-            if (sock := writer.get_extra_info("socket")) is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
-            writer.close()
+            _reset(writer)
         self._writers.clear()
 
     def down(self) -> None:
@@ -73,3 +76,10 @@ class CuttableLink:
             await self._server.wait_closed()
         for task in list(self._tasks):
             task.cancel()
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    if (sock := writer.get_extra_info("socket")) is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+    writer.close()

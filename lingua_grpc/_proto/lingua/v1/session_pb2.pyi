@@ -589,7 +589,11 @@ class UtteranceResult(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     AUDIO_DURATION_MS_FIELD_NUMBER: _builtins.int
     utterance_index: _builtins.int
-    """Index of the utterance in the session, from 0."""
+    """Index of the utterance in the session, from 0. It always names the utterance whose audio the result
+    carries, across resumes, instance deaths and Redis restarts: audio is acknowledged (`AudioRecorded`)
+    only once the utterances it covers are recorded, so a resumed stream never gives an utterance's index to
+    another's audio.
+    """
     source_text: _builtins.str
     """Transcript in the source language."""
     translated_text: _builtins.str
