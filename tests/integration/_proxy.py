@@ -20,9 +20,9 @@ class CuttableLink:
         self._tasks: set[asyncio.Task[None]] = set()
         self.address = ""
         self.refusing = False  # down: new connections are closed at once, as by a host that is gone
-        # Replies lost: what the client sends reaches the target, whose answer is dropped and the
-        # connection reset (a network that fails between a request and its reply).
-        self.swallowing = False
+        # Replies lost: a request holding these bytes reaches the target, whose answer is dropped and the
+        # connection reset (a network that fails between a request and its reply); None: none lost.
+        self.swallow_replies_to: bytes | None = None
 
     async def start(self) -> str:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -40,15 +40,21 @@ class CuttableLink:
             writer.close()
             return
         self._writers |= {writer, up_writer}
+        marked = [False]  # this connection sent a request whose reply is to be lost
         for src, dst, replies in ((reader, up_writer, False), (up_reader, writer, True)):
-            task = asyncio.create_task(self._pipe(src, dst, replies))
+            task = asyncio.create_task(self._pipe(src, dst, replies, marked))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, replies: bool) -> None:
+    async def _pipe(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, replies: bool, marked: list[bool]
+    ) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError):
             while data := await src.read(65536):
-                if replies and self.swallowing:
+                marker = self.swallow_replies_to
+                if not replies and marker is not None and marker in data:
+                    marked[0] = True
+                if replies and marked[0]:
                     _reset(dst)
                     return
                 dst.write(data)

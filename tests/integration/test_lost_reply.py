@@ -62,8 +62,9 @@ async def test_a_placement_whose_reply_was_lost_is_read_back_and_runs_once(
         async with LinguaClient(scheduler.endpoints.grpc, reconnect=Reconnect(within_s=0)) as client:
             session = await client.start_session("en", "es")
             job_key = f"{{s:{session.session_id}}}:job:0"
-            link.swallowing = True  # Redis runs what it is sent; its answers are lost
-            await session.send_audio(tone(300) + silence(100), is_final=True)
+            audio = tone(300, freq=333) + silence(100)
+            link.swallow_replies_to = audio[3200:3264]  # Redis runs the job's writes; their replies are lost
+            await session.send_audio(audio, is_final=True)
 
             async def started_in_redis() -> bool:
                 states = [await redis.hget(k, "state") async for k in redis.scan_iter(f"*{job_key}")]
@@ -74,7 +75,7 @@ async def test_a_placement_whose_reply_was_lost_is_read_back_and_runs_once(
 
             await wait_until(started_in_redis, what="the attempt started in Redis, its reply lost")
             await wait_until(waits_for_redis, timeout_s=20, what="the scheduler meeting the lost reply")
-            link.swallowing = False
+            link.swallow_replies_to = None
             await session.end()
             messages = await collect(session, 30)
         assert answers(messages) == [(0, "result")]
