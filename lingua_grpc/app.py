@@ -427,6 +427,8 @@ class Scheduler:
                 self.sessions.close_all("the scheduler is shutting down: reconnect to continue")
             if self.hub is not None:
                 self.hub.close_all()
+            if self.cache is not None:
+                await self.cache.end_watches()  # WatchSnapshots ends UNAVAILABLE, not cancelled
             await self._stack.aclose()
         finally:
             self._stopped.set()

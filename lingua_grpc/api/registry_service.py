@@ -47,6 +47,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> AsyncIterator[registry_pb2.WatchSnapshotsResponse]:
         async for snapshot in self._cache.watch(request.after_version, request.after_epoch):
             yield registry_pb2.WatchSnapshotsResponse(snapshot=convert.snapshot_to_proto(snapshot))
+        # The watch ended because this instance is stopping: an ordered end the watcher can act on.
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "the scheduler is shutting down: watch again")
 
     async def ListNodes(
         self, request: registry_pb2.ListNodesRequest, context: Context

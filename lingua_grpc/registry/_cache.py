@@ -47,6 +47,7 @@ class SnapshotCache:
         self._clock = clock or SystemClock()
         self._current = EMPTY_SNAPSHOT
         self._changed = asyncio.Condition()
+        self._watching = True  # False once the instance stops: watches end in order
         self._listeners: list[SnapshotListener] = []
         self._redis_listeners: list[Callable[[bool], None]] = []
         self.redis_reachable = True
@@ -115,15 +116,23 @@ class SnapshotCache:
         if after_version == 0 or snapshot.version != after_version or after_epoch not in ("", snapshot.epoch):
             yield snapshot
         last = snapshot.stamp
-        while True:
+        while self._watching:
             async with self._changed:
                 await self._changed.wait_for(partial(self._differs_from, last))
+            if not self._watching:
+                return
             snapshot = self._current
             last = snapshot.stamp
             yield snapshot
 
+    async def end_watches(self) -> None:
+        """Every `watch` ends (returns) now: the instance is stopping."""
+        self._watching = False
+        async with self._changed:
+            self._changed.notify_all()
+
     def _differs_from(self, stamp: Stamp) -> bool:
-        return self._current.stamp != stamp
+        return not self._watching or self._current.stamp != stamp
 
     async def _run(self) -> None:
         backoff = self._poll_s

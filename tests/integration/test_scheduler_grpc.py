@@ -297,3 +297,22 @@ async def test_stop_reports_not_serving_and_closes_node_streams(
             await asyncio.wait_for(read_message(call), 5)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         await stopping
+
+
+async def test_a_snapshot_watch_ends_unavailable_when_its_scheduler_stops(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    """An ordered end a watcher can act on (watch another instance), not a cancelled stream."""
+    s = Scheduler(fast_settings(redis_server.url, key_prefix))
+    endpoints = await s.start()
+    async with grpc.aio.insecure_channel(endpoints.grpc) as ch:
+        stream = registry_pb2_grpc.RegistryServiceStub(ch).WatchSnapshots(
+            registry_pb2.WatchSnapshotsRequest()
+        )
+        await asyncio.wait_for(read_message(stream), 5)
+        stopping = asyncio.create_task(s.stop(grace_s=0))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(read_message(stream), 5)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "shutting down" in (err.value.details() or "")
+        await stopping
