@@ -371,6 +371,12 @@ class Scheduler:
         )
         await recovery.start()
         stack.push_async_callback(recovery.stop)
+
+        async def settle_inbox() -> None:  # after leaving the fleet: what landed in the inbox before
+            await inbox.stop()
+            await recovery.settle_own_inbox()
+
+        stack.push_async_callback(settle_inbox)
         stack.push_async_callback(heartbeat.stop)  # first to go: a stopping instance leaves the fleet's list
 
         metrics_addr = None

@@ -213,6 +213,25 @@ class Recovery:
         )
         return done
 
+    async def settle_own_inbox(self) -> None:
+        """A graceful stop, once this instance left the fleet (no hand-off lands any more) and its inbox
+        reader stopped: what is left in its inbox is settled as a survivor settles a dead instance's, since
+        no survivor will claim an instance that left (issue 19)."""
+        try:
+            returned, results, released = await self._inbox(InstanceKeys(self._prefix, self._id))
+        except (RedisError, OSError) as exc:  # its entries expire with the inbox
+            log.warning("inbox not settled at the stop", extra={"error": repr(exc)})
+            return
+        if returned or results or released:
+            log.info(
+                "inbox settled at the stop",
+                extra={
+                    "handoffs_returned": returned,
+                    "results_recorded": results,
+                    "slots_released": released,
+                },
+            )
+
     async def _inbox(self, keys: InstanceKeys) -> tuple[int, int, int]:
         """Applies what was handed to the dead instance and never applied; the entries leave its inbox."""
         returned = results = released = 0
