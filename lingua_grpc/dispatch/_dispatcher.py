@@ -256,7 +256,8 @@ class Dispatcher:
 
     @property
     def store_wait_bytes(self) -> int:
-        """Audio held for jobs that wait for Redis to record them (counted in admission)."""
+        """Audio held for jobs that wait for Redis to record them (while any waits, new sessions are
+        refused)."""
         return self._store_wait_bytes
 
     def cancel_session(self, session_id: str) -> None:
@@ -601,7 +602,7 @@ class Dispatcher:
             await self._finish(ticket, _failed(f"{ticket.tries} attempts failed; last: {why}"))
             return
         if ticket.placements >= self._settings.max_placements:
-            why = f"{ticket.placements} attempts were placed and none reached a node; last: {why}"
+            why = f"{ticket.placements} attempts were placed, {ticket.tries} reached a node; last: {why}"
             await self._finish(ticket, _failed(why))
             return
         if not ticket.spec.audio:  # a resumed session's job whose audio is no longer kept

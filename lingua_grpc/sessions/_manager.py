@@ -185,6 +185,8 @@ class SessionManager:
             raise Unavailable("the scheduler is shutting down: connect again (to another instance)")
         if not self._cache.redis_reachable:
             raise Unavailable("the scheduler cannot reach Redis right now: try again shortly")
+        if self._dispatcher.store_wait_bytes:  # what it holds for Redis is bounded: no new sessions add to it
+            raise Unavailable("the scheduler waits for Redis to record utterances: try again shortly")
 
     @staticmethod
     def _check_format(start: StartRequest) -> None:

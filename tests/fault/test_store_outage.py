@@ -10,6 +10,7 @@ import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from lingua_grpc.client import LinguaClient, Reconnect
@@ -121,6 +122,9 @@ async def test_a_short_redis_outage_skips_nothing(drill: Drill, redis_link: Cutt
         for i in (1, 2, 3):
             await session.send_audio(utterance(i), is_final=True)
         await _tried_to_record(scheduler)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:  # meanwhile, no new session adds to what waits
+            await client.start_session("en", "es")
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         await asyncio.sleep(1.0)  # the outage: a second without Redis
         redis_link.up()
         await session.send_audio(utterance(4), is_final=True)
