@@ -454,7 +454,7 @@ class SessionManager:
         try:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(RedisError),
-                wait=wait_exponential_jitter(initial=0.1, max=2.0),
+                wait=wait_exponential_jitter(multiplier=0.1, max=2.0),
                 stop=stop_after_delay(self._resume.tokens.ttl_ms / 1000),
                 reraise=True,
             ):
