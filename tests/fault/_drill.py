@@ -17,6 +17,8 @@ from tests.e2e._procs import Proc, SchedulerProc, start_node, start_scheduler
 
 FINAL_STATES = {"COMPLETED", "FAILED", "SKIPPED"}
 NO_RESUME = Reconnect(within_s=0)  # drills see a broken stream as it is; resume drills ask for it
+RESUME = Reconnect(within_s=30, first_wait_s=0.05, max_wait_s=0.5)
+FLEET = ("--instance-heartbeat-ms", "100", "--instance-lease-ms", "600")  # an instance dead in 0.6 s
 
 # Fast failure detection for drills; the defaults are for production.
 DRILL_SETTINGS = (

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -18,13 +16,6 @@ from tests.fault._drill import DRILL_SETTINGS, Drill, answers, results, utteranc
 pytestmark = [pytest.mark.fault, pytest.mark.slow, pytest.mark.timeout(120)]
 
 ALL_RESULTS = [(0, "result"), (1, "result"), (2, "result")]
-
-
-@pytest.fixture
-def drill(tmp_path: Path) -> Iterator[Drill]:
-    d = Drill(tmp_path)
-    yield d
-    d.close()
 
 
 async def test_node_killed_mid_job(drill: Drill) -> None:

@@ -5,28 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import wait_until
 from tests.e2e._procs import SchedulerProc
-from tests.fault._drill import Drill, answers, utterances
+from tests.fault._drill import FLEET, Drill, answers, utterances
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow, pytest.mark.timeout(120)]
 
 # Instances renew their lease every 100 ms and are dead after 600 ms without: recovery within about a second.
-FLEET = ("--instance-heartbeat-ms", "100", "--instance-lease-ms", "600")
 NODE = "lingua:v1:{registry}:node:gpu-1"
 SLOTS = "lingua:v1:{registry}:slots:gpu-1"
-
-
-@pytest.fixture
-def drill(tmp_path: Path) -> Iterator[Drill]:
-    d = Drill(tmp_path)
-    yield d
-    d.close()
 
 
 async def two_instances(drill: Drill) -> tuple[SchedulerProc, SchedulerProc]:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -19,13 +17,6 @@ from tests.conftest import wait_until
 from tests.fault._drill import NO_RESUME, Drill, answers, results
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow, pytest.mark.timeout(180)]
-
-
-@pytest.fixture
-def drill(tmp_path: Path) -> Iterator[Drill]:
-    d = Drill(tmp_path)
-    yield d
-    d.close()
 
 
 def whole_utterance(i: int) -> bytes:

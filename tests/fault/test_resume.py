@@ -7,29 +7,17 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from lingua_grpc.client import LinguaClient, Reconnect
+from lingua_grpc.client import LinguaClient
 from lingua_grpc.pb import session_pb2
 from tests.audio import chunks
 from tests.conftest import wait_until
 from tests.e2e._procs import SchedulerProc
-from tests.fault._drill import Drill, answers, utterances
+from tests.fault._drill import FLEET, RESUME, Drill, answers, utterances
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow, pytest.mark.timeout(120)]
-
-FLEET = ("--instance-heartbeat-ms", "100", "--instance-lease-ms", "600")
-RESUME = Reconnect(within_s=30, first_wait_s=0.05, max_wait_s=0.5)
-
-
-@pytest.fixture
-def drill(tmp_path: Path) -> Iterator[Drill]:
-    d = Drill(tmp_path)
-    yield d
-    d.close()
 
 
 class Timed:

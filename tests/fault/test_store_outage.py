@@ -7,31 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 
-from lingua_grpc.client import LinguaClient, Reconnect
+from lingua_grpc.client import LinguaClient
 from lingua_grpc.pb import session_pb2
 from tests.audio import tone
 from tests.conftest import wait_until
 from tests.e2e._procs import SchedulerProc, start_scheduler
-from tests.fault._drill import DRILL_SETTINGS, NO_RESUME, Drill, answers, kill, results
+from tests.fault._drill import DRILL_SETTINGS, FLEET, NO_RESUME, RESUME, Drill, answers, kill, results
 from tests.integration._proxy import CuttableLink
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow, pytest.mark.timeout(120)]
-
-FLEET = ("--instance-heartbeat-ms", "100", "--instance-lease-ms", "600")
-RESUME = Reconnect(within_s=30, first_wait_s=0.05, max_wait_s=0.5)
-
-
-@pytest.fixture
-def drill(tmp_path: Path) -> Iterator[Drill]:
-    d = Drill(tmp_path)
-    yield d
-    d.close()
 
 
 @pytest.fixture
