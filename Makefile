@@ -59,8 +59,9 @@ bench: setup ## Benchmarks with baselines (figures in README): offered-load swee
 
 MINUTES ?= 10
 SEED ?=
-soak: setup ## Chaos soak (README "Chaos testing"): three schedulers, one Redis, synthetic nodes, seeded random faults, invariants checked; make soak MINUTES=10 SEED=7
-	$(PY) -m tests.soak --minutes $(MINUTES) $(if $(SEED),--seed $(SEED)) --json out/soak-report.json
+REDIS_CLUSTER ?=
+soak: setup ## Chaos soak (README "Chaos testing"): three schedulers, one Redis (REDIS_CLUSTER=1: a three-master Redis Cluster), synthetic nodes, seeded random faults, invariants checked; make soak MINUTES=10 SEED=7
+	$(PY) -m tests.soak --minutes $(MINUTES) $(if $(SEED),--seed $(SEED)) $(if $(REDIS_CLUSTER),--redis-cluster) --json out/soak-report.json
 
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

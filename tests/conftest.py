@@ -112,17 +112,24 @@ def cluster_port() -> int:
                 return port
 
 
-def start_redis_cluster(workdir: Path, masters: int = 3) -> RedisClusterServers:
+def start_redis_cluster(
+    workdir: Path, masters: int = 3, *extra_args: str, own_dirs: bool = False
+) -> RedisClusterServers:
+    """`extra_args` go to every server (AOF, say); `own_dirs`: each server in `workdir/<port>`, so that
+    one server's AOF files never meet another's (the chaos soak's cluster mode restarts them on their data)."""
     servers: list[RedisServer] = []
     try:
         for _ in range(masters):
             port = cluster_port()
+            node_dir = workdir / str(port) if own_dirs else workdir
+            node_dir.mkdir(parents=True, exist_ok=True)
             servers.append(
                 start_redis_server(
-                    workdir,
+                    node_dir,
                     port,
                     *("--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"),
                     *("--cluster-node-timeout", "5000"),
+                    *extra_args,
                 )
             )
         _create_cluster([s.port for s in servers])

@@ -26,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recovery-window", type=float, default=30.0, help="s for the store to settle")
     parser.add_argument("--workdir", type=Path, help="where logs go (default: a new temporary directory)")
     parser.add_argument("--json", type=Path, help="write the report as JSON here")
+    parser.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="run on a three-master Redis Cluster (AOF on) instead of one redis-server; "
+        "the Redis link faults are left out",
+    )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 1_000_000)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"lingua-soak-{seed}-"))
@@ -39,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         max_gap_s=args.max_gap,
         recovery_window_s=args.recovery_window,
         json_path=args.json,
+        redis_cluster=args.redis_cluster,
     )
     report, violations = asyncio.run(run(opts))
     print_report(report, violations, workdir)

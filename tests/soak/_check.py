@@ -146,29 +146,36 @@ async def check_redis(fleet: Fleet, window_s: float) -> tuple[list[Violation], f
 
 
 def _held_and_live(fleet: Fleet) -> tuple[dict[str, Any], dict[str, Any]]:
-    with fleet.redis.client() as c:
-        held: dict[str, Any] = {}
-        for key in c.scan_iter(f"{PREFIX}{{registry}}:node:*"):
-            if int(c.hget(key, "reserved") or 0):
-                held[key] = f"reserved {c.hget(key, 'reserved')}"
-        for key in c.scan_iter(f"{PREFIX}{{registry}}:slots:*"):
-            if members := c.smembers(key):
-                held[key] = sorted(members)
-        live: dict[str, Any] = {}
-        for key in c.scan_iter(f"{PREFIX}*:job:*"):
-            job = c.hgetall(key)
-            if job.get("state") not in FINAL:
-                live[key] = {
-                    k: job.get(k) for k in ("state", "attempt", "node", "owner", "updated_at") if k in job
-                }
-        return held, live
+    """Scans every Redis holding keys (each master of a cluster; a key a master's SCAN returns is read there)."""
+    held: dict[str, Any] = {}
+    live: dict[str, Any] = {}
+    for client in fleet.store_clients():
+        with client as c:
+            for key in c.scan_iter(f"{PREFIX}{{registry}}:node:*"):
+                if int(c.hget(key, "reserved") or 0):
+                    held[key] = f"reserved {c.hget(key, 'reserved')}"
+            for key in c.scan_iter(f"{PREFIX}{{registry}}:slots:*"):
+                if members := c.smembers(key):
+                    held[key] = sorted(members)
+            for key in c.scan_iter(f"{PREFIX}*:job:*"):
+                job = c.hgetall(key)
+                if job.get("state") not in FINAL:
+                    live[key] = {
+                        k: job.get(k) for k in ("state", "attempt", "node", "owner", "updated_at") if k in job
+                    }
+    return held, live
 
 
 def _without_ttl(fleet: Fleet) -> list[tuple[str, int]]:
-    with fleet.redis.client() as c:
-        return [
-            (key, ttl) for key in c.scan_iter("*") if (ttl := c.ttl(key)) == -1 and not PERMANENT.match(key)
-        ]
+    out: list[tuple[str, int]] = []
+    for client in fleet.store_clients():
+        with client as c:
+            out += [
+                (key, ttl)
+                for key in c.scan_iter("*")
+                if (ttl := c.ttl(key)) == -1 and not PERMANENT.match(key)
+            ]
+    return out
 
 
 def check_processes(fleet: Fleet, max_rss_mb: dict[str, float], faults: list[Outcome]) -> list[Violation]:
@@ -183,8 +190,9 @@ def check_processes(fleet: Fleet, max_rss_mb: dict[str, float], faults: list[Out
                         "memory", f"{m.name}#{incarnation} peak RSS {peak:.0f} MB > {max_rss_mb[m.kind]}"
                     )
                 )
-    if (peak := fleet.rss_peak.get("redis", 0.0)) > max_rss_mb["redis"]:
-        out.append(Violation("memory", f"redis peak RSS {peak:.0f} MB > {max_rss_mb['redis']}"))
+    for name, peak in fleet.rss_peak.items():  # "redis", or "redis m0".. on a cluster
+        if name.startswith("redis") and peak > max_rss_mb["redis"]:
+            out.append(Violation("memory", f"{name} peak RSS {peak:.0f} MB > {max_rss_mb['redis']}"))
     isolating = ("scheduler_stop", "redis_link_cut", "redis_link_stall")
     cut_off = [(o.fault.target, o.started_at, o.healed_at) for o in faults if o.fault.kind in isolating]
     for e in list(fleet.events):

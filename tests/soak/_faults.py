@@ -51,6 +51,16 @@ _LENGTHS: dict[str, tuple[float, float]] = {
     "cut_off_scheduler_kill": (0.3, 1.5),
 }
 
+# On a Redis Cluster the TCP proxy in front of Redis for one instance cannot work: a cluster client follows
+# the addresses CLUSTER SLOTS gives, not the one it was told. The kinds that need it are left out there.
+CLUSTER_LEFT_OUT = ("redis_link_cut", "redis_link_stall", "redis_link_delay", "cut_off_scheduler_kill")
+
+
+def kinds_for(cluster: bool) -> list[str]:
+    """The fault kinds of a mode: every kind on one redis-server; on a cluster, all but the Redis link's
+    (there `redis_restart_kept` / `_lost` restart one master, the target, on its AOF or empty)."""
+    return [k for k in KINDS if not (cluster and k in CLUSTER_LEFT_OUT)]
+
 
 @dataclass(frozen=True)
 class Fault:
@@ -83,28 +93,32 @@ def schedule(
     max_gap_s: float,
     first_at_s: float = 6.0,
     quiet_tail_s: float = 12.0,
+    cluster_masters: int = 0,
 ) -> list[Fault]:
     """Faults from `first_at_s` to `duration_s - quiet_tail_s`, `min_gap_s`..`max_gap_s` apart. The first ones
     take every kind once (in an order drawn from the seed); then kinds are drawn at random. A fault never
     lands on a group (all schedulers, all nodes, Redis...) another fault still keeps busy: it takes the next
-    free kind, or waits a second."""
+    free kind, or waits a second. `cluster_masters` > 0: a Redis Cluster of that many masters, the kinds of
+    `kinds_for(True)`, a Redis restart aimed at one master (`m0`..); 0 (one redis-server) draws exactly as
+    before the cluster mode existed."""
     rng = random.Random(seed)
+    all_kinds = kinds_for(cluster_masters > 0)
     targets: dict[str, list[str]] = {
         "scheduler": [f"sched-{i}" for i in range(schedulers)],
         "node": [f"node-{i}" for i in range(nodes)],
-        "redis": [""],
+        "redis": [f"m{i}" for i in range(cluster_masters)] if cluster_masters else [""],
         "reader": [f"w{i}" for i in range(workers)],
         "burst": [""],
         "redis+scheduler": [f"sched-{schedulers - 1}"],
     }
-    coverage = list(KINDS)
+    coverage = list(all_kinds)
     rng.shuffle(coverage)
     busy_until: dict[str, float] = {}
     out: list[Fault] = []
     t = first_at_s
     end = duration_s - quiet_tail_s
     while t < end:
-        kinds = [*coverage, *rng.sample(list(KINDS), len(KINDS))]
+        kinds = [*coverage, *rng.sample(all_kinds, len(all_kinds))]
         for kind in kinds:
             group, settle = KINDS[kind]
             groups = group.split("+")
@@ -177,6 +191,13 @@ class Injector:
                 await asyncio.sleep(f.length_s)
                 fleet.cont(m)
                 m.held_down = False  # one paused past its lease may exit now: the supervisor restarts it
+            elif f.kind.startswith("redis_restart") and fleet.cluster is not None:
+                kept = f.kind == "redis_restart_kept"  # one master, on its AOF or empty (its nodes.conf kept)
+                if kept:
+                    await asyncio.to_thread(fleet.cluster.enable_aof, f.target)
+                await asyncio.to_thread(fleet.cluster.stop, f.target)
+                await asyncio.sleep(f.length_s)
+                await asyncio.to_thread(fleet.cluster.start_master, f.target, kept)
             elif f.kind.startswith("redis_restart"):
                 kept = f.kind == "redis_restart_kept"
                 if kept:

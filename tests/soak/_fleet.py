@@ -1,4 +1,4 @@
-"""The soak's processes: one redis-server (AOF on, or no persistence), three `lingua-scheduler` instances and
+"""The soak's processes: one redis-server (AOF on, or no persistence) or a three-master Redis Cluster, three `lingua-scheduler` instances and
 synthetic `lingua-node`s, each restarted under its own id and address after a kill, plus the TCP proxies the
 faults use. A supervisor restarts what exits on its own (as systemd or Kubernetes would) and notes it; an
 RSS sampler records every process's memory."""
@@ -16,8 +16,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 import redis as redis_sync
 
+from tests.conftest import RedisServer, start_redis_cluster, start_redis_server
 from tests.e2e._procs import BIN, FAST, Proc, SchedulerProc, ready
 from tests.soak._proxy import ChaosProxy
 
@@ -70,6 +72,7 @@ class SoakConfig:
     node_concurrency: int = 2
     node_latency_ms: int = 100
     scheduler_args: tuple[str, ...] = ()
+    cluster_masters: int = 0  # > 0: a Redis Cluster of that many masters instead of one redis-server
 
 
 # Detection times short enough that a one-minute run sees recoveries, long enough that a busy 2-core machine
@@ -135,33 +138,149 @@ class Redis:
         if self.aof:
             return
         with self.client() as c:
-            c.config_set("appendonly", "yes")
-            c.config_set("appendfsync", "everysec")
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                info = c.info("persistence")
-                if (
-                    info.get("aof_enabled") == 1
-                    and not info.get("aof_rewrite_in_progress")
-                    and not info.get("aof_rewrite_scheduled")
-                ):
-                    break
-                time.sleep(0.05)
+            _enable_aof(c)
         self.aof = True
 
     def stop(self) -> None:
         """SIGTERM: with AOF on, redis-server writes the AOF out and exits; without, the data is gone."""
         if self.proc is None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        _terminate(self.proc)
 
     def client(self) -> redis_sync.Redis:
         return redis_sync.Redis.from_url(self.url, decode_responses=True, socket_timeout=5)
+
+
+AOF = ("--appendonly", "yes", "--appendfsync", "everysec")
+# What tests/conftest.py's start_redis_cluster gives each server, for a restart under the same identity
+CLUSTER_NODE_ARGS = ("--cluster-enabled", "yes", "--cluster-node-timeout", "5000")
+
+
+class ClusterRedis:
+    """A Redis Cluster of masters only (`m0`.., started by tests/conftest.py's start_redis_cluster, each in its
+    own directory, AOF on, appendfsync everysec). A master restarts on the same port and with its
+    nodes-<port>.conf (its identity and slots), either on its AOF (`kept`) or in a new directory holding only
+    that file, with no persistence: its slots are served again, their keys gone. (A master that loses its
+    nodes.conf too comes back as a stranger holding no slot; the cluster reports those slots uncovered until
+    an operator runs `redis-cli --cluster fix`, so the soak does not do that.)"""
+
+    def __init__(self, workdir: Path, masters: int) -> None:
+        self.workdir = workdir / "redis-cluster"
+        self.count = masters
+        self.servers: list[RedisServer] = []
+        self.aof: list[bool] = [True] * masters
+        self.restarts = 0
+
+    @property
+    def names(self) -> list[str]:
+        return [f"m{i}" for i in range(self.count)]
+
+    def _index(self, name: str) -> int:
+        return self.names.index(name)
+
+    def url(self, name: str) -> str:
+        return self.servers[self._index(name)].url
+
+    def start(self) -> None:
+        try:
+            self.servers = start_redis_cluster(self.workdir, self.count, *AOF, own_dirs=True).servers
+        except pytest.fail.Exception as exc:  # a BaseException: make it an ordinary error
+            raise RuntimeError(f"the Redis Cluster did not start: {exc}") from None
+
+    def registry_master(self, key: str) -> str:
+        """The master serving `key`'s slot, by CLUSTER SLOTS (`{registry}`: one master holds the registry)."""
+        with self.client(self.names[0]) as c:
+            slot = int(c.execute_command("CLUSTER KEYSLOT", key))
+            for low, high, primary, *_ in c.execute_command("CLUSTER SLOTS"):
+                if int(low) <= slot <= int(high):
+                    port = int(primary[1])
+                    return next(
+                        n for n, srv in zip(self.names, self.servers, strict=True) if srv.port == port
+                    )
+        return "?"
+
+    def enable_aof(self, name: str) -> None:
+        i = self._index(name)
+        if self.aof[i]:
+            return
+        with self.client(name) as c:
+            _enable_aof(c)
+        self.aof[i] = True
+
+    def stop(self, name: str) -> None:
+        server = self.servers[self._index(name)]
+        _terminate(server.proc)
+
+    def start_master(self, name: str, kept: bool) -> None:
+        """Starts `name` again on its port and identity, then waits for it to serve (a master that rejoins
+        waits ~2 s, CLUSTER_WRITABLE_DELAY, before it calls the cluster ok)."""
+        i = self._index(name)
+        old = self.servers[i]
+        node_dir = old.workdir
+        if not kept:
+            self.restarts += 1
+            node_dir = self.workdir / f"{old.port}-empty-{self.restarts}"
+            node_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy(old.workdir / f"nodes-{old.port}.conf", node_dir)
+        persistence = AOF if kept else ("--appendonly", "no")
+        try:
+            self.servers[i] = start_redis_server(
+                node_dir,
+                old.port,
+                *CLUSTER_NODE_ARGS,
+                *("--cluster-config-file", f"nodes-{old.port}.conf", *persistence),
+            )
+        except pytest.fail.Exception as exc:  # as above
+            raise RuntimeError(f"redis {name} did not start: {exc}") from None
+        self.aof[i] = kept
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis_sync.RedisError), self.client(name) as c:
+                if c.cluster("info").get("cluster_state") == "ok":
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"redis {name} not cluster_state:ok 15 s after its restart")
+
+    def client(self, name: str) -> redis_sync.Redis:
+        """A plain client of one master (for what lives on it: SCAN, and commands on the keys it returned)."""
+        return redis_sync.Redis.from_url(self.url(name), decode_responses=True, socket_timeout=5)
+
+    def cluster_client(self) -> redis_sync.RedisCluster:
+        return redis_sync.RedisCluster.from_url(
+            self.url(self.names[0]), decode_responses=True, socket_timeout=5
+        )
+
+    def close(self) -> None:
+        for server in self.servers:
+            if server.proc.poll() is None:
+                server.proc.kill()
+                server.proc.wait()
+
+
+def _enable_aof(c: redis_sync.Redis) -> None:
+    """Turns AOF on in a running server and waits for its first rewrite, so a restart keeps the data."""
+    c.config_set("appendonly", "yes")
+    c.config_set("appendfsync", "everysec")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        info = c.info("persistence")
+        if (
+            info.get("aof_enabled") == 1
+            and not info.get("aof_rewrite_in_progress")
+            and not info.get("aof_rewrite_scheduled")
+        ):
+            break
+        time.sleep(0.05)
+
+
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM: with AOF on, redis-server writes the AOF out and exits; without, the data is gone."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class Fleet:
@@ -169,6 +288,8 @@ class Fleet:
         self.workdir = workdir
         self.config = config
         self.redis = Redis(workdir)
+        # cluster mode: `redis` stays unstarted; the schedulers use the cluster, sched-i seeded by master i
+        self.cluster = ClusterRedis(workdir, config.cluster_masters) if config.cluster_masters else None
         self.events: list[Event] = []
         self.schedulers = [Member(f"sched-{i}", "scheduler") for i in range(config.schedulers)]
         self.nodes = [Member(f"node-{i}", "node") for i in range(config.nodes)]
@@ -194,11 +315,33 @@ class Fleet:
     def note(self, what: str, detail: str = "") -> None:
         self.events.append(Event(time.monotonic(), what, detail))
 
+    def store_clients(self) -> list[redis_sync.Redis]:
+        """A plain client per Redis holding keys: the server, or every master of the cluster."""
+        if self.cluster is not None:
+            return [self.cluster.client(name) for name in self.cluster.names]
+        return [self.redis.client()]
+
+    def redis_pids(self) -> dict[str, int]:
+        if self.cluster is not None:
+            return {
+                f"redis {n}": srv.proc.pid
+                for n, srv in zip(self.cluster.names, self.cluster.servers, strict=True)
+            }
+        return {"redis": self.redis.proc.pid} if self.redis.proc is not None else {}
+
     async def start(self) -> None:
         self.key_file.write_bytes(os.urandom(32))
-        self.redis.start(aof=True, fresh=True)
-        self.redis_link = ChaosProxy("redis-link", f"127.0.0.1:{self.redis.port}")
-        await self.redis_link.start()
+        if self.cluster is not None:
+            await asyncio.to_thread(self.cluster.start)
+            holder = await asyncio.to_thread(self.cluster.registry_master, f"{PREFIX}{{registry}}:nodes")
+            ports = ", ".join(
+                f"{n} :{s.port}" for n, s in zip(self.cluster.names, self.cluster.servers, strict=True)
+            )
+            self.note("redis cluster", f"{ports}; {{registry}} on {holder}")
+        else:
+            self.redis.start(aof=True, fresh=True)
+            self.redis_link = ChaosProxy("redis-link", f"127.0.0.1:{self.redis.port}")
+            await self.redis_link.start()
         for m in self.schedulers:
             await self.start_member(m)
         for m in self.schedulers:
@@ -217,21 +360,25 @@ class Fleet:
     async def wait_nodes_registered(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            with contextlib.suppress(redis_sync.RedisError), self.redis.client() as c:
+            client = self.cluster.cluster_client() if self.cluster is not None else self.redis.client()
+            with contextlib.suppress(redis_sync.RedisError), client as c:
                 if c.scard(f"{PREFIX}{{registry}}:nodes") >= len(self.nodes):
                     return
             await asyncio.sleep(0.1)
         raise RuntimeError("the nodes did not register")
 
     def _scheduler_argv(self, m: Member) -> list[str]:
-        redis_url = self.redis.url
-        if m is self.schedulers[-1] and self.redis_link is not None:
-            redis_url = f"redis://{self.redis_link.address}/0"
+        redis: tuple[str, ...] = ("--redis-url", self.redis.url)
+        if self.cluster is not None:
+            seed = self.cluster.names[self.schedulers.index(m) % self.cluster.count]
+            redis = ("--redis-cluster", "--redis-url", self.cluster.url(seed))
+        elif m is self.schedulers[-1] and self.redis_link is not None:
+            redis = ("--redis-url", f"redis://{self.redis_link.address}/0")
         return [
             str(BIN / "lingua-scheduler"),
             *("--listen", self.listen[m.name], "--metrics-port", "-1"),
             *FAST,
-            *("--instance-id", m.name, "--redis-url", redis_url),
+            *("--instance-id", m.name, *redis),
             *("--resume-key-file", str(self.key_file)),
             *SCHEDULER_SETTINGS,
             *self.config.scheduler_args,
@@ -313,8 +460,9 @@ class Fleet:
             for m in self.members:
                 if m.proc is not None and (mb := rss_mb(m.proc.popen.pid)) is not None:
                     m.max_rss_mb[m.incarnation] = max(m.max_rss_mb.get(m.incarnation, 0.0), mb)
-            if self.redis.proc is not None and (mb := rss_mb(self.redis.proc.pid)) is not None:
-                self.rss_peak["redis"] = max(self.rss_peak.get("redis", 0.0), mb)
+            for name, pid in self.redis_pids().items():
+                if (mb := rss_mb(pid)) is not None:
+                    self.rss_peak[name] = max(self.rss_peak.get(name, 0.0), mb)
             if (mb := rss_mb(os.getpid())) is not None:
                 self.rss_peak["soak (clients, proxies)"] = max(
                     self.rss_peak.get("soak (clients, proxies)", 0), mb
@@ -348,6 +496,8 @@ class Fleet:
         if self.redis.proc is not None and self.redis.proc.poll() is None:
             self.redis.proc.kill()
             self.redis.proc.wait()
+        if self.cluster is not None:
+            self.cluster.close()
 
 
 def _last_lines(path: Path, n: int) -> str:

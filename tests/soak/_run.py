@@ -24,7 +24,7 @@ from tests.soak._check import (
     recovery_times,
 )
 from tests.soak._clients import Audio, Clients
-from tests.soak._faults import KINDS, Injector, fingerprint, schedule
+from tests.soak._faults import Injector, fingerprint, kinds_for, schedule
 from tests.soak._fleet import Fleet, SoakConfig
 
 
@@ -41,6 +41,7 @@ class Options:
     max_rss_node_mb: float = 200.0
     max_rss_redis_mb: float = 256.0
     json_path: Path | None = None
+    redis_cluster: bool = False  # a three-master Redis Cluster (AOF on) instead of one redis-server
 
 
 def _version() -> str:
@@ -58,12 +59,20 @@ def _version() -> str:
 
 async def run(opts: Options) -> tuple[dict[str, Any], list[Violation]]:
     logging.getLogger("lingua_grpc.client").setLevel(logging.WARNING)
-    config = SoakConfig()
+    config = SoakConfig(cluster_masters=3 if opts.redis_cluster else 0)
     faults = schedule(
-        opts.seed, opts.seconds, config.schedulers, config.nodes, opts.workers, opts.min_gap_s, opts.max_gap_s
+        opts.seed,
+        opts.seconds,
+        config.schedulers,
+        config.nodes,
+        opts.workers,
+        opts.min_gap_s,
+        opts.max_gap_s,
+        cluster_masters=config.cluster_masters,
     )
     print(
         f"soak: seed {opts.seed}, {opts.seconds:.0f} s, {len(faults)} faults (schedule {fingerprint(faults)})"
+        + (", on a three-master Redis Cluster" if opts.redis_cluster else "")
     )
     print(f"soak: logs in {opts.workdir}")
     for f in faults:
@@ -106,6 +115,15 @@ async def run(opts: Options) -> tuple[dict[str, Any], list[Violation]]:
                 for x in clients.logs
             )
         )
+        (opts.workdir / "skips.txt").write_text(
+            "".join(
+                f"{_wall(a.at)} t+{a.at - t0:6.1f}s {x.key} {x.session_id} utterance {a.index} {a.kind}:"
+                f" {a.message}\n"
+                for x in clients.logs
+                for a in sorted(x.answers, key=lambda a: a.at)
+                if a.kind != "result"
+            )
+        )
         (opts.workdir / "violations.txt").write_text(
             "".join(f"{v.what}: {v.detail}\n" + "".join(f"    {e}\n" for e in v.evidence) for v in violations)
         )
@@ -142,8 +160,18 @@ def _report(
         "load_s": round(load_s, 1),
         "version": _version(),
         "schedule": fingerprint(faults),
+        "redis": "cluster (3 masters)" if opts.redis_cluster else "one redis-server",
         "faults": dict(Counter(o.fault.kind for o in injector.outcomes)),
-        "fault_kinds_missing": sorted(set(KINDS) - {o.fault.kind for o in injector.outcomes}),
+        "faults_by_target": dict(
+            Counter(
+                f"{o.fault.kind} {o.fault.target}"
+                for o in injector.outcomes
+                if o.fault.kind.startswith("redis")
+            )
+        ),
+        "fault_kinds_missing": sorted(
+            set(kinds_for(opts.redis_cluster)) - {o.fault.kind for o in injector.outcomes}
+        ),
         "injection_failures": [o.note for o in injector.outcomes if o.note.startswith("injection failed")],
         "sessions": {
             "main": sum(1 for x in logs if x.kind == "main" and x.session_id),
@@ -185,12 +213,16 @@ def _report(
     }
 
 
+def _wall(monotonic: float) -> str:
+    """A monotonic time as the wall-clock time the processes' logs use."""
+    at = monotonic + time.time() - time.monotonic()
+    return f"{time.strftime('%H:%M:%S', time.localtime(at))}.{int(at % 1 * 1000):03d}"
+
+
 def _write_timeline(path: Path, fleet: Fleet, t0: float) -> None:
     """Faults, starts and exits, in wall-clock time (to read beside the processes' logs) and from t0."""
-    offset = time.time() - time.monotonic()
     lines = [
-        f"{time.strftime('%H:%M:%S', time.localtime(e.at + offset))}.{int((e.at + offset) % 1 * 1000):03d}"
-        f" t+{e.at - t0:6.1f}s {e.what:<14} {e.detail}"
+        f"{_wall(e.at)} t+{e.at - t0:6.1f}s {e.what:<14} {e.detail}"
         for e in sorted(fleet.events, key=lambda e: e.at)
     ]
     path.write_text("\n".join(lines) + "\n")
@@ -199,11 +231,16 @@ def _write_timeline(path: Path, fleet: Fleet, t0: float) -> None:
 def print_report(report: dict[str, Any], violations: list[Violation], workdir: Path) -> None:
     r = report
     print("\n=== soak report ===")
-    print(f"seed {r['seed']}  ({r['seconds']:.0f} s, code {r['version']}, schedule {r['schedule']})")
+    print(
+        f"seed {r['seed']}  ({r['seconds']:.0f} s, code {r['version']}, schedule {r['schedule']}, "
+        f"redis: {r['redis']})"
+    )
     print(
         f"faults: {sum(r['faults'].values())}  "
         + ", ".join(f"{k} {v}" for k, v in sorted(r["faults"].items()))
     )
+    if r["faults_by_target"]:
+        print("  redis faults: " + ", ".join(f"{k} {v}" for k, v in sorted(r["faults_by_target"].items())))
     if r["fault_kinds_missing"]:
         print(f"fault kinds not injected: {', '.join(r['fault_kinds_missing'])}")
     for note in r["injection_failures"]:
@@ -237,7 +274,9 @@ def print_report(report: dict[str, Any], violations: list[Violation], workdir: P
             for line in v.evidence:
                 print(f"      {line}")
         print(
-            f"\nreplay: python -m tests.soak --seconds {r['seconds']:.0f} --seed {r['seed']}  (logs: {workdir})"
+            f"\nreplay: python -m tests.soak --seconds {r['seconds']:.0f} --seed {r['seed']}"
+            + (" --redis-cluster" if r["redis"].startswith("cluster") else "")
+            + f"  (logs: {workdir})"
         )
     else:
         print("\nno violation")
