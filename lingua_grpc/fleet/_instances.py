@@ -159,11 +159,26 @@ class InstanceHeartbeat:
             log.warning("instance not deregistered; its lease will lapse", extra={"error": repr(exc)})
 
     async def _beat(self) -> bool:
-        """One renewal; False when this instance was claimed as dead (nothing renewed)."""
+        """One renewal; False when this instance was claimed as dead (it must stop).
+
+        The inbox lease lives in the instance's own hash slot, the record in the registry's: on a Redis
+        Cluster, two shards. They are renewed side by side, so one shard away (a master restarting) neither
+        delays nor stops the other's renewal: a survivor reading the registry sees the record renewed and
+        does not count this instance unrenewed."""
         first, self._first = self._first, False
-        if not await self._registry.renew_inbox(
-            self._instance_id, self._lease_ms, self._record_ttl_ms, first
-        ):
+        renewed, recorded = await asyncio.gather(
+            self._registry.renew_inbox(self._instance_id, self._lease_ms, self._record_ttl_ms, first),
+            self._registry.heartbeat(
+                self._instance_id,
+                self._address,
+                self._lease_ms,
+                self._record_ttl_ms,
+                self._started_ms,
+                self._holdings(),
+            ),
+            return_exceptions=True,
+        )
+        if renewed is False:
             log.error(
                 "this instance was declared dead by the fleet (its lease lapsed and a survivor took over"
                 " what it held): stopping",
@@ -171,15 +186,10 @@ class InstanceHeartbeat:
             )
             self._on_claimed()
             return False
-        new = await self._registry.heartbeat(
-            self._instance_id,
-            self._address,
-            self._lease_ms,
-            self._record_ttl_ms,
-            self._started_ms,
-            self._holdings(),
-        )
-        if new:
+        for outcome in (renewed, recorded):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        if recorded:
             log.info("instance recorded in the fleet", extra={"instance_id": self._instance_id})
         return True
 
