@@ -419,6 +419,10 @@ class Dispatcher:
         session's stream ended) gets its slot freed, when `node_id` is given."""
         ticket = self._live.get(job_id)
         if ticket is not None and ticket.attempt.number == attempt:
+            if not node_failed and ticket.attempt.node_id is not None:
+                # The snapshot named a holder that does not hold the node (it moved, or its holder came back
+                # without it): not that node again until the registry says where it is.
+                ticket.unreachable[ticket.attempt.node_id] = self._cache.current.stamp
             self._spawn(self._attempt_failed(ticket, why, exclude=node_failed, reached=node_failed))
         elif ticket is None and node_id is not None:
             self._spawn(self._unplace(node_id, job_id, attempt))
@@ -806,7 +810,7 @@ class Dispatcher:
                     await self._queue_timeout(ticket, pair)
                 else:
                     serving = (n.node_id for n in self._cache.current.nodes_for(pair))
-                    freed = self._queues.take_freed(serving, ticket.excluded)
+                    freed = self._queues.take_freed(serving, ticket.avoided(self._cache.current.stamp))
                     try:
                         placed = await self._try_place(
                             ticket, freed is not None or not ticket.recorded, freed

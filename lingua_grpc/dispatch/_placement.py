@@ -86,7 +86,7 @@ class Placer:
         spec = ticket.spec
         number, recorded = ticket.attempt.number, ticket.recorded
         request = Request(spec.pair, spec.tts, ticket.preferred_node)
-        candidates = rank_candidates(snapshot, request, ticket.excluded, self._rng)
+        candidates = rank_candidates(snapshot, request, ticket.avoided(snapshot.stamp), self._rng)
         resolving = ticket.pending
         if resolving is not None:
             # Whatever the snapshot says now (that node may look full with this very reservation), the writes

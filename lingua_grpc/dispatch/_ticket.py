@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from lingua_grpc.jobs import JobOutput, JobProgress, JobSpec, SkipReason
+from lingua_grpc.registry import Stamp
 
 
 class JobSink(Protocol):
@@ -93,6 +94,9 @@ class Ticket:
     pending: Pending | None = None  # Redis writes of the last placement try whose outcome is unknown
     store_wait_until: float = 0.0  # monotonic deadline while it waits for Redis to record it; 0: not waiting
     excluded: set[str] = field(default_factory=set)  # nodes that failed it
+    # Nodes its attempt could not reach through the holder the snapshot named, by the registry stamp then:
+    # not tried again until the registry changed (the node re-registered elsewhere, or went).
+    unreachable: dict[str, Stamp] = field(default_factory=dict)
     recorded: bool = False  # the job exists in Redis
     answers_sent: int = 0  # the session's answers sent when it was submitted (recorded with a new job)
     submitted_at: float = 0.0
@@ -102,3 +106,9 @@ class Ticket:
     @property
     def ended(self) -> bool:
         return self.phase is Phase.ENDED
+
+    def avoided(self, stamp: Stamp) -> set[str]:
+        """Nodes not to try for it now: those that failed it, and those it could not reach at this stamp."""
+        if not self.unreachable:
+            return self.excluded
+        return self.excluded | {node for node, seen in self.unreachable.items() if seen == stamp}

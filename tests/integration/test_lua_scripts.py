@@ -72,6 +72,17 @@ async def test_registering_again_unchanged_keeps_the_version(registry: NodeRegis
     assert len((await registry.read())[1]) == 1
 
 
+async def test_a_node_held_by_another_instance_now_bumps_the_version(registry: NodeRegistry) -> None:
+    """Every instance hands a node's attempts to its holder as its snapshot names it: a node that moved to
+    another instance must reach every snapshot at once, not at the next full re-read (the soak's cluster run
+    placed a job through the node's old holder nine times in 70 ms)."""
+    first = await registry.register(registration(), "inst-a", "conn-1", LEASE_MS)
+    moved = await registry.register(registration(), "inst-b", "conn-2", LEASE_MS)
+    assert moved.changed and moved.version == first.version + 1
+    (node,) = (await registry.read())[1]
+    assert node.instance_id == "inst-b"
+
+
 async def test_capability_change_bumps_the_version(registry: NodeRegistry) -> None:
     await registry.register(registration("gpu-1", "en-es"), "inst-a", "conn-1", LEASE_MS)
     changed = await registry.register(registration("gpu-1", "en-zh"), "inst-a", "conn-2", LEASE_MS)

@@ -425,3 +425,46 @@ async def _read_all(session: Any, messages: Messages) -> None:
 
 async def _answered(messages: Messages, n: int) -> bool:
     return len(answers(messages)) >= n
+
+
+async def test_a_node_its_holder_does_not_hold_is_not_tried_again_until_the_registry_changes(
+    pair: tuple[Scheduler, Scheduler], redis: Redis, key_prefix: str
+) -> None:
+    """The registry names B as gpu-1's holder, but B holds no such stream (the node moved, or B came back
+    without it): A's attempt through B comes back lost, never having reached a node. It does not count, and
+    A does not hand the job to B again and again at the same registry version: it waits, and runs on the
+    node that registers next. (The soak's cluster run saw an utterance placed nine times in 70 ms through a
+    holder that no longer held its node, then skipped FAILED.)"""
+    from lingua_grpc.registry import NodeRegistry
+    from lingua_grpc.store import ScriptBook
+    from tests.integration.test_lua_scripts import registration
+
+    a, _ = pair
+    ghost = NodeRegistry(redis, RegistryKeys(key_prefix), ScriptBook(redis))
+    await ghost.register(registration("gpu-ghost"), "sched-b", "no-such-stream", 60_000)
+    await node_seen(a)
+    fleet = Fleet(address(a))
+    try:
+        async with LinguaClient(address(a), reconnect=Reconnect(within_s=0)) as client:
+            options = session_pb2.SessionOptions(queue_timeout_ms=10_000)
+            session = await client.start_session("en", "es", options=options)
+            await session.send_audio(tone(300) + silence(100), is_final=True)
+
+            async def handed_to_the_ghost() -> bool:
+                assert a.metrics is not None
+                return (a.metrics.registry.get_sample_value("lingua_job_redispatches_total") or 0) >= 1
+
+            await wait_until(handed_to_the_ghost, what="an attempt handed to B and lost")
+            for _ in range(20):  # at this registry version, B is not tried again: the job waits
+                await asyncio.sleep(0.025)
+                assert a.metrics.registry.get_sample_value("lingua_job_redispatches_total") == 1
+            await fleet.add("gpu-1")
+            await session.end()
+            messages = await collect(session, 20)
+        assert answers(messages) == [(0, "result")]
+        result = messages[-1].result if messages[-1].HasField("result") else None
+        assert result is None or result.node_id == "gpu-1"
+        assert [m.result.attempt for m in messages if m.HasField("result")] == [1]
+        assert (a.metrics.registry.get_sample_value("lingua_job_redispatches_total") or 0) <= 3
+    finally:
+        await fleet.stop()

@@ -8,7 +8,8 @@
 -- ARGV[6] lease in ms      ARGV[7] name of the credential registering ('anonymous' without credentials)
 -- ARGV[8...] the job attempts the node says it holds, as 'job_id#attempt': the slot set becomes exactly these
 --            (a scheduler killed with jobs running leaves their slots held; the node knows what it runs)
--- Returns {registry version, 1 when the version was bumped (new node, new capabilities, was draining) else 0,
+-- Returns {registry version, 1 when the version was bumped (new node, new capabilities, was draining, held by
+--          another instance now: every instance must hand its attempts to the new holder) else 0,
 --          or -1 when a live registration of the node id is held under another credential (nothing changed),
 --          the slot members ('job_id#attempt') freed because the node does not run those attempts}.
 -- The newest connection of the same credential wins: heartbeats and deregistration of an older connection
@@ -20,11 +21,11 @@ if redis.call('EXISTS', KEYS[6]) == 0 then
 end
 local changed = 1
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  local cur = redis.call('HMGET', KEYS[1], 'capabilities', 'max_concurrency', 'state', 'credential')
+  local cur = redis.call('HMGET', KEYS[1], 'capabilities', 'max_concurrency', 'state', 'credential', 'instance')
   if cur[4] and cur[4] ~= ARGV[7] and redis.call('EXISTS', KEYS[2]) == 1 then
     return {tonumber(redis.call('GET', KEYS[4]) or '0'), -1, {}}
   end
-  if cur[1] == ARGV[2] and cur[2] == ARGV[3] and cur[3] == 'up' then
+  if cur[1] == ARGV[2] and cur[2] == ARGV[3] and cur[3] == 'up' and cur[5] == ARGV[4] then
     changed = 0
   end
 else
