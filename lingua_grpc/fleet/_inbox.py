@@ -194,6 +194,11 @@ class Inbox:
                 log.warning("inbox read failed", extra={"error": repr(exc)})
                 pending_first = True
                 await asyncio.sleep(self._settings.block_ms / 1000)
+            except Exception:  # a bug, or the Redis client's (a torn connection): the inbox must go on
+                raise_if_cancelling()
+                log.exception("inbox read failed; going on")
+                pending_first = True
+                await asyncio.sleep(self._settings.block_ms / 1000)
 
     async def _apply_one(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         try:

@@ -204,3 +204,6 @@ class InstanceHeartbeat:
                 raise_if_cancelling()
                 self._metrics.redis_errors.labels("instance_heartbeat").inc()
                 log.warning("instance heartbeat not recorded", extra={"error": repr(exc)})
+            except Exception:  # a bug, or the Redis client's (a torn connection): the lease must go on
+                raise_if_cancelling()
+                log.exception("instance heartbeat failed; going on")

@@ -163,6 +163,9 @@ class Recovery:
                 raise_if_cancelling()
                 self._metrics.redis_errors.labels("recovery").inc()
                 log.warning("recovery sweep failed", extra={"error": repr(exc)})
+            except Exception:  # a bug, or the Redis client's (a torn connection): recovery must go on
+                raise_if_cancelling()
+                log.exception("recovery sweep failed; going on")
 
     async def sweep(self) -> list[Recovered]:
         """Takes over each dead instance this survivor is first to claim, and looks again at the attempts

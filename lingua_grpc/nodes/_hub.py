@@ -357,6 +357,10 @@ class NodeHub:
                 self._metrics.redis_errors.labels("expire").inc()
                 log.warning("lease check failed", extra={"error": repr(exc)})
                 continue
+            except Exception:  # a bug, or the Redis client's (a torn connection): leases must be watched on
+                raise_if_cancelling()
+                log.exception("lease check failed; going on")
+                continue
             for node_id in removed:
                 self._jobs.node_lost(node_id)
                 self._metrics.node_departures.labels(CloseReason.LEASE_EXPIRED.value).inc()

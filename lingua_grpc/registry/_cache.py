@@ -160,3 +160,7 @@ class SnapshotCache:
                 self._set_reachable(False)
                 backoff = min(max(backoff, self._poll_s) * 2, max(self._refresh_s, 1.0))
                 log.warning("registry read failed, retrying", extra={"error": repr(exc), "in_s": backoff})
+            except Exception:  # a bug, or the Redis client's (a torn connection): snapshots must go on
+                raise_if_cancelling()
+                log.exception("registry read failed; going on")
+                backoff = max(self._refresh_s, 1.0)
