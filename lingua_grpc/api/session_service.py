@@ -139,7 +139,10 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
                 # resumable: a client that went (cancelled, or its connection broke) may read as an end too.
                 # Its open utterance is then cut there, and the audio it sends again on the resume is dropped
                 # up to that cut, so nothing is answered twice.
-                if not ended and not context.cancelled():
+                # Not while this instance stops: its streams end then (cancelled, which can read as an end),
+                # and each client resumes elsewhere with the open utterance's audio, whole; cut here, its
+                # first part would take the utterance's index and the rest the next one.
+                if not ended and not context.cancelled() and self._manager.accepting:
                     actor.end_of_stream(said=False)
                 return
             kind = message.WhichOneof("kind")

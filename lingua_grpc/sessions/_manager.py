@@ -173,6 +173,8 @@ class SessionManager:
                 raise Unavailable(f"the session could not be recorded ({exc!r}): try again shortly") from None
             actor.resume_token = self._resume.tokens.issue(session_id)
             actor.token_issued_ms = self.clock.now_ms()
+        # Recording it awaited Redis: a stop that began meanwhile closed every session it knew, not this one.
+        self._check_serving()
         self._register(actor, owner)
         log.info(
             "session started",
@@ -314,6 +316,7 @@ class SessionManager:
         actor.resume_token = resume.tokens.issue(session_id)
         actor.token_issued_ms = self.clock.now_ms()
         actor.resumed = True
+        self._check_serving()  # (as for a new session: a stop may have begun while the claim awaited Redis)
         self._register(actor, owner)
         same = claimed.previous_owner == self._store.instance_id
         self._metrics.sessions_resumed.labels("same_instance" if same else "other_instance").inc()

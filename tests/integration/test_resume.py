@@ -468,3 +468,27 @@ async def test_a_node_its_holder_does_not_hold_is_not_tried_again_until_the_regi
         assert (a.metrics.registry.get_sample_value("lingua_job_redispatches_total") or 0) <= 3
     finally:
         await fleet.stop()
+
+
+async def test_a_session_opened_while_its_instance_begins_to_stop_is_refused_not_left_open(
+    pair: tuple[Scheduler, Scheduler], redis: Redis
+) -> None:
+    """A session start that was recording its session when its instance began to stop is refused
+    UNAVAILABLE: the stop closes every session it knows, and this one was not known yet. (Before, it was
+    let in after the stop had closed the others; its stream was cut when the server went, the open
+    utterance recorded in part, and after the client's resume every later result sat one index off: the
+    soak's cluster run.)"""
+    a, _ = pair
+    fleet = Fleet(address(a))
+    await fleet.add("gpu-1")
+    try:
+        async with LinguaClient(address(a), reconnect=Reconnect(within_s=0)) as client:
+            await redis.client_pause(400, all=False)  # writes wait: the session's record among them
+            opening = asyncio.create_task(client.start_session("en", "es"))
+            await asyncio.sleep(0.1)  # (its start reaches the instance, which waits on Redis)
+            await a.stop(grace_s=0)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await asyncio.wait_for(opening, 10)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await fleet.stop()
