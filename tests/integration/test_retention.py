@@ -139,6 +139,7 @@ async def test_a_session_its_client_ends_in_error_with_jobs_in_flight_leaves_no_
     assert states == [b"SKIPPED"] * 3
 
 
+@pytest.mark.settings(redis_near_full_percent=50)
 async def test_redis_memory_is_a_metric_and_health_says_when_it_is_near_full(
     scheduler: Scheduler, client: LinguaClient, redis: Redis
 ) -> None:
@@ -160,7 +161,9 @@ async def test_redis_memory_is_a_metric_and_health_says_when_it_is_near_full(
         await wait_until(lambda: metrics_read(1 << 30), what="Redis' memory read, with its maxmemory")
         assert await session_service_is(SERVING) and near_full._value.get() == 0
         info = await redis.info("memory")
-        limit = int(info["used_memory"] / 0.95)  # 95 % in use: near full, and still taking writes
+        # About 67 % in use, over the test's 50 % threshold: near full whatever the other tests sharing this
+        # redis-server add or let expire meanwhile (a limit at 95 % fell under 90 % in a clean-clone run).
+        limit = int(info["used_memory"] * 1.5)
         await redis.config_set("maxmemory", limit)
         await wait_until(lambda: session_service_is(NOT_SERVING), what="SessionService NOT_SERVING")
         assert near_full._value.get() == 1
