@@ -419,10 +419,14 @@ class Dispatcher:
         session's stream ended) gets its slot freed, when `node_id` is given."""
         ticket = self._live.get(job_id)
         if ticket is not None and ticket.attempt.number == attempt:
-            if not node_failed and ticket.attempt.node_id is not None:
-                # The snapshot named a holder that does not hold the node (it moved, or its holder came back
-                # without it): not that node again until the registry says where it is.
-                ticket.unreachable[ticket.attempt.node_id] = self._cache.current.stamp
+            snapshot = self._cache.current
+            node = snapshot.nodes.get(ticket.attempt.node_id or "")
+            via = ticket.attempt.connection_id or ""
+            if not node_failed and node is not None and via == VIA + node.instance_id:
+                # The snapshot still names as the node's holder the instance that says it does not hold it
+                # (the node moved, or its holder came back without it): not that node again for this job until
+                # the registry says where it is. (A snapshot that names another holder by now is tried at once.)
+                ticket.unreachable[node.node_id] = snapshot.stamp
             self._spawn(self._attempt_failed(ticket, why, exclude=node_failed, reached=node_failed))
         elif ticket is None and node_id is not None:
             self._spawn(self._unplace(node_id, job_id, attempt))

@@ -145,14 +145,18 @@ class InstanceHeartbeat:
         self._on_claimed = on_claimed
         self._first = True
         self._task: asyncio.Task[None] | None = None
+        self._renewal: asyncio.Task[bool] | None = None  # the inbox lease's renewal in flight
 
     async def start(self) -> None:
         await self._beat()
+        if self._renewal is not None:  # the first renewal (clearing a predecessor's claim) before serving
+            await asyncio.shield(self._renewal)
         await self._registry.list()  # drops the ids of instances whose records expired
         self._task = asyncio.create_task(self._run(), name="instance-heartbeat")
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
+        await cancel_and_wait(self._renewal)
         try:
             await self._registry.deregister(self._instance_id)
         except RedisError as exc:  # its lease lapses on its own; survivors see it dead then
@@ -162,34 +166,40 @@ class InstanceHeartbeat:
         """One renewal; False when this instance was claimed as dead (it must stop).
 
         The inbox lease lives in the instance's own hash slot, the record in the registry's: on a Redis
-        Cluster, two shards. They are renewed side by side, so one shard away (a master restarting) neither
-        delays nor stops the other's renewal: a survivor reading the registry sees the record renewed and
-        does not count this instance unrenewed."""
-        first, self._first = self._first, False
-        renewed, recorded = await asyncio.gather(
-            self._registry.renew_inbox(self._instance_id, self._lease_ms, self._record_ttl_ms, first),
-            self._registry.heartbeat(
-                self._instance_id,
-                self._address,
-                self._lease_ms,
-                self._record_ttl_ms,
-                self._started_ms,
-                self._holdings(),
-            ),
-            return_exceptions=True,
-        )
-        if renewed is False:
-            log.error(
-                "this instance was declared dead by the fleet (its lease lapsed and a survivor took over"
-                " what it held): stopping",
-                extra={"instance_id": self._instance_id},
+        Cluster, two shards. The inbox's renewal runs in the background (one at a time, its outcome read at
+        the next beat), so its shard away (a master restarting, a stalled one) neither stops nor delays the
+        record's: a survivor reading the registry sees the record renewed, every interval, and does not count
+        this instance unrenewed."""
+        done = self._renewal
+        if done is not None and done.done():
+            self._renewal = None
+            if not done.cancelled():
+                if (exc := done.exception()) is not None:
+                    self._metrics.redis_errors.labels("instance_heartbeat").inc()
+                    log.warning("inbox lease not renewed", extra={"error": repr(exc)})
+                elif done.result() is False:
+                    log.error(
+                        "this instance was declared dead by the fleet (its lease lapsed and a survivor took"
+                        " over what it held): stopping",
+                        extra={"instance_id": self._instance_id},
+                    )
+                    self._on_claimed()
+                    return False
+        if self._renewal is None:
+            first, self._first = self._first, False
+            self._renewal = asyncio.create_task(
+                self._registry.renew_inbox(self._instance_id, self._lease_ms, self._record_ttl_ms, first),
+                name="inbox-lease",
             )
-            self._on_claimed()
-            return False
-        for outcome in (renewed, recorded):
-            if isinstance(outcome, BaseException):
-                raise outcome
-        if recorded:
+        new = await self._registry.heartbeat(
+            self._instance_id,
+            self._address,
+            self._lease_ms,
+            self._record_ttl_ms,
+            self._started_ms,
+            self._holdings(),
+        )
+        if new:
             log.info("instance recorded in the fleet", extra={"instance_id": self._instance_id})
         return True
 

@@ -117,7 +117,9 @@ def longest_lag_s(scheduler: Scheduler) -> float:
     return float("inf")
 
 
-@pytest.mark.settings(loop_lag_interval_ms=10)
+# The node agent shares this process (and its GIL) with the hostile sender's message building: a node lease
+# of 2 s rather than the fixture's 0.3 s, so a stall of the test's own making never drops the node.
+@pytest.mark.settings(loop_lag_interval_ms=10, node_lease_heartbeats=20, session_gap_timeout_ms=10000)
 async def test_a_huge_registration_is_refused_unparsed_while_a_session_completes(
     scheduler: Scheduler, client: LinguaClient, fleet: Fleet
 ) -> None:
