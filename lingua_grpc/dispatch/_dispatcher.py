@@ -363,7 +363,14 @@ class Dispatcher:
             await self._complete(ticket, node_id, event, received_at)
         elif isinstance(event, JobRejected):
             log.info("job rejected", extra=_ids(ticket, reason=event.reason, detail=event.message))
-            await self._attempt_failed(ticket, f"rejected by {node_id}: {event.reason}", by_live_node=True)
+            why = f"rejected by {node_id}: {event.reason}"
+            if event.reason == AT_CAPACITY:
+                # Busy, not unable: its slot was still taken by an attempt being cancelled there (this
+                # instance's count and the node's differ for a moment). Not held against the node or the
+                # job; it waits its queue's next turn rather than being thrown back at once.
+                await self._attempt_failed(ticket, why, exclude=False, reached=False, wait_turn=True)
+            else:
+                await self._attempt_failed(ticket, why, by_live_node=True)
         elif isinstance(event, JobFailed):
             log.warning(
                 "job failed on node", extra=_ids(ticket, detail=event.message, retryable=event.retryable)
@@ -479,14 +486,15 @@ class Dispatcher:
         log.debug("job dispatched", extra=_ids(ticket))
         return True
 
-    def _queue(self, ticket: Ticket, front: bool) -> None:
+    def _queue(self, ticket: Ticket, front: bool, kick: bool = True) -> None:
         ticket.phase = Phase.QUEUED
         if front:
             self._queues.push_front(ticket)
         else:
             self._queues.append(ticket)
         self._metrics.jobs_queued.set(self.queued)
-        self._kick.set()
+        if kick:
+            self._kick.set()
 
     def _arm_deadline(self, ticket: Ticket, ms: int) -> None:
         if ticket.deadline is not None:
@@ -581,6 +589,7 @@ class Dispatcher:
         exclude: bool = True,
         reached: bool = True,
         by_live_node: bool = False,
+        wait_turn: bool = False,
     ) -> None:
         """The running attempt ended without an outcome (rejected, failed, deadline, node lost): it is
         cancelled on its node, its slot freed, and the job placed again (elsewhere, with `exclude`). An
@@ -601,11 +610,12 @@ class Dispatcher:
                 why = f"{why}; not run again: this instance's retry budget is spent (too many attempts fail)"
                 await self._finish(ticket, _failed(why))
                 return
-        await self._run_again(ticket, why, through_queue=False)
+        await self._run_again(ticket, why, through_queue=wait_turn, kick=not wait_turn)
 
-    async def _run_again(self, ticket: Ticket, why: str, through_queue: bool) -> None:
+    async def _run_again(self, ticket: Ticket, why: str, through_queue: bool, kick: bool = True) -> None:
         """Places the job again, within its attempts. `through_queue`: ahead of its pair's queue without
-        touching Redis now (Redis may be what failed; the queue places it once Redis answers); else at once."""
+        touching Redis now (Redis may be what failed; the queue places it once Redis answers), at once or,
+        without `kick`, at the queue's next turn; else at once."""
         if ticket.tries >= self._settings.max_attempts:
             await self._finish(ticket, _failed(f"{ticket.tries} attempts failed; last: {why}"))
             return
@@ -620,7 +630,7 @@ class Dispatcher:
         self._metrics.redispatches.inc()
         ticket.queued_until = self._clock.monotonic() + ticket.queue_timeout_s
         if through_queue:
-            self._queue(ticket, front=True)
+            self._queue(ticket, front=True, kick=kick)
         else:
             await self.submit(ticket)
 
@@ -858,6 +868,8 @@ class Dispatcher:
         else:
             log.error("dispatch task failed", exc_info=exc)
 
+
+AT_CAPACITY = "REJECT_REASON_AT_CAPACITY"  # a node's rejection: every slot busy
 
 _SESSION_ENDED = Ending(JobState.SKIPPED, "session_ended", "session ended", None)
 

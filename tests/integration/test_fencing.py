@@ -409,8 +409,8 @@ async def test_a_node_that_rejects_or_fails_an_attempt_keeps_its_stream(
         rejected = node_pb2.JobRejected(
             job_id=first.job_id,
             attempt=first.attempt,
-            reason=node_pb2.REJECT_REASON_AT_CAPACITY,
-            message="busy",
+            reason=node_pb2.REJECT_REASON_UNSUPPORTED,
+            message="not this one",
         )
         failing, _ = await connect(channel, "gpu-2", max_concurrency=1)
         beats.append(asyncio.create_task(heartbeat_forever(failing)))
@@ -431,3 +431,34 @@ async def test_a_node_that_rejects_or_fails_an_attempt_keeps_its_stream(
         assert {"gpu-1", "gpu-2", "gpu-3"} <= set(scheduler.cache.current.nodes)
         for task in beats:
             task.cancel()
+
+
+async def test_a_node_busy_for_a_moment_is_not_dropped_from_the_job(scheduler: Scheduler) -> None:
+    """A node that rejects an attempt AT_CAPACITY (its slot still held by an attempt being cancelled there,
+    while this instance already counts it free) is busy, not unable: the job waits its queue's next turn and
+    runs there, attempt 1. (Before, the rejection excluded the node from the job: on the only node the
+    utterance was skipped NO_CAPACITY; a flow-control resume test failed so one run in five.)"""
+    assert scheduler.endpoints is not None
+    async with (
+        grpc.aio.insecure_channel(scheduler.endpoints.grpc) as channel,
+        LinguaClient(scheduler.endpoints.grpc) as client,
+    ):
+        node, _ = await connect(channel, "gpu-1", max_concurrency=1)
+        beat = asyncio.create_task(heartbeat_forever(node))
+        session = await client.start_session("en", "es")
+        await session.send_audio(tone(300) + silence(100), is_final=True)
+        first = await next_assignment(node)
+        busy = node_pb2.JobRejected(
+            job_id=first.job_id,
+            attempt=first.attempt,
+            reason=node_pb2.REJECT_REASON_AT_CAPACITY,
+            message="busy",
+        )
+        await send(node, node_pb2.ConnectRequest(job_rejected=busy))
+        again = await next_assignment(node)
+        assert again.job_id == first.job_id
+        await send(node, result_for(again, "after a moment"))
+        await session.end()
+        got = [m.result for m in [m async for m in session] if m.HasField("result")]
+        assert [(r.source_text, r.attempt) for r in got] == [("after a moment", 1)]
+        beat.cancel()
