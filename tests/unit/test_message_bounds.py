@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from lingua_grpc.pb import common_pb2, node_pb2, session_pb2
@@ -68,14 +66,11 @@ def test_the_largest_valid_registration_and_result_pass() -> None:
     ],
     ids=["pairs", "labels", "languages"],
 )
-def test_a_registration_of_too_many_fields_is_refused_before_parsing_and_quickly(
-    hostile: dict[str, object],
-) -> None:
-    data = registration(**hostile)
-    started = time.perf_counter()
+def test_a_registration_of_too_many_fields_is_refused_before_parsing(hostile: dict[str, object]) -> None:
+    # Refused by the wire walk, which stops at the bound (~7,000 fields: about 2 ms here; speed is the
+    # benchmark's to measure, scripts/hostile_admission.py, not a test's), never by protobuf's parse.
     with pytest.raises(MessageTooLarge, match="fields: more than any valid one"):
-        parse_connect(data)
-    assert time.perf_counter() - started < 0.1  # a walk of ~7,000 fields: about 2 ms on this machine
+        parse_connect(registration(**hostile))
 
 
 def test_a_message_over_the_byte_bound_is_refused_unread() -> None:
