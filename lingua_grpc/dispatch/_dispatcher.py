@@ -22,7 +22,7 @@ import contextlib
 import dataclasses
 import logging
 import random
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 
 from redis.exceptions import OutOfMemoryError, RedisError
@@ -30,7 +30,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from lingua_grpc.clock import Clock
 from lingua_grpc.dispatch._budget import RetryBudget
-from lingua_grpc.dispatch._placement import VIA, JobTransport, Placed, Placer
+from lingua_grpc.dispatch._placement import VIA, JobTransport, Placed, Placement, Placer
 from lingua_grpc.dispatch._queues import PairQueues
 from lingua_grpc.dispatch._ticket import Attempt, Overhead, Phase, Ticket
 from lingua_grpc.jobs import (
@@ -112,6 +112,9 @@ class Dispatcher:
         self._store_wait_bytes = 0  # audio of the jobs waiting for Redis to record them
         self._queues = PairQueues(settings.max_queued_per_pair)
         self._live: dict[str, Ticket] = {}  # job id -> ticket RUNNING on a node (an index of that phase)
+        # Job id -> what was said about it while its attempt was being handed over (another instance's reply
+        # can overtake the hand-off's own return): applied, in order, once the placement's outcome is known.
+        self._overtaking: dict[str, list[Callable[[], Awaitable[None]]]] = {}
         self._kick = asyncio.Event()
         self._placing = 0  # submissions between their first Redis write and their outcome
         self._idle = asyncio.Event()
@@ -343,6 +346,8 @@ class Dispatcher:
         """What a node says about an attempt (`recorded`: a result another instance already recorded)."""
         received_at = self._clock.monotonic()
         ticket = self._live.get(event.job_id)
+        if self._held_back(event.job_id, ticket, lambda: self.on_event(node_id, event, recorded)):
+            return
         if ticket is None or ticket.attempt.number != event.attempt or ticket.attempt.node_id != node_id:
             self._stale(node_id, event, owned=ticket is not None, recorded=recorded)
             return
@@ -425,6 +430,12 @@ class Dispatcher:
         the attempt does not count against the job's limit). An attempt this instance no longer watches (its
         session's stream ended) gets its slot freed, when `node_id` is given."""
         ticket = self._live.get(job_id)
+
+        async def again() -> None:
+            self.attempt_lost(job_id, attempt, why, node_failed, node_id)
+
+        if self._held_back(job_id, ticket, again):
+            return
         if ticket is not None and ticket.attempt.number == attempt:
             snapshot = self._cache.current
             node = snapshot.nodes.get(ticket.attempt.node_id or "")
@@ -463,8 +474,33 @@ class Dispatcher:
     # The job's life: placed, running, between attempts, ended.
 
     async def _try_place(self, ticket: Ticket, optimistic: bool = False, first: str | None = None) -> bool:
-        """One placement try; True when the job no longer waits (on a node, or ended meanwhile)."""
-        placement = await self._placer.place(ticket, optimistic, first)
+        """One placement try; True when the job no longer waits (on a node, or ended meanwhile). What is
+        said about the job meanwhile is applied after it (see `_held_back`)."""
+        job_id = ticket.spec.job_id
+        self._overtaking[job_id] = []
+        try:
+            return self._placed(ticket, await self._placer.place(ticket, optimistic, first))
+        finally:
+            if overtaking := self._overtaking.pop(job_id, None):
+                self._spawn(self._apply_in_order(overtaking))
+
+    def _held_back(self, job_id: str, ticket: Ticket | None, apply: Callable[[], Awaitable[None]]) -> bool:
+        """Whether what a node (or the instance holding it) says about the job waits for a placement of it
+        under way: an attempt handed to another instance can be answered (lost, failed, accepted, done)
+        before the hand-off returns here. Applied at once, it would find no running attempt and be dropped
+        (a lost attempt would then wait for its deadline, and count). A ticket running here is not held."""
+        waiting = self._overtaking.get(job_id)
+        if waiting is None or ticket is not None:
+            return False
+        waiting.append(apply)
+        return True
+
+    @staticmethod
+    async def _apply_in_order(steps: list[Callable[[], Awaitable[None]]]) -> None:
+        for step in steps:
+            await step()
+
+    def _placed(self, ticket: Ticket, placement: Placement) -> bool:
         if placement.recorded:
             self._mark_recorded(ticket)
         self._store_answered(ticket)

@@ -470,6 +470,73 @@ async def test_a_node_its_holder_does_not_hold_is_not_tried_again_until_the_regi
         await fleet.stop()
 
 
+async def test_a_lost_reply_that_overtakes_its_hand_off_is_applied_not_dropped(
+    pair: tuple[Scheduler, Scheduler], redis: Redis, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B's answer to A's hand-off (lost: B holds no such node) reaches A before the hand-off's own return
+    does, as it can when the two replies arrive together: A applies it once the placement is known. (Before,
+    it found no running attempt and was dropped; the attempt waited for its deadline, which counted, and the
+    job ran on the node that came next as attempt 2: a clean-clone CI run of the test above.)"""
+    from lingua_grpc.fleet._inbox import Courier
+    from lingua_grpc.fleet._messages import Assign, Message
+    from lingua_grpc.registry import NodeRegistry
+    from lingua_grpc.store import HandOff, ScriptBook
+    from tests.integration.test_lua_scripts import registration
+
+    a, _ = pair
+    assert a.dispatcher is not None and a.metrics is not None
+    dispatcher = a.dispatcher
+    told_lost = asyncio.Event()
+    attempt_lost = dispatcher.attempt_lost
+
+    def note_lost(*args: Any, **kwargs: Any) -> None:
+        told_lost.set()
+        attempt_lost(*args, **kwargs)
+
+    monkeypatch.setattr(dispatcher, "attempt_lost", note_lost)
+    courier: Courier = dispatcher._transport._courier  # type: ignore[attr-defined]
+    send = courier.send
+
+    def overtaken(to: str, message: Message) -> asyncio.Future[HandOff]:
+        """The hand-off's return comes only after B's answer to it has been applied."""
+        sent = send(to, message)
+        if not isinstance(message, Assign):
+            return sent
+
+        async def after_the_answer() -> HandOff:
+            outcome: HandOff = await sent
+            await asyncio.wait_for(told_lost.wait(), 10)
+            return outcome
+
+        return asyncio.ensure_future(after_the_answer())
+
+    monkeypatch.setattr(courier, "send", overtaken)
+    ghost = NodeRegistry(redis, RegistryKeys(key_prefix), ScriptBook(redis))
+    await ghost.register(registration("gpu-ghost"), "sched-b", "no-such-stream", 60_000)
+    await node_seen(a)
+    fleet = Fleet(address(a))
+    try:
+        async with LinguaClient(address(a), reconnect=Reconnect(within_s=0)) as client:
+            options = session_pb2.SessionOptions(queue_timeout_ms=10_000)
+            session = await client.start_session("en", "es", options=options)
+            await session.send_audio(tone(300) + silence(100), is_final=True)
+
+            async def lost_attempt_applied() -> bool:
+                assert a.metrics is not None
+                return (a.metrics.registry.get_sample_value("lingua_job_redispatches_total") or 0) >= 1
+
+            # Well before the attempt's deadline (5 s): the lost reply was applied, not dropped.
+            await wait_until(lost_attempt_applied, timeout_s=3, what="the lost attempt placed again")
+            await fleet.add("gpu-1")
+            await session.end()
+            messages = await collect(session, 20)
+        assert answers(messages) == [(0, "result")]
+        assert [m.result.attempt for m in messages if m.HasField("result")] == [1]
+        assert a.metrics.registry.get_sample_value("lingua_job_timeouts_total") in (None, 0.0)
+    finally:
+        await fleet.stop()
+
+
 async def test_a_session_opened_while_its_instance_begins_to_stop_is_refused_not_left_open(
     pair: tuple[Scheduler, Scheduler], redis: Redis
 ) -> None:
